@@ -1,0 +1,358 @@
+"""The PaddlePaddle implementation of :class:`xplain.backend.Backend`.
+
+Same module shape as :mod:`xplain_torch.backend`. Paddle differences handled here, at the
+boundary: ``Linear`` stores its weight as ``(in, out)`` (exchanged as ``(out, in)``), tensors
+track ``stop_gradient`` instead of ``requires_grad``, hooks are "post" hooks.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+from xplain.backend import LayerInfo
+
+name = "paddle"
+
+_DTYPES = {"float32": paddle.float32, "float64": paddle.float64, "float16": paddle.float16,
+           "bfloat16": paddle.bfloat16, "int64": paddle.int64, "int32": paddle.int32,
+           "bool": paddle.bool, "uint8": paddle.uint8}
+
+
+# ---- detection ------------------------------------------------------------------------------
+def is_tensor(obj: Any) -> bool:
+    return isinstance(obj, paddle.Tensor)
+
+
+def is_model(obj: Any) -> bool:
+    return isinstance(obj, nn.Layer)
+
+
+# ---- conversion -----------------------------------------------------------------------------
+def asarray(obj: Any, *, like: paddle.Tensor, dtype: str | None = None) -> paddle.Tensor:
+    if dtype is None:
+        dt = like.dtype if like.is_floating_point() else paddle.float32
+    else:
+        dt = _DTYPES[dtype]
+    if isinstance(obj, paddle.Tensor):
+        return obj.astype(dt)
+    return paddle.to_tensor(np.asarray(obj), dtype=dt, place=like.place)
+
+
+def to_numpy(x: paddle.Tensor) -> np.ndarray:
+    return x.detach().numpy()
+
+
+def shape(x: paddle.Tensor) -> tuple[int, ...]:
+    return tuple(int(s) for s in x.shape)
+
+
+def dtype_name(x: paddle.Tensor) -> str:
+    return str(x.dtype).replace("paddle.", "")
+
+
+def astype(x: paddle.Tensor, dtype: str) -> paddle.Tensor:
+    return x.astype(_DTYPES[dtype])
+
+
+# ---- array ops ------------------------------------------------------------------------------
+def _axis(axis: Any) -> Any:
+    return axis if axis is None or isinstance(axis, int) else list(axis)
+
+
+def sum(x, /, *, axis=None, keepdims=False):  # noqa: A001 - array-API name
+    return paddle.sum(x, axis=_axis(axis), keepdim=keepdims)
+
+
+def mean(x, /, *, axis=None, keepdims=False):
+    return paddle.mean(x, axis=_axis(axis), keepdim=keepdims)
+
+
+def max(x, /, *, axis=None, keepdims=False):  # noqa: A001
+    return paddle.amax(x, axis=_axis(axis), keepdim=keepdims)
+
+
+def min(x, /, *, axis=None, keepdims=False):  # noqa: A001
+    return paddle.amin(x, axis=_axis(axis), keepdim=keepdims)
+
+
+def argmax(x, /, *, axis):
+    return paddle.argmax(x, axis=axis)
+
+
+def abs(x, /):  # noqa: A001
+    return paddle.abs(x)
+
+
+def sign(x, /):
+    return paddle.sign(x)
+
+
+def sqrt(x, /):
+    return paddle.sqrt(x)
+
+
+def exp(x, /):
+    return paddle.exp(x)
+
+
+def _like(y: Any, x: paddle.Tensor) -> paddle.Tensor:
+    return y if isinstance(y, paddle.Tensor) else paddle.full_like(x, y)
+
+
+def maximum(x, y, /):
+    return paddle.maximum(x, _like(y, x))
+
+
+def minimum(x, y, /):
+    return paddle.minimum(x, _like(y, x))
+
+
+def where(cond, x, y, /):
+    ref = x if isinstance(x, paddle.Tensor) else y
+    if not isinstance(ref, paddle.Tensor):
+        ref = paddle.zeros(cond.shape, dtype="float32")
+    ref = paddle.broadcast_to(ref, paddle.broadcast_shape(ref.shape, cond.shape))
+    return paddle.where(cond, _like(x, ref), _like(y, ref))
+
+
+def clip(x, /, min=None, max=None):  # noqa: A002
+    return paddle.clip(x, min=min, max=max)
+
+
+def isfinite(x, /):
+    return paddle.isfinite(x)
+
+
+def all(x, /) -> bool:  # noqa: A001
+    return bool(paddle.all(x))
+
+
+def reshape(x, /, shape):
+    return paddle.reshape(x, list(shape))
+
+
+def permute_dims(x, /, axes):
+    return paddle.transpose(x, list(axes))
+
+
+def broadcast_to(x, /, shape):
+    return paddle.broadcast_to(x, list(shape))
+
+
+def concat(xs, /, *, axis=0):
+    return paddle.concat(list(xs), axis=axis)
+
+
+def stack(xs, /, *, axis=0):
+    return paddle.stack(list(xs), axis=axis)
+
+
+def zeros_like(x, /):
+    return paddle.zeros_like(x)
+
+
+def ones_like(x, /):
+    return paddle.ones_like(x)
+
+
+def matmul(x, y, /):
+    return paddle.matmul(x, y)
+
+
+def take_along_axis(x, indices, /, *, axis):
+    return paddle.take_along_axis(x, indices, axis=axis)
+
+
+def relu(x, /):
+    return F.relu(x)
+
+
+def softmax(x, /, *, axis=-1):
+    return F.softmax(x, axis=axis)
+
+
+def interpolate(x, /, size, *, mode="bilinear"):
+    kw = {"align_corners": False, "align_mode": 0} if mode in ("linear", "bilinear", "bicubic", "trilinear") else {}
+    return F.interpolate(x, size=[int(s) for s in size], mode=mode, **kw)
+
+
+# ---- autodiff -------------------------------------------------------------------------------
+def grad(outputs, inputs, grad_outputs=None, *, retain_graph=False, create_graph=False):
+    outs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    ins = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    gos = None if grad_outputs is None else (
+        list(grad_outputs) if isinstance(grad_outputs, (list, tuple)) else [grad_outputs])
+    gs = paddle.grad(outs, ins, gos, retain_graph=retain_graph or create_graph,
+                     create_graph=create_graph, allow_unused=True)
+    return [paddle.zeros_like(i) if g is None else g for g, i in zip(gs, ins)]
+
+
+def with_grad(x):
+    y = x.detach()
+    y.stop_gradient = False
+    return y
+
+
+def stop_gradient(x):
+    return x.detach()
+
+
+def custom_vjp(forward: Callable[..., paddle.Tensor], backward: Callable) -> Callable[..., paddle.Tensor]:
+    class _Fn(paddle.autograd.PyLayer):
+        @staticmethod
+        def forward(ctx, *inputs):
+            out = forward(*inputs)
+            ctx.save_for_backward(*inputs, out)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            *inputs, out = ctx.saved_tensor()
+            grads = backward(tuple(inputs), out, grad_output)
+            # PyLayer wants exactly one gradient per tensor input that requires one
+            kept = [g for g, i in zip(grads, inputs) if not i.stop_gradient]
+            return kept[0] if len(kept) == 1 else tuple(kept)
+
+    return _Fn.apply
+
+
+def enable_grad():
+    return paddle.set_grad_enabled(True)
+
+
+def no_grad():
+    return paddle.no_grad()
+
+
+# ---- layers & hooks -------------------------------------------------------------------------
+_KINDS: list[tuple[tuple[type, ...], str]] = [
+    ((nn.Conv1D, nn.Conv2D, nn.Conv3D), "conv"),
+    ((nn.Linear,), "linear"),
+    ((nn.BatchNorm1D, nn.BatchNorm2D, nn.BatchNorm3D, nn.BatchNorm), "batchnorm"),
+    ((nn.ReLU,), "relu"),
+    ((nn.MaxPool1D, nn.MaxPool2D, nn.MaxPool3D), "maxpool"),
+    ((nn.AvgPool1D, nn.AvgPool2D, nn.AvgPool3D), "avgpool"),
+    ((nn.AdaptiveAvgPool1D, nn.AdaptiveAvgPool2D, nn.AdaptiveAvgPool3D), "adaptive_avgpool"),
+    ((nn.AdaptiveMaxPool1D, nn.AdaptiveMaxPool2D, nn.AdaptiveMaxPool3D), "adaptive_maxpool"),
+    ((nn.Flatten,), "flatten"),
+    ((nn.Dropout, nn.Dropout2D, nn.Dropout3D, nn.AlphaDropout), "dropout"),
+    ((nn.Identity,), "identity"),
+    ((nn.Sigmoid, nn.Tanh, nn.GELU, nn.Silu, nn.ELU, nn.LeakyReLU, nn.Softmax, nn.LogSoftmax,
+      nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Softplus), "activation"),
+]
+
+
+def _tuple(v: Any, n: int) -> tuple:
+    if isinstance(v, (tuple, list)):
+        return tuple(int(i) for i in v)
+    return (int(v),) * n
+
+
+def _layer_info(lname: str, m: nn.Layer) -> LayerInfo:
+    kind = next((k for types, k in _KINDS if isinstance(m, types)), None)
+    has_children = bool(m._sub_layers)
+    if kind is None:
+        kind = "container" if has_children else "other"
+    params: dict[str, Any] = {}
+    attrs: dict[str, Any] = {}
+    if kind == "conv":
+        nd = len(m.weight.shape) - 2
+        pad = m._padding
+        params = {"weight": m.weight, "bias": m.bias}
+        attrs = {"ndim": nd, "stride": _tuple(m._stride, nd), "dilation": _tuple(m._dilation, nd),
+                 "padding": pad.lower() if isinstance(pad, str) else _tuple(pad, nd),
+                 "groups": int(m._groups), "padding_mode": m._padding_mode, "transposed": False}
+    elif kind == "linear":
+        params = {"weight": m.weight.T, "bias": m.bias}
+    elif kind == "batchnorm":
+        params = {"weight": m.weight, "bias": m.bias, "running_mean": m._mean,
+                  "running_var": m._variance}
+        attrs = {"eps": float(m._epsilon), "track_running_stats": True}
+    elif kind in ("maxpool", "avgpool"):
+        attrs = {"kernel_size": m.ksize, "stride": m.stride, "padding": m.padding}
+    elif kind in ("adaptive_avgpool", "adaptive_maxpool"):
+        attrs = {"output_size": m._output_size}
+    elif kind == "relu":
+        attrs = {"inplace": False}
+    elif kind == "other":
+        params = dict(m.named_parameters(include_sublayers=False))
+    return LayerInfo(lname, kind, type(m).__name__, m, params, attrs, has_children)
+
+
+def layers(model: nn.Layer) -> list[LayerInfo]:
+    return [_layer_info(n, m) for n, m in model.named_sublayers(include_self=True)]
+
+
+def add_forward_hook(layer: nn.Layer, hook):
+    return layer.register_forward_post_hook(hook)
+
+
+def add_forward_pre_hook(layer: nn.Layer, hook):
+    return layer.register_forward_pre_hook(hook)
+
+
+def call_layer(layer: nn.Layer, *inputs):
+    return layer(*inputs)
+
+
+# ---- functional layers ----------------------------------------------------------------------
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def conv(x, weight, bias=None, *, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    pad = padding.upper() if isinstance(padding, str) else list(padding)
+    return _CONV[len(weight.shape) - 2](x, weight, bias, stride=list(stride), padding=pad,
+                                        dilation=list(dilation), groups=groups)
+
+
+def linear(x, weight, bias=None):
+    return F.linear(x, weight.T, bias)
+
+
+# ---- model state ----------------------------------------------------------------------------
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_post_hooks")
+
+
+def snapshot(model: nn.Layer) -> dict:
+    mods = [m for _, m in model.named_sublayers(include_self=True)]
+    named = list(model.named_parameters())
+    buffers = list(model.named_buffers())
+    return {
+        "training": [(m, m.training) for m in mods],
+        "stop_gradient": [(p, p.stop_gradient) for _, p in named],
+        "versions": [(n, t, t._inplace_version()) for n, t in named + buffers],
+        "hooks": [(m, {h: dict(getattr(m, h, {})) for h in _HOOK_DICTS}) for m in mods],
+    }
+
+
+def restore(model: nn.Layer, snap: dict) -> None:
+    for m, flag in snap["training"]:
+        m.training = flag
+    for p, flag in snap["stop_gradient"]:
+        p.stop_gradient = flag
+    for m, saved in snap["hooks"]:
+        for h, before in saved.items():
+            current = getattr(m, h, None)
+            if current is None:
+                continue
+            for key in [k for k in current if k not in before]:
+                del current[key]
+
+
+def changed(model: nn.Layer, snap: dict) -> list[str]:
+    return [f"{n} was modified in place" for n, t, v in snap["versions"]
+            if t._inplace_version() != v]
+
+
+def prepare(model: nn.Layer) -> None:
+    model.eval()
+    for p in model.parameters():
+        p.stop_gradient = True
+
+
+def forward(model: nn.Layer, x):
+    return model(x)

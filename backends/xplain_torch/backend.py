@@ -1,0 +1,351 @@
+"""The PyTorch implementation of :class:`xplain.backend.Backend`.
+
+Short functions only: each forwards an array-API-named op to torch. Imported only when a torch
+model or tensor is first seen (see :mod:`xplain_torch.plugin`).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xplain.backend import LayerInfo
+
+name = "torch"
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+           "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32,
+           "bool": torch.bool, "uint8": torch.uint8}
+
+
+# ---- detection ------------------------------------------------------------------------------
+def is_tensor(obj: Any) -> bool:
+    return isinstance(obj, torch.Tensor)
+
+
+def is_model(obj: Any) -> bool:
+    return isinstance(obj, nn.Module)
+
+
+# ---- conversion -----------------------------------------------------------------------------
+def asarray(obj: Any, *, like: torch.Tensor, dtype: str | None = None) -> torch.Tensor:
+    if dtype is None:
+        dt = like.dtype if like.dtype.is_floating_point else torch.float32
+    else:
+        dt = _DTYPES[dtype]
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device=like.device, dtype=dt)
+    return torch.as_tensor(np.asarray(obj), dtype=dt, device=like.device)
+
+
+def to_numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy()
+
+
+def shape(x: torch.Tensor) -> tuple[int, ...]:
+    return tuple(int(s) for s in x.shape)
+
+
+def dtype_name(x: torch.Tensor) -> str:
+    return str(x.dtype).replace("torch.", "")
+
+
+def astype(x: torch.Tensor, dtype: str) -> torch.Tensor:
+    return x.to(_DTYPES[dtype])
+
+
+# ---- array ops ------------------------------------------------------------------------------
+def _axis(axis: int | tuple[int, ...] | None) -> Any:
+    return axis if axis is None or isinstance(axis, int) else tuple(axis)
+
+
+def sum(x, /, *, axis=None, keepdims=False):  # noqa: A001 - array-API name
+    return x.sum() if axis is None and not keepdims else x.sum(dim=_axis(axis) if axis is not None else tuple(range(x.ndim)), keepdim=keepdims)
+
+
+def mean(x, /, *, axis=None, keepdims=False):
+    return x.mean() if axis is None and not keepdims else x.mean(dim=_axis(axis) if axis is not None else tuple(range(x.ndim)), keepdim=keepdims)
+
+
+def max(x, /, *, axis=None, keepdims=False):  # noqa: A001
+    return x.amax() if axis is None and not keepdims else x.amax(dim=_axis(axis) if axis is not None else tuple(range(x.ndim)), keepdim=keepdims)
+
+
+def min(x, /, *, axis=None, keepdims=False):  # noqa: A001
+    return x.amin() if axis is None and not keepdims else x.amin(dim=_axis(axis) if axis is not None else tuple(range(x.ndim)), keepdim=keepdims)
+
+
+def argmax(x, /, *, axis):
+    return x.argmax(dim=axis)
+
+
+def abs(x, /):  # noqa: A001
+    return x.abs()
+
+
+def sign(x, /):
+    return x.sign()
+
+
+def sqrt(x, /):
+    return x.sqrt()
+
+
+def exp(x, /):
+    return x.exp()
+
+
+def _like(y: Any, x: torch.Tensor) -> torch.Tensor:
+    return y if isinstance(y, torch.Tensor) else torch.tensor(y, dtype=x.dtype, device=x.device)
+
+
+def maximum(x, y, /):
+    return torch.maximum(x, _like(y, x))
+
+
+def minimum(x, y, /):
+    return torch.minimum(x, _like(y, x))
+
+
+def where(cond, x, y, /):
+    ref = x if isinstance(x, torch.Tensor) else y
+    return torch.where(cond, _like(x, ref), _like(y, ref))
+
+
+def clip(x, /, min=None, max=None):  # noqa: A002
+    return x.clamp(min=min, max=max)
+
+
+def isfinite(x, /):
+    return torch.isfinite(x)
+
+
+def all(x, /) -> bool:  # noqa: A001
+    return bool(x.all())
+
+
+def reshape(x, /, shape):
+    return x.reshape(tuple(shape))
+
+
+def permute_dims(x, /, axes):
+    return x.permute(*axes)
+
+
+def broadcast_to(x, /, shape):
+    return x.broadcast_to(tuple(shape))
+
+
+def concat(xs, /, *, axis=0):
+    return torch.cat(list(xs), dim=axis)
+
+
+def stack(xs, /, *, axis=0):
+    return torch.stack(list(xs), dim=axis)
+
+
+def zeros_like(x, /):
+    return torch.zeros_like(x)
+
+
+def ones_like(x, /):
+    return torch.ones_like(x)
+
+
+def matmul(x, y, /):
+    return x @ y
+
+
+def take_along_axis(x, indices, /, *, axis):
+    return torch.take_along_dim(x, indices, dim=axis)
+
+
+def relu(x, /):
+    return F.relu(x)
+
+
+def softmax(x, /, *, axis=-1):
+    return F.softmax(x, dim=axis)
+
+
+def interpolate(x, /, size, *, mode="bilinear"):
+    kw = {"align_corners": False} if mode in ("linear", "bilinear", "bicubic", "trilinear") else {}
+    return F.interpolate(x, size=tuple(int(s) for s in size), mode=mode, **kw)
+
+
+# ---- autodiff -------------------------------------------------------------------------------
+def grad(outputs, inputs, grad_outputs=None, *, retain_graph=False, create_graph=False):
+    outs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    ins = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    gos = None if grad_outputs is None else (
+        list(grad_outputs) if isinstance(grad_outputs, (list, tuple)) else [grad_outputs])
+    gs = torch.autograd.grad(outs, ins, gos, retain_graph=retain_graph or create_graph,
+                             create_graph=create_graph, allow_unused=True)
+    return [torch.zeros_like(i) if g is None else g for g, i in zip(gs, ins)]
+
+
+def with_grad(x):
+    return x.detach().requires_grad_(True)
+
+
+def stop_gradient(x):
+    return x.detach()
+
+
+def custom_vjp(forward: Callable[..., torch.Tensor], backward: Callable) -> Callable[..., torch.Tensor]:
+    class _Fn(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            out = forward(*inputs)
+            ctx.save_for_backward(*inputs, out)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            *inputs, out = ctx.saved_tensors
+            grads = backward(tuple(inputs), out, grad_output)
+            return tuple(grads)
+
+    return _Fn.apply
+
+
+def enable_grad():
+    return torch.enable_grad()
+
+
+def no_grad():
+    return torch.no_grad()
+
+
+# ---- layers & hooks -------------------------------------------------------------------------
+_KINDS: list[tuple[tuple[type, ...], str]] = [
+    ((nn.Conv1d, nn.Conv2d, nn.Conv3d), "conv"),
+    ((nn.Linear,), "linear"),
+    ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), "batchnorm"),
+    ((nn.ReLU,), "relu"),
+    ((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d), "maxpool"),
+    ((nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d), "avgpool"),
+    ((nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d), "adaptive_avgpool"),
+    ((nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d), "adaptive_maxpool"),
+    ((nn.Flatten,), "flatten"),
+    ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout), "dropout"),
+    ((nn.Identity,), "identity"),
+    ((nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Softmax, nn.LogSoftmax,
+      nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Softplus), "activation"),
+]
+
+
+def _tuple(v: Any, n: int) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+
+def _layer_info(lname: str, m: nn.Module) -> LayerInfo:
+    kind = next((k for types, k in _KINDS if isinstance(m, types)), None)
+    has_children = next(iter(m.children()), None) is not None
+    if kind is None:
+        kind = "container" if has_children else "other"
+    params: dict[str, Any] = {}
+    attrs: dict[str, Any] = {}
+    if kind == "conv":
+        nd = m.weight.ndim - 2
+        params = {"weight": m.weight, "bias": m.bias}
+        attrs = {"ndim": nd, "stride": _tuple(m.stride, nd), "dilation": _tuple(m.dilation, nd),
+                 "padding": m.padding if isinstance(m.padding, str) else _tuple(m.padding, nd),
+                 "groups": m.groups, "padding_mode": m.padding_mode,
+                 "transposed": bool(getattr(m, "transposed", False))}
+    elif kind == "linear":
+        params = {"weight": m.weight, "bias": m.bias}
+    elif kind == "batchnorm":
+        params = {"weight": m.weight, "bias": m.bias, "running_mean": m.running_mean,
+                  "running_var": m.running_var}
+        attrs = {"eps": float(m.eps), "track_running_stats": m.track_running_stats}
+    elif kind in ("maxpool", "avgpool"):
+        attrs = {"kernel_size": m.kernel_size, "stride": m.stride, "padding": m.padding}
+    elif kind in ("adaptive_avgpool", "adaptive_maxpool"):
+        attrs = {"output_size": m.output_size}
+    elif kind == "relu":
+        attrs = {"inplace": bool(m.inplace)}
+    elif kind == "other":
+        params = dict(m.named_parameters(recurse=False))
+    return LayerInfo(lname, kind, type(m).__name__, m, params, attrs, has_children)
+
+
+def layers(model: nn.Module) -> list[LayerInfo]:
+    return [_layer_info(n, m) for n, m in model.named_modules(remove_duplicate=False)]
+
+
+def add_forward_hook(layer: nn.Module, hook):
+    return layer.register_forward_hook(hook)
+
+
+def add_forward_pre_hook(layer: nn.Module, hook):
+    return layer.register_forward_pre_hook(hook)
+
+
+def call_layer(layer: nn.Module, *inputs):
+    return layer(*inputs)
+
+
+# ---- functional layers ----------------------------------------------------------------------
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def conv(x, weight, bias=None, *, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    return _CONV[weight.ndim - 2](x, weight, bias, stride=tuple(stride),
+                                  padding=padding if isinstance(padding, str) else tuple(padding),
+                                  dilation=tuple(dilation), groups=groups)
+
+
+def linear(x, weight, bias=None):
+    return F.linear(x, weight, bias)
+
+
+# ---- model state ----------------------------------------------------------------------------
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+               "_backward_pre_hooks", "_state_dict_hooks", "_load_state_dict_pre_hooks")
+
+
+def snapshot(model: nn.Module) -> dict:
+    mods = list(model.modules())
+    params = list(model.parameters())
+    return {
+        "training": [(m, m.training) for m in mods],
+        "requires_grad": [(p, p.requires_grad) for p in params],
+        "versions": [(n, p, p._version) for n, p in model.named_parameters()]
+                    + [(n, b, b._version) for n, b in model.named_buffers()],
+        "hooks": [(m, {h: dict(getattr(m, h, {})) for h in _HOOK_DICTS}) for m in mods],
+        "grads": [(p, p.grad) for p in params],
+    }
+
+
+def restore(model: nn.Module, snap: dict) -> None:
+    for m, flag in snap["training"]:
+        m.training = flag
+    for p, flag in snap["requires_grad"]:
+        p.requires_grad_(flag)
+    for m, saved in snap["hooks"]:
+        for h, before in saved.items():
+            current = getattr(m, h, None)
+            if current is None:
+                continue
+            for key in [k for k in current if k not in before]:
+                del current[key]
+    for p, g in snap["grads"]:
+        p.grad = g
+
+
+def changed(model: nn.Module, snap: dict) -> list[str]:
+    return [f"{n} was modified in place" for n, t, v in snap["versions"] if t._version != v]
+
+
+def prepare(model: nn.Module) -> None:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def forward(model: nn.Module, x):
+    return model(x)

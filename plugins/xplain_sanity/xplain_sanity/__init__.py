@@ -1,0 +1,1 @@
+"""Sanity-check baselines for xplain, registered as methods through xplain's plugin hooks."""

@@ -1,0 +1,141 @@
+"""Backend selection for the one test suite.
+
+``XPLAIN_BACKEND`` (set by each tox env) picks what runs:
+
+* ``torch`` / ``paddle`` — the whole suite on that backend (the ``fw`` fixture);
+* ``cross`` — only tests marked ``cross``, which compare both backends on identical weights;
+* ``none`` — only tests marked ``core`` (no framework installed).
+
+An unknown value stops the run at once; unset means ``torch``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pytest
+
+CHOICES = ("torch", "paddle", "cross", "none")
+SELECTED = os.environ.get("XPLAIN_BACKEND", "torch").strip().lower()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if SELECTED not in CHOICES:
+        raise pytest.UsageError(f"XPLAIN_BACKEND={SELECTED!r} is unknown; use one of {CHOICES}")
+    for marker, text in (("core", "pure-core test: runs without any framework"),
+                         ("cross", "compares the torch and paddle backends"),
+                         ("slow", "large model; still run in CI")):
+        config.addinivalue_line("markers", f"{marker}: {text}")
+    if SELECTED == "paddle":
+        import paddle
+
+        paddle.set_device("cpu")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    keep, drop = [], []
+    for item in items:
+        is_core = item.get_closest_marker("core") is not None
+        is_cross = item.get_closest_marker("cross") is not None
+        if SELECTED == "none":
+            ok = is_core
+        elif SELECTED == "cross":
+            ok = is_cross
+        else:
+            ok = not is_cross
+        (keep if ok else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+class Framework:
+    """What a test needs of the backend under test, in framework-neutral words."""
+
+    def __init__(self, name: str) -> None:
+        from xplain.backends import load_backend
+
+        self.name = name
+        if name == "torch":
+            import torch
+
+            torch.manual_seed(0)
+            self.module = torch
+        else:
+            import paddle
+
+            paddle.seed(0)
+            self.module = paddle
+        self.B = load_backend(name)
+
+    def tensor(self, array: Any, dtype: str = "float32") -> Any:
+        """A framework tensor holding ``array`` (numpy/list) with numpy-style ``dtype``."""
+        a = np.asarray(array, dtype=dtype)
+        if self.name == "torch":
+            return self.module.as_tensor(a.copy())
+        return self.module.to_tensor(a)
+
+    def numpy(self, t: Any) -> np.ndarray:
+        return self.B.to_numpy(t)
+
+    def model(self, name: str, *, seed: int = 0, num_classes: int | None = None) -> Any:
+        """A zoo model (see :mod:`xplain.testing.zoo`) with deterministic weights."""
+        from xplain.testing.zoo import build
+
+        return build(name, self.name, seed=seed, num_classes=num_classes)
+
+    def nn(self) -> Any:
+        """The framework's ``nn`` module (``torch.nn`` / ``paddle.nn``)."""
+        return self.module.nn
+
+    def sequential(self, *layers: Any) -> Any:
+        return self.module.nn.Sequential(*layers)
+
+    def conv2d(self, cin: int, cout: int, k: int, **kw: Any) -> Any:
+        """A conv layer; ``weight``/``bias`` numpy arrays in (out, in, kh, kw) layout if given."""
+        weight, bias = kw.pop("weight", None), kw.pop("bias", None)
+        cls = self.module.nn.Conv2d if self.name == "torch" else self.module.nn.Conv2D
+        layer = cls(cin, cout, k, **kw)
+        self._set(layer, weight, bias, transpose=False)
+        return layer
+
+    def linear(self, fin: int, fout: int, *, weight: Any = None, bias: Any = None) -> Any:
+        """A linear layer; ``weight`` numpy array in the neutral (out, in) layout if given."""
+        layer = self.module.nn.Linear(fin, fout)
+        self._set(layer, weight, bias, transpose=self.name == "paddle")
+        return layer
+
+    def relu(self) -> Any:
+        return self.module.nn.ReLU()
+
+    def flatten(self) -> Any:
+        return self.module.nn.Flatten()
+
+    def _set(self, layer: Any, weight: Any, bias: Any, transpose: bool) -> None:
+        for attr, value in (("weight", weight), ("bias", bias)):
+            if value is None:
+                continue
+            value = np.asarray(value, dtype=np.float32)
+            if transpose and value.ndim == 2:
+                value = value.T
+            param = getattr(layer, attr)
+            if self.name == "torch":
+                with self.module.no_grad():
+                    param.copy_(self.module.as_tensor(value))
+            else:
+                param.set_value(np.ascontiguousarray(value))
+
+
+@pytest.fixture(scope="session")
+def fw() -> Framework:
+    """The backend under test (``XPLAIN_BACKEND``)."""
+    if SELECTED not in ("torch", "paddle"):
+        pytest.fail(f"test needs a framework but XPLAIN_BACKEND={SELECTED}; mark it core/cross")
+    return Framework(SELECTED)
+
+
+@pytest.fixture(scope="session")
+def both() -> tuple[Framework, Framework]:
+    """(torch, paddle) for cross-backend tests."""
+    return Framework("torch"), Framework("paddle")

@@ -1,0 +1,26 @@
+"""xplain: explainability for deep image classifiers, one algorithm for every framework.
+
+>>> import xplain
+>>> exp = xplain.explain(model, images, method="saliency")   # torch or paddle model
+>>> exp.attributions   # same framework, device and shape as ``images``
+
+This package never imports a framework at import time; backends load when a model or tensor
+of theirs is first seen.
+"""
+from __future__ import annotations
+
+from .api import Explanation, explain, methods
+from .backend import Backend, LayerInfo
+from .backends import backend_for, backends
+from .errors import (BackendError, InputError, LayerError, ModelError, OptionError, PluginError,
+                     TargetError, XplainError)
+from .plugins import hookimpl
+from .run import MethodResult, Run
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend", "BackendError", "Explanation", "InputError", "LayerError", "LayerInfo",
+    "MethodResult", "ModelError", "OptionError", "PluginError", "Run", "TargetError",
+    "XplainError", "backend_for", "backends", "explain", "hookimpl", "methods", "__version__",
+]

@@ -1,0 +1,223 @@
+"""The Backend protocol: the only door between xplain's algorithms and a framework.
+
+Every method in :mod:`xplain.methods` is written once against this interface. A backend
+(``xplain_torch``, ``xplain_paddle``, or a third-party one) implements it with short functions
+over its own tensors. Tensors of every supported framework already overload ``+ - * / **``,
+comparisons and ``x[...]`` indexing, so the core uses operators directly and calls the backend
+only for what operators cannot express.
+
+Conventions (shared by all backends, checked by :mod:`xplain.testing.conformance`):
+
+* Image tensors are ``NCHW``; attributions have the shape of the input.
+* Array ops are named as in the Python array API (``sum(x, /, *, axis=None, keepdims=False)``).
+* A linear layer's weight is exchanged in the neutral ``(out_features, in_features)`` layout;
+  a conv weight as ``(out_channels, in_channels // groups, kh, kw)``. Backends whose framework
+  stores another layout (Paddle's ``Linear`` keeps ``(in, out)``) convert at the boundary.
+* ``grad`` never accumulates into parameters' ``.grad``; it returns gradients.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager, Iterator, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+Tensor = Any
+"""A tensor of the backend's framework (``torch.Tensor``, ``paddle.Tensor`` ...)."""
+
+Model = Any
+"""A model of the backend's framework (``torch.nn.Module``, ``paddle.nn.Layer`` ...)."""
+
+#: Layer kinds a backend reports in :class:`LayerInfo`. ``other`` means "not known to xplain";
+#: methods that need to understand a layer (LRP) refuse ``other`` layers with parameters.
+LAYER_KINDS = (
+    "conv",  # 1-D/2-D/3-D convolution; attrs: stride, padding, dilation, groups, ndim
+    "linear",  # fully connected; params: weight (out, in), bias
+    "batchnorm",  # attrs: eps; params: weight, bias, running_mean, running_var
+    "relu",
+    "activation",  # any other element-wise nonlinearity (sigmoid, tanh, gelu, softmax ...)
+    "maxpool",
+    "avgpool",
+    "adaptive_avgpool",
+    "adaptive_maxpool",
+    "flatten",
+    "dropout",
+    "identity",
+    "container",  # Sequential / blocks / the root model: has children, computes via them
+    "other",
+)
+
+
+@dataclass
+class LayerInfo:
+    """A framework-neutral description of one layer (sub-module) of a model.
+
+    Attributes:
+        name: dotted path from the root, as ``model.named_modules()`` spells it (``""`` = root).
+        kind: one of :data:`LAYER_KINDS`.
+        type_name: the framework class name (``"Conv2d"``, ``"Conv2D"`` ...), for messages.
+        module: the framework layer object itself (borrowed; never modified by the core).
+        params: parameters/buffers in neutral layout (see module docstring), as backend tensors.
+        attrs: hyper-parameters (``stride``, ``padding``, ``dilation``, ``groups``, ``eps`` ...),
+            spatial ones as tuples of ints.
+        has_children: whether the layer contains sub-layers.
+    """
+
+    name: str
+    kind: str
+    type_name: str
+    module: Any
+    params: dict[str, Tensor] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    has_children: bool = False
+
+
+class HookHandle(Protocol):
+    """What ``add_forward_hook`` returns; ``remove()`` detaches the hook."""
+
+    def remove(self) -> None: ...
+
+
+#: ``hook(layer, inputs, output)``; returning a tensor replaces the layer's output.
+ForwardHook = Callable[[Any, tuple, Tensor], "Tensor | None"]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Tensor ops, autodiff and layer access of one framework.
+
+    A backend is a stateless object (a module or an instance); the core obtains it with
+    :func:`xplain.backends.backend_for`. Methods below are grouped as: detection, conversion,
+    array ops, autodiff, layers & hooks, functional layers, model state.
+    """
+
+    name: str
+
+    # ---- detection -------------------------------------------------------------------------
+    def is_tensor(self, obj: Any) -> bool:
+        """True if ``obj`` is a tensor of this framework."""
+
+    def is_model(self, obj: Any) -> bool:
+        """True if ``obj`` is a model/layer of this framework."""
+
+    # ---- conversion ------------------------------------------------------------------------
+    def asarray(self, obj: Any, *, like: Tensor, dtype: str | None = None) -> Tensor:
+        """A tensor from numpy/scalars/tensor on ``like``'s device, with ``like``'s dtype
+        (floats) or ``dtype`` (``"float32"``, ``"int64"``, ``"bool"``)."""
+
+    def to_numpy(self, x: Tensor) -> np.ndarray:
+        """A numpy copy of ``x`` (detached, on the host)."""
+
+    def shape(self, x: Tensor) -> tuple[int, ...]:
+        """The shape as a tuple of Python ints."""
+
+    def dtype_name(self, x: Tensor) -> str:
+        """The dtype as a numpy-style name: ``"float32"``, ``"int64"``, ``"bool"`` ..."""
+
+    def astype(self, x: Tensor, dtype: str) -> Tensor:
+        """``x`` converted to the numpy-style dtype name ``dtype``."""
+
+    # ---- array ops (array-API names) --------------------------------------------------------
+    def sum(self, x: Tensor, /, *, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor: ...
+    def mean(self, x: Tensor, /, *, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor: ...
+    def max(self, x: Tensor, /, *, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor: ...
+    def min(self, x: Tensor, /, *, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor: ...
+    def argmax(self, x: Tensor, /, *, axis: int) -> Tensor: ...
+    def abs(self, x: Tensor, /) -> Tensor: ...
+    def sign(self, x: Tensor, /) -> Tensor: ...
+    def sqrt(self, x: Tensor, /) -> Tensor: ...
+    def exp(self, x: Tensor, /) -> Tensor: ...
+    def maximum(self, x: Tensor, y: Tensor | float, /) -> Tensor: ...
+    def minimum(self, x: Tensor, y: Tensor | float, /) -> Tensor: ...
+    def where(self, cond: Tensor, x: Tensor | float, y: Tensor | float, /) -> Tensor: ...
+    def clip(self, x: Tensor, /, min: float | None = None, max: float | None = None) -> Tensor: ...
+    def isfinite(self, x: Tensor, /) -> Tensor: ...
+    def all(self, x: Tensor, /) -> bool:
+        """A Python bool: every element true (a host sync, used only for validation)."""
+    def reshape(self, x: Tensor, /, shape: Sequence[int]) -> Tensor: ...
+    def permute_dims(self, x: Tensor, /, axes: Sequence[int]) -> Tensor: ...
+    def broadcast_to(self, x: Tensor, /, shape: Sequence[int]) -> Tensor: ...
+    def concat(self, xs: Sequence[Tensor], /, *, axis: int = 0) -> Tensor: ...
+    def stack(self, xs: Sequence[Tensor], /, *, axis: int = 0) -> Tensor: ...
+    def zeros_like(self, x: Tensor, /) -> Tensor: ...
+    def ones_like(self, x: Tensor, /) -> Tensor: ...
+    def matmul(self, x: Tensor, y: Tensor, /) -> Tensor: ...
+    def take_along_axis(self, x: Tensor, indices: Tensor, /, *, axis: int) -> Tensor: ...
+    def relu(self, x: Tensor, /) -> Tensor: ...
+    def softmax(self, x: Tensor, /, *, axis: int = -1) -> Tensor: ...
+    def interpolate(self, x: Tensor, /, size: Sequence[int], *, mode: str = "bilinear") -> Tensor:
+        """Resize the trailing spatial dims of an ``NC...`` tensor (``align_corners=False``)."""
+
+    # ---- autodiff ---------------------------------------------------------------------------
+    def grad(self, outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
+             grad_outputs: Tensor | Sequence[Tensor] | None = None, *,
+             retain_graph: bool = False, create_graph: bool = False) -> list[Tensor]:
+        """d(outputs)/d(inputs) contracted with ``grad_outputs`` (ones if None), one per input.
+        Inputs that do not influence the outputs get zeros, never None."""
+
+    def with_grad(self, x: Tensor) -> Tensor:
+        """A new leaf tensor equal to ``x`` that records gradients."""
+
+    def stop_gradient(self, x: Tensor) -> Tensor:
+        """``x`` cut from the graph (same values, zero gradient)."""
+
+    def custom_vjp(self, forward: Callable[..., Tensor],
+                   backward: Callable[[tuple, Tensor, Tensor], tuple]) -> Callable[..., Tensor]:
+        """A differentiable function with a hand-written vector-Jacobian product.
+
+        ``forward(*inputs) -> output``; ``backward(inputs, output, grad_output) -> grads``
+        (one per input, ``None`` for inputs that need none). Used by guided backprop/deconvnet.
+        """
+
+    def enable_grad(self) -> ContextManager:
+        """Context in which graphs are recorded, even inside a user's ``no_grad``."""
+
+    def no_grad(self) -> ContextManager:
+        """Context in which no graph is recorded (cheap forwards: targets, occlusion ...)."""
+
+    # ---- layers & hooks ---------------------------------------------------------------------
+    def layers(self, model: Model) -> list[LayerInfo]:
+        """Every sub-layer (root first, then depth-first in registration order)."""
+
+    def add_forward_hook(self, layer: Any, hook: ForwardHook) -> HookHandle:
+        """Run ``hook(layer, inputs, output)`` after each call of ``layer``; a returned tensor
+        replaces the output."""
+
+    def add_forward_pre_hook(self, layer: Any, hook: Callable[[Any, tuple], "tuple | None"]) -> HookHandle:
+        """Run ``hook(layer, inputs)`` before each call; a returned tuple replaces the inputs."""
+
+    def call_layer(self, layer: Any, *inputs: Tensor) -> Tensor:
+        """Call one layer as the model would."""
+
+    # ---- functional layers ------------------------------------------------------------------
+    def conv(self, x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
+             stride: Sequence[int] = (1, 1), padding: Sequence[int] | str = (0, 0),
+             dilation: Sequence[int] = (1, 1), groups: int = 1) -> Tensor:
+        """N-d convolution (N from ``weight``'s rank) with explicit weights (neutral layout)."""
+
+    def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """``x @ weight.T + bias`` with ``weight`` in ``(out, in)`` layout."""
+
+    # ---- model state (the borrowed-model guard) ---------------------------------------------
+    def snapshot(self, model: Model) -> Any:
+        """Cheap record of what a method may touch: train/eval flag of every layer, gradient
+        flags of every parameter, hook counts, in-place version counters of parameters."""
+
+    def restore(self, model: Model, snapshot: Any) -> None:
+        """Put back flags and remove hooks added since ``snapshot``."""
+
+    def changed(self, model: Model, snapshot: Any) -> list[str]:
+        """Human-readable list of what differs from ``snapshot`` (empty when identical)."""
+
+    def prepare(self, model: Model) -> None:
+        """Put the model in the state methods run it in: eval mode, parameters frozen."""
+
+    def forward(self, model: Model, x: Tensor) -> Tensor:
+        """``model(x)``."""
+
+
+def iter_chunks(total: int, size: int) -> Iterator[slice]:
+    """Slices ``[0:size], [size:2*size] ...`` covering ``range(total)``."""
+    size = max(1, int(size))
+    for start in range(0, total, size):
+        yield slice(start, min(total, start + size))

@@ -1,0 +1,196 @@
+"""The context a method runs in: model, inputs, backend, targets, randomness, batching budget.
+
+Methods receive a :class:`Run` as their first argument. It is the only thing a method needs to
+talk to the framework (through ``run.backend``) and it provides the shared mechanics every
+method would otherwise rewrite: forwarding and validating the model's output, resolving
+targets, the target score to differentiate, seeded randomness (ARCHITECTURE.md, decision 4),
+chunking under a memory budget (decision 5) and progress bars.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from .backend import Backend, LayerInfo, Tensor, iter_chunks
+from .errors import LayerError, ModelError, OptionError
+from .targets import check_range
+
+_UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_bytes(value: int | str) -> int:
+    """``"2GB"`` / ``"512MB"`` / ``1e9`` → bytes (binary units)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return int(value)
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(value))
+    if not m or m.group(2).upper() not in _UNITS or float(m.group(1)) <= 0:
+        raise OptionError(f"memory_budget={value!r} is not a size; use e.g. '2GB', '512MB' or "
+                          f"a positive number of bytes")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+@dataclass
+class MethodResult:
+    """What a method may return instead of a bare tensor: attributions plus named extras
+    (``relevance_sum``, ``delta``, ``layer_maps`` ...) that show up on the Explanation."""
+
+    attributions: Tensor
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Run:
+    """One explanation in progress. Created by :func:`xplain.explain`; handed to the method."""
+
+    def __init__(self, backend: Backend, model: Any, inputs: Tensor, targets: np.ndarray | None,
+                 *, seed: int | None = 0, max_batch: int | None = None,
+                 memory_budget: int | str = "2GB", progress: bool | None = None,
+                 method: str = "") -> None:
+        self.backend = backend
+        self.model = model
+        self.inputs = inputs
+        self.method = method
+        self.batch_size = backend.shape(inputs)[0]
+        self._targets = targets
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.max_batch = max_batch
+        self.memory_budget = parse_bytes(memory_budget)
+        self.progress_enabled = progress
+        self._layers: list[LayerInfo] | None = None
+        self._per_sample_bytes: int | None = None
+        self.num_classes: int | None = None
+
+    # ---- model & targets --------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        """``model(x)``, checked to be a ``(batch, classes)`` score tensor."""
+        out = self.backend.forward(self.model, x)
+        if not self.backend.is_tensor(out):
+            raise ModelError(f"the model returned {type(out).__name__}, not a tensor; wrap it so "
+                             f"that it returns the (batch, classes) logits tensor")
+        shape = self.backend.shape(out)
+        if len(shape) != 2:
+            raise ModelError(f"the model's output has shape {shape}; xplain explains class "
+                             f"scores of shape (batch, classes) — flatten or select the output "
+                             f"in a wrapper model")
+        self.num_classes = shape[1]
+        return out
+
+    def resolve_targets(self, output: Tensor | None = None) -> np.ndarray:
+        """Targets as ``int64[batch]``; ``None`` targets become the argmax of ``output`` (the
+        model's output on :attr:`inputs`, computed here if not given). Range-checked."""
+        if self._targets is None:
+            if output is None:
+                with self.backend.no_grad():
+                    output = self.forward(self.inputs)
+            self._targets = self.backend.to_numpy(self.backend.argmax(output, axis=1)).astype(np.int64)
+        elif self.num_classes is None:
+            with self.backend.no_grad():
+                self.forward(self.inputs[:1])
+        check_range(self._targets, self.num_classes)
+        return self._targets
+
+    @property
+    def targets(self) -> np.ndarray:
+        """Resolved targets (runs one no-grad forward when they were ``None``)."""
+        return self.resolve_targets()
+
+    def target_score(self, output: Tensor, targets: np.ndarray | None = None) -> Tensor:
+        """``sum_i output[i, targets[i]]``: the scalar whose gradient is every sample's own
+        target gradient (samples do not interact in a model in eval mode)."""
+        t = self.resolve_targets(output) if targets is None else targets
+        onehot = np.zeros(self.backend.shape(output), dtype=np.float32)
+        onehot[np.arange(len(t)), t] = 1.0
+        return self.backend.sum(output * self.backend.asarray(onehot, like=output))
+
+    def target_outputs(self, output: Tensor, targets: np.ndarray | None = None) -> Tensor:
+        """``output[i, targets[i]]`` as a ``(batch,)`` tensor."""
+        t = self.resolve_targets(output) if targets is None else targets
+        idx = self.backend.asarray(t.reshape(-1, 1), like=output, dtype="int64")
+        return self.backend.reshape(self.backend.take_along_axis(output, idx, axis=1), (-1,))
+
+    def input_gradient(self, x: Tensor, targets: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
+        """(d target score / d x, model output) for a batch ``x``."""
+        B = self.backend
+        with B.enable_grad():
+            xg = B.with_grad(x)
+            out = self.forward(xg)
+            (g,) = B.grad(self.target_score(out, targets), xg)
+        return g, out
+
+    # ---- layers -----------------------------------------------------------------------------
+    def layers(self) -> list[LayerInfo]:
+        """The model's layers as neutral :class:`LayerInfo` (cached for this run)."""
+        if self._layers is None:
+            self._layers = self.backend.layers(self.model)
+        return self._layers
+
+    def layer(self, spec: Any) -> LayerInfo:
+        """Find a layer by dotted name (``"layer4"``, ``"features.35"``) or by object."""
+        layers = self.layers()
+        if isinstance(spec, str):
+            for info in layers:
+                if info.name == spec:
+                    return info
+            names = [i.name for i in layers if i.name]
+            close = [n for n in names if spec.split(".")[-1] in n][:8]
+            raise LayerError(f"the model has no layer named {spec!r}; "
+                             + (f"similar names: {close}; " if close else "")
+                             + "list them with xplain.layers(model)")
+        for info in layers:
+            if info.module is spec:
+                return info
+        raise LayerError(f"the layer object {type(spec).__name__} is not part of this model; pass "
+                         f"a sub-layer of the model being explained, or its dotted name")
+
+    # ---- batching & progress ----------------------------------------------------------------
+    def per_sample_bytes(self) -> int:
+        """Estimated bytes one sample needs through forward+backward: the sum of every layer's
+        output size (activations kept for backward) times two (their gradients)."""
+        if self._per_sample_bytes is None:
+            B = self.backend
+            total = [0]
+
+            def count(_layer: Any, _inputs: tuple, out: Any) -> None:
+                if B.is_tensor(out):
+                    total[0] += int(np.prod(B.shape(out))) * 4
+
+            handles = [B.add_forward_hook(i.module, count) for i in self.layers()
+                       if not i.has_children]
+            try:
+                with B.no_grad():
+                    B.forward(self.model, self.inputs[:1])
+            finally:
+                for h in handles:
+                    h.remove()
+            inp = int(np.prod(B.shape(self.inputs)[1:])) * 4
+            self._per_sample_bytes = 2 * (total[0] + inp)
+        return self._per_sample_bytes
+
+    def chunk_size(self, *, backward: bool = True) -> int:
+        """How many samples to push through the model at once: ``max_batch`` if given, else as
+        many as fit in ``memory_budget`` (halved need when no backward pass is taken)."""
+        if self.max_batch is not None:
+            return max(1, int(self.max_batch))
+        need = self.per_sample_bytes() // (1 if backward else 2)
+        return max(1, self.memory_budget // max(1, need))
+
+    def chunks(self, total: int, *, backward: bool = True) -> Iterator[slice]:
+        """Slices covering ``range(total)`` in chunks of :meth:`chunk_size`."""
+        return iter_chunks(total, self.chunk_size(backward=backward))
+
+    def progress(self, iterable: Iterable, *, total: int | None = None, desc: str = "") -> Iterable:
+        """Wrap ``iterable`` in a tqdm bar when enabled (default: only on a terminal)."""
+        enabled = self.progress_enabled
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        if not enabled:
+            return iterable
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return iterable
+        return tqdm(iterable, total=total, desc=desc or self.method, leave=False)

@@ -42,3 +42,6 @@ def input_x_gradient(run: Run) -> Tensor:
     """
     g, _ = run.input_gradient(run.inputs)
     return run.inputs * g
+
+
+METHODS = {"saliency": saliency, "input_x_gradient": input_x_gradient}

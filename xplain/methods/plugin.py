@@ -1,11 +1,22 @@
-"""Registers xplain's built-in methods through the public plugin hooks."""
+"""Registers xplain's built-in methods through the public plugin hooks.
+
+Each family module in :data:`FAMILIES` exposes ``METHODS: dict[str, callable]``; registering
+them here, through the same hook third-party packs implement, keeps built-ins honest about
+using only the public plugin API.
+"""
 from __future__ import annotations
 
+from importlib import import_module
+
 from ..plugins import Registry, hookimpl
-from . import gradients
+
+#: Method family modules under :mod:`xplain.methods`.
+FAMILIES = ("gradients",)
 
 
 @hookimpl
 def xplain_register_methods(registry: Registry) -> None:
-    registry.add_method("saliency", gradients.saliency)
-    registry.add_method("input_x_gradient", gradients.input_x_gradient)
+    for family in FAMILIES:
+        module = import_module(f"{__package__}.{family}")
+        for name, fn in module.METHODS.items():
+            registry.add_method(name, fn)

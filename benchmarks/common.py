@@ -1,0 +1,92 @@
+"""Shared timing helpers for the benchmark scripts.
+
+Every number is reported as a *ratio* against a raw forward+backward pass of the same model on
+the same batch, timed in the same process (median of ``repeats`` after ``warmup`` runs), so
+tables stay comparable across machines. Peer libraries are timed in the same run when installed.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+THREADS = int(os.environ.get("XPLAIN_BENCH_THREADS", "2"))
+
+
+def set_threads(framework: str, n: int = THREADS) -> None:
+    """Pin the framework's CPU thread count (Paddle defaults to one thread)."""
+    if framework == "torch":
+        import torch
+
+        torch.set_num_threads(n)
+    else:
+        import paddle
+
+        paddle.set_device("cpu")
+        paddle.base.core.set_num_threads(n)
+
+
+def median_time(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def raw_forward_backward(framework: str, model: Any, x: Any) -> Callable[[], None]:
+    """The reference cost: one forward and one backward to the input, no xplain involved."""
+    if framework == "torch":
+        import torch
+
+        def run() -> None:
+            xg = x.detach().requires_grad_(True)
+            out = model(xg)
+            (g,) = torch.autograd.grad(out[:, 0].sum(), xg)
+    else:
+        import paddle
+
+        def run() -> None:
+            xg = x.detach()
+            xg.stop_gradient = False
+            out = model(xg)
+            (g,) = paddle.grad(out[:, 0].sum(), xg)
+    return run
+
+
+def make_input(framework: str, batch: int, size: int, channels: int = 3, seed: int = 0) -> Any:
+    a = np.random.default_rng(seed).standard_normal((batch, channels, size, size)).astype(np.float32)
+    if framework == "torch":
+        import torch
+
+        return torch.as_tensor(a)
+    import paddle
+
+    return paddle.to_tensor(a)
+
+
+@dataclass
+class Table:
+    """Rows of ``(case, framework, model, seconds, ratio vs raw fwd+bwd, note)``."""
+
+    rows: list[tuple] = field(default_factory=list)
+
+    def add(self, case: str, framework: str, model: str, seconds: float, base: float, note: str = "") -> None:
+        self.rows.append((case, framework, model, seconds, seconds / base, note))
+        print(f"  {case:<34} {framework:<7} {model:<10} {seconds*1000:9.1f} ms  {seconds/base:6.2f}x fwd+bwd  {note}",
+              flush=True)
+
+    def markdown(self) -> str:
+        lines = ["| case | backend | model | time (ms) | × raw fwd+bwd | note |",
+                 "|---|---|---|---:|---:|---|"]
+        for case, fw, model, s, r, note in self.rows:
+            lines.append(f"| {case} | {fw} | {model} | {s*1000:.1f} | {r:.2f} | {note} |")
+        return "\n".join(lines)

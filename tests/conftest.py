@@ -6,6 +6,9 @@
 * ``cross`` — only tests marked ``cross``, which compare both backends on identical weights;
 * ``none`` — only tests marked ``core`` (no framework installed).
 
+``XPLAIN_PEERS=1`` (tox env ``peers``) selects only tests marked ``peer``: equality with Captum,
+Zennit and pytorch-grad-cam, which are installed in that env alone.
+
 An unknown value stops the run at once; unset means ``torch``.
 """
 from __future__ import annotations
@@ -18,6 +21,7 @@ import pytest
 
 CHOICES = ("torch", "paddle", "cross", "none")
 SELECTED = os.environ.get("XPLAIN_BACKEND", "torch").strip().lower()
+PEERS = os.environ.get("XPLAIN_PEERS", "") == "1"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -25,6 +29,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"XPLAIN_BACKEND={SELECTED!r} is unknown; use one of {CHOICES}")
     for marker, text in (("core", "pure-core test: runs without any framework"),
                          ("cross", "compares the torch and paddle backends"),
+                         ("peer", "compares with Captum/Zennit/pytorch-grad-cam (XPLAIN_PEERS=1)"),
                          ("slow", "large model; still run in CI")):
         config.addinivalue_line("markers", f"{marker}: {text}")
     if SELECTED == "paddle":
@@ -38,7 +43,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         is_core = item.get_closest_marker("core") is not None
         is_cross = item.get_closest_marker("cross") is not None
-        if SELECTED == "none":
+        is_peer = item.get_closest_marker("peer") is not None
+        if is_peer != PEERS:
+            ok = False
+        elif SELECTED == "none":
             ok = is_core
         elif SELECTED == "cross":
             ok = is_cross

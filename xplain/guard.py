@@ -4,7 +4,8 @@ While a method runs, the model is put in evaluation mode with frozen parameters 
 statistics are not updated and no parameter gradients are computed); afterwards — also when the
 method raises — the train/eval flags, gradient flags and hook counts are put back. In-place
 changes of parameters cannot be undone cheaply, so they are *detected* (via the frameworks'
-in-place version counters) and reported as an error naming what changed.
+in-place version counters) and reported as an error naming what changed. Paddle's
+``Tensor.set_value`` does not bump that counter; no xplain method uses it.
 """
 from __future__ import annotations
 

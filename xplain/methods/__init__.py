@@ -2,4 +2,22 @@
 
 One module per family; :mod:`xplain.methods.plugin` registers the built-ins through the same
 pluggy hooks third-party packs use.
+
+``xplain.methods()`` is also the public call that lists method names. Importing this
+subpackage binds ``xplain.methods`` to the module, so the module itself is made callable and
+answers that call: both spellings keep working in every import order.
 """
+from __future__ import annotations
+
+import sys
+import types
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self) -> list[str]:
+        from ..api import methods
+
+        return methods()
+
+
+sys.modules[__name__].__class__ = _CallableModule

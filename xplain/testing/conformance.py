@@ -65,3 +65,168 @@ def check_sum(B, T):
     close(B.sum(T(a)), a.sum(), B)
     close(B.sum(T(a), axis=1), a.sum(1), B)
     close(B.sum(T(a), axis=(1, 2), keepdims=True), a.sum((1, 2), keepdims=True), B)
+
+
+@check
+def check_reductions(B, T):
+    a = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    for op, ref in (("mean", np.mean), ("max", np.max), ("min", np.min)):
+        close(getattr(B, op)(T(a)), ref(a), B)
+        close(getattr(B, op)(T(a), axis=2), ref(a, axis=2), B)
+        close(getattr(B, op)(T(a), axis=(0, 2), keepdims=True), ref(a, axis=(0, 2), keepdims=True), B)
+    np.testing.assert_array_equal(B.to_numpy(B.argmax(T(a), axis=1)), a.argmax(1))
+
+
+@check
+def check_elementwise(B, T):
+    a = np.array([[-2.0, -0.5, 0.0, 0.5, 3.0]], dtype=np.float32)
+    b = np.array([[1.0, -1.0, 2.0, 0.25, 4.0]], dtype=np.float32)
+    close(B.abs(T(a)), np.abs(a), B)
+    close(B.sign(T(a)), np.sign(a), B)
+    close(B.sqrt(T(np.abs(a))), np.sqrt(np.abs(a)), B)
+    close(B.exp(T(a)), np.exp(a), B)
+    close(B.maximum(T(a), T(b)), np.maximum(a, b), B)
+    close(B.minimum(T(a), 0.0), np.minimum(a, 0.0), B)
+    close(B.where(T(a > 0), T(a), 0.0), np.where(a > 0, a, 0.0), B)
+    close(B.where(T(a > 0), 1.0, T(b)), np.where(a > 0, 1.0, b), B)
+    close(B.clip(T(a), min=-1.0, max=1.0), np.clip(a, -1, 1), B)
+    close(B.clip(T(a), min=0.0), np.clip(a, 0, None), B)
+    close(B.relu(T(a)), np.maximum(a, 0), B)
+    e = np.exp(a - a.max())
+    close(B.softmax(T(a), axis=-1), e / e.sum(), B)
+    close(T(a) * T(b) + T(a) / T(b) - T(b) ** 2, a * b + a / b - b**2, B)
+
+
+@check
+def check_isfinite_all(B, T):
+    a = np.array([1.0, np.nan, np.inf, -2.0], dtype=np.float32)
+    np.testing.assert_array_equal(B.to_numpy(B.isfinite(T(a))), np.isfinite(a))
+    assert B.all(B.isfinite(T(a[[0, 3]]))) is True
+    assert B.all(B.isfinite(T(a))) is False
+
+
+@check
+def check_shapes(B, T):
+    a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    assert B.shape(T(a)) == (2, 3, 4)
+    assert all(isinstance(s, int) for s in B.shape(T(a)))
+    close(B.reshape(T(a), (6, 4)), a.reshape(6, 4), B)
+    close(B.reshape(T(a), (-1,)), a.reshape(-1), B)
+    close(B.permute_dims(T(a), (2, 0, 1)), a.transpose(2, 0, 1), B)
+    close(B.broadcast_to(T(a[:1]), (3, 3, 4)), np.broadcast_to(a[:1], (3, 3, 4)), B)
+    close(B.concat([T(a), T(a)], axis=1), np.concatenate([a, a], 1), B)
+    close(B.stack([T(a), T(a)], axis=0), np.stack([a, a], 0), B)
+    close(B.zeros_like(T(a)), np.zeros_like(a), B)
+    close(B.ones_like(T(a)), np.ones_like(a), B)
+    close(T(a)[1, :, 2:], a[1, :, 2:], B)
+
+
+@check
+def check_linear_algebra(B, T):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    w = rng.standard_normal((3, 5)).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    close(B.matmul(T(x), T(w.T)), x @ w.T, B, rtol=1e-5, atol=1e-5)
+    close(B.linear(T(x), T(w), T(b)), x @ w.T + b, B, rtol=1e-5, atol=1e-5)
+    close(B.linear(T(x), T(w)), x @ w.T, B, rtol=1e-5, atol=1e-5)
+    idx = np.array([[2], [0], [1], [2]])
+    close(B.take_along_axis(T(x), T(idx), axis=1), np.take_along_axis(x, idx, 1), B)
+
+
+def _conv_ref(x, w, b, stride, padding, dilation, groups):
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    out = np.zeros((n, o, oh, ow), dtype=np.float64)
+    og = o // groups
+    for oc in range(o):
+        g = oc // og
+        for i in range(oh):
+            for j in range(ow):
+                patch = xp[:, g * cg:(g + 1) * cg,
+                           i * stride[0]: i * stride[0] + dilation[0] * (kh - 1) + 1: dilation[0],
+                           j * stride[1]: j * stride[1] + dilation[1] * (kw - 1) + 1: dilation[1]]
+                out[:, oc, i, j] = (patch * w[oc]).sum(axis=(1, 2, 3))
+    if b is not None:
+        out += b[None, :, None, None]
+    return out
+
+
+@check
+def check_conv(B, T):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 4, 7, 6)).astype(np.float32)
+    for stride, padding, dilation, groups in (((1, 1), (0, 0), (1, 1), 1), ((2, 1), (1, 2), (1, 1), 2),
+                                              ((1, 2), (2, 1), (2, 1), 4)):
+        w = rng.standard_normal((4, 4 // groups, 3, 2)).astype(np.float32)
+        b = rng.standard_normal(4).astype(np.float32)
+        got = B.conv(T(x), T(w), T(b), stride=stride, padding=padding, dilation=dilation, groups=groups)
+        close(got, _conv_ref(x, w, b, stride, padding, dilation, groups), B, rtol=1e-4, atol=1e-4)
+
+
+@check
+def check_interpolate(B, T):
+    # bilinear, align_corners=False (half-pixel centres), as OpenCV's INTER_LINEAR for upsampling
+    import cv2
+
+    a = np.random.default_rng(3).standard_normal((1, 1, 4, 5)).astype(np.float32)
+    got = B.to_numpy(B.interpolate(T(a), (8, 10)))[0, 0]
+    ref = cv2.resize(a[0, 0], (10, 8), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    near = B.to_numpy(B.interpolate(T(a), (8, 10), mode="nearest"))[0, 0]
+    np.testing.assert_allclose(near, np.repeat(np.repeat(a[0, 0], 2, 0), 2, 1))
+
+
+@check
+def check_grad(B, T):
+    a = np.array([[1.0, -2.0, 3.0]], dtype=np.float32)
+    with B.enable_grad():
+        x = B.with_grad(T(a))
+        y = B.sum(x * x * x)
+        (g,) = B.grad(y, x)
+    close(g, 3 * a**2, B)
+    with B.enable_grad():
+        x = B.with_grad(T(a))
+        z = B.with_grad(T(a))
+        y = x * T([[1.0, 2.0, 3.0]])
+        gx, gz = B.grad(y, [x, z], T([[1.0, 1.0, 2.0]]))
+    close(gx, [[1.0, 2.0, 6.0]], B)
+    close(gz, np.zeros_like(a), B)  # unused input: zeros, never None
+    with B.enable_grad():
+        x = B.with_grad(T(a))
+        y = B.sum(B.stop_gradient(x) * x)
+        (g,) = B.grad(y, x)
+    close(g, a, B)  # d/dx (c * x) with c = stop_gradient(x)
+    with B.no_grad():
+        assert B.shape(T(a) * 2) == (1, 3)
+
+
+@check
+def check_custom_vjp(B, T):
+    def fwd(x):
+        return B.relu(x)
+
+    def bwd(inputs, out, g):  # guided-backprop style: pass only positive gradients
+        return (B.relu(g) * B.astype(out > 0, "float32"),)
+
+    f = B.custom_vjp(fwd, bwd)
+    a = np.array([[1.0, -1.0, 2.0, 3.0]], dtype=np.float32)
+    with B.enable_grad():
+        x = B.with_grad(T(a))
+        y = f(x)
+        (g,) = B.grad(y, x, T([[1.0, 1.0, -1.0, 2.0]]))
+    close(y, np.maximum(a, 0), B)
+    close(g, [[1.0, 0.0, 0.0, 2.0]], B)
+
+
+@check
+def check_dtypes(B, T):
+    a = np.array([1.5, 2.5], dtype=np.float32)
+    assert B.dtype_name(T(a)) == "float32"
+    assert B.dtype_name(B.astype(T(a), "float64")) == "float64"
+    assert B.dtype_name(T(np.array([1, 2]))) == "int64"
+    np.testing.assert_array_equal(B.to_numpy(B.astype(T(a), "int64")), [1, 2])
+    assert isinstance(B.to_numpy(T(a)), np.ndarray)

@@ -16,11 +16,12 @@ from .errors import (BackendError, InputError, LayerError, ModelError, OptionErr
                      TargetError, XplainError)
 from .plugins import hookimpl
 from .run import MethodResult, Run
+from .summary import Summary, summary
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Backend", "BackendError", "Explanation", "InputError", "LayerError", "LayerInfo",
     "MethodResult", "ModelError", "OptionError", "PluginError", "Run", "TargetError",
-    "XplainError", "backend_for", "backends", "explain", "hookimpl", "methods", "__version__",
+    "Summary", "XplainError", "backend_for", "backends", "explain", "hookimpl", "methods", "summary", "__version__",
 ]

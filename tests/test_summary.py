@@ -1,0 +1,76 @@
+"""xplain.summary: parameter and multiply-add counts against independent hand computations."""
+import numpy as np
+import pytest
+
+import xplain
+
+
+def _resnet18_expected(size: int = 224) -> tuple[int, int]:
+    """ResNet-18 parameter and mult-add counts computed from the architecture by hand."""
+    params = macs = 0
+
+    def conv(cin, cout, k, hw_out):
+        nonlocal params, macs
+        params += cout * cin * k * k
+        macs += cout * hw_out * hw_out * cin * k * k
+
+    def bn(c):
+        nonlocal params
+        params += 2 * c
+
+    hw = (size + 2 * 3 - 7) // 2 + 1          # conv1 7x7/2
+    conv(3, 64, 7, hw); bn(64)
+    hw = (hw + 2 - 3) // 2 + 1                # maxpool 3x3/2
+    cin = 64
+    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        for block in range(2):
+            s = stride if block == 0 else 1
+            out = (hw + 2 - 3) // s + 1
+            conv(cin, cout, 3, out); bn(cout)
+            conv(cout, cout, 3, out); bn(cout)
+            if s != 1 or cin != cout:
+                conv(cin, cout, 1, out); bn(cout)
+            cin, hw = cout, out
+    params += 512 * 1000 + 1000               # fc
+    macs += 512 * 1000
+    return params, macs
+
+
+def test_resnet18_totals(fw):
+    params, macs = _resnet18_expected()
+    assert params == 11_689_512                # torchvision's documented count
+    s = xplain.summary(fw.model("resnet18"), (1, 3, 224, 224))
+    assert s.total_params == params
+    assert s.total_mult_adds == macs == 1_814_073_344   # "1.81 G" as torchsummaryX prints
+    table = str(s)
+    assert "11.69 M" in table and "1.81 G" in table
+    conv1 = s.rows[0]
+    assert conv1.name == "conv1" and conv1.kernel_shape == (64, 3, 7, 7)
+    assert conv1.output_shape == (1, 64, 112, 112) and conv1.params == 9408
+    # BasicBlock calls its ReLU twice: two rows, no parameters counted
+    assert sum(r.name == "layer1.0.relu" for r in s.rows) == 2
+    assert s.rows[-1].output_shape == (1, 1000)
+
+
+def test_small_model_by_hand_and_batch_scaling(fw):
+    model = fw.sequential(fw.conv2d(3, 4, 3, padding=1, groups=1), fw.relu(), fw.flatten(),
+                          fw.linear(4 * 8 * 8, 5))
+    s = xplain.summary(model, (2, 3, 8, 8))
+    # conv: out 2*4*8*8 = 512 elements, each 3*3*3 = 27 MACs; linear: 2*5 outputs x 256 inputs
+    assert [r.mult_adds for r in s.rows] == [512 * 27, 0, 0, 10 * 256]
+    assert s.total_params == (4 * 27 + 4) + (256 * 5 + 5)
+    assert s.rows[3].kernel_shape == (5, 256)   # neutral (out, in) layout on every backend
+
+
+def test_grouped_conv_and_no_hooks_left(fw):
+    model = fw.sequential(fw.conv2d(4, 8, 3, groups=2))
+    before = fw.B.snapshot(model)
+    s = xplain.summary(model, (1, 4, 5, 5))
+    assert s.total_mult_adds == 8 * 3 * 3 * (4 // 2) * 3 * 3
+    assert fw.B.changed(model, before) == []
+
+
+def test_bad_shape(fw):
+    with pytest.raises(xplain.InputError, match="input_shape"):
+        xplain.summary(fw.model("mlp"), (0, 784))
+    assert np.isfinite(xplain.summary(fw.model("mlp"), (1, 1, 28, 28)).total_params)

@@ -1,0 +1,157 @@
+"""A model summary table (layers, kernel and output shapes, parameters, multiply-adds),
+framework-neutral: one probe forward through the backend with hooks on every leaf layer.
+
+The counts follow the convention of torchsummaryX, which users know from the CNN tutorials:
+
+* **params** — trainable weights and biases of each layer (BatchNorm's running statistics are
+  buffers, not parameters). A layer called several times (torchvision's BasicBlock calls one
+  ReLU twice) is listed once per call, its parameters counted once.
+* **mult-adds** — multiply-accumulate operations of convolutions and fully connected layers,
+  for the whole batch given in ``input_shape``:
+  conv: ``out_numel × (in_channels / groups) × kh × kw``; linear: ``out_numel × in_features``.
+  Additions of biases, BatchNorm, activations and pooling count 0 (torchsummaryX adds one per
+  BatchNorm weight, a difference of < 0.01 % on ResNets).
+
+Example: ``print(xplain.summary(model, (1, 3, 224, 224)))`` on ResNet-18 gives 11,689,512
+parameters and 1,814,073,344 mult-adds (≈ 11.7 M and 1.81 G).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .backend import LayerInfo
+from .backends import backend_for
+from .errors import InputError
+
+
+@dataclass
+class SummaryRow:
+    """One leaf-layer call in the probe forward."""
+
+    name: str
+    kind: str
+    type_name: str
+    kernel_shape: tuple[int, ...] | None
+    output_shape: tuple[int, ...] | None
+    params: int
+    mult_adds: int
+
+
+@dataclass
+class Summary:
+    """What :func:`summary` returns; ``str(summary)`` is the table."""
+
+    rows: list[SummaryRow] = field(default_factory=list)
+    input_shape: tuple[int, ...] = ()
+    total_params: int = 0
+    total_mult_adds: int = 0
+
+    def __str__(self) -> str:
+        head = ("Layer", "Type", "Kernel shape", "Output shape", "Params", "Mult-Adds")
+        body = [(r.name or "(root)", r.type_name,
+                 "-" if r.kernel_shape is None else str(list(r.kernel_shape)),
+                 "-" if r.output_shape is None else str(list(r.output_shape)),
+                 f"{r.params:,}" if r.params else "-", f"{r.mult_adds:,}" if r.mult_adds else "-")
+                for r in self.rows]
+        widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h)
+                  for i, h in enumerate(head)]
+        right = {4, 5}
+
+        def line(cells: tuple[str, ...]) -> str:
+            return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                             for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+        rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
+        out = [rule, line(head), rule, *(line(b) for b in body), rule,
+               f"Input shape:     {list(self.input_shape)}",
+               f"Total params:    {self.total_params:,} ({self.total_params / 1e6:.2f} M)",
+               f"Total mult-adds: {self.total_mult_adds:,} ({self.total_mult_adds / 1e9:.2f} G)",
+               rule]
+        return "\n".join(out)
+
+
+def _numel(backend: Any, t: Any) -> int:
+    return 0 if t is None else int(np.prod(backend.shape(t), dtype=np.int64))
+
+
+def _layer_params(backend: Any, info: LayerInfo) -> int:
+    """Trainable parameter count of one leaf layer (weights and biases, not BN statistics)."""
+    if info.kind in ("conv", "linear", "batchnorm"):
+        return _numel(backend, info.params.get("weight")) + _numel(backend, info.params.get("bias"))
+    return sum(_numel(backend, p) for p in info.params.values())
+
+
+def _mult_adds(backend: Any, info: LayerInfo, out_shape: tuple[int, ...] | None) -> int:
+    if out_shape is None or info.kind not in ("conv", "linear"):
+        return 0
+    w_shape = backend.shape(info.params["weight"])  # neutral: (out, in/groups, k...) / (out, in)
+    return int(np.prod(out_shape, dtype=np.int64)) * int(np.prod(w_shape[1:], dtype=np.int64))
+
+
+def summary(model: Any, input_shape: tuple[int, ...] = (1, 3, 224, 224), *,
+            backend: str | None = None, dtype: str = "float32") -> Summary:
+    """Per-layer table of a model: kernel shape, output shape, parameters, multiply-adds.
+
+    Runs one forward pass on zeros of ``input_shape`` (no gradients) with a forward hook on
+    every leaf layer; hooks are removed afterwards and the model is not modified (it is put in
+    eval mode for the probe and its flags restored).
+
+    Args:
+        model: a model of any registered backend.
+        input_shape: shape of the probe input, batch first.
+        backend: force a backend by name (default: detected from the model).
+
+    Returns:
+        :class:`Summary` with ``rows``, ``total_params``, ``total_mult_adds``.
+    """
+    from .guard import borrowed
+
+    B = backend_for(model, name=backend)
+    if not B.is_model(model):
+        raise InputError(f"summary() needs a {B.name} model, got {type(model).__name__}")
+    if len(input_shape) < 2 or any(int(s) <= 0 for s in input_shape):
+        raise InputError(f"input_shape={input_shape} must be a batch-first shape of positive "
+                         f"sizes, e.g. (1, 3, 224, 224)")
+    leaves = [i for i in B.layers(model) if not i.has_children and i.kind != "container"]
+    seen: dict[int, LayerInfo] = {}
+    for info in leaves:  # a module registered under two names is one layer
+        seen.setdefault(id(info.module), info)
+    calls: list[tuple[LayerInfo, tuple[int, ...] | None]] = []
+
+    def make_hook(info: LayerInfo):
+        def hook(_layer: Any, _inputs: tuple, output: Any) -> None:
+            out = output[0] if isinstance(output, (tuple, list)) and output else output
+            calls.append((info, B.shape(out) if B.is_tensor(out) else None))
+        return hook
+
+    probe = np.zeros(tuple(int(s) for s in input_shape), dtype=dtype)
+    with borrowed(B, model):
+        handles = [B.add_forward_hook(info.module, make_hook(info)) for info in seen.values()]
+        try:
+            # ``like`` must be a tensor of the model's framework: take any parameter
+            like = next((p for i in B.layers(model) for p in i.params.values() if p is not None), None)
+            if like is None:
+                raise InputError("summary() needs a model with at least one parameter")
+            x = B.asarray(probe, like=like)
+            with B.no_grad():
+                B.forward(model, x)
+        finally:
+            for h in handles:
+                h.remove()
+    result = Summary(input_shape=tuple(int(s) for s in input_shape))
+    counted: set[int] = set()
+    for info, out_shape in calls:
+        first = id(info.module) not in counted
+        counted.add(id(info.module))
+        params = _layer_params(B, info) if first else 0
+        kernel = (B.shape(info.params["weight"]) if info.kind in ("conv", "linear")
+                  and info.params.get("weight") is not None else None)
+        row = SummaryRow(info.name, info.kind, info.type_name, kernel, out_shape, params,
+                         _mult_adds(B, info, out_shape))
+        result.rows.append(row)
+        result.total_params += row.params
+        result.total_mult_adds += row.mult_adds
+    return result

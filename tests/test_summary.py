@@ -9,27 +9,29 @@ def _resnet18_expected(size: int = 224) -> tuple[int, int]:
     """ResNet-18 parameter and mult-add counts computed from the architecture by hand."""
     params = macs = 0
 
-    def conv(cin, cout, k, hw_out):
+    def conv(cin, cout, k, hw_out, norm=True):
         nonlocal params, macs
         params += cout * cin * k * k
         macs += cout * hw_out * hw_out * cin * k * k
+        if norm:
+            bn(cout)
 
     def bn(c):
         nonlocal params
         params += 2 * c
 
     hw = (size + 2 * 3 - 7) // 2 + 1          # conv1 7x7/2
-    conv(3, 64, 7, hw); bn(64)
+    conv(3, 64, 7, hw)
     hw = (hw + 2 - 3) // 2 + 1                # maxpool 3x3/2
     cin = 64
     for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
         for block in range(2):
             s = stride if block == 0 else 1
             out = (hw + 2 - 3) // s + 1
-            conv(cin, cout, 3, out); bn(cout)
-            conv(cout, cout, 3, out); bn(cout)
+            conv(cin, cout, 3, out)
+            conv(cout, cout, 3, out)
             if s != 1 or cin != cout:
-                conv(cin, cout, 1, out); bn(cout)
+                conv(cin, cout, 1, out)
             cin, hw = cout, out
     params += 512 * 1000 + 1000               # fc
     macs += 512 * 1000

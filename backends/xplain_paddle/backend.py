@@ -324,7 +324,11 @@ def snapshot(model: nn.Layer) -> dict:
     return {
         "training": [(m, m.training) for m in mods],
         "stop_gradient": [(p, p.stop_gradient) for _, p in named],
-        "versions": [(n, t, t._inplace_version()) for n, t in named + buffers],
+        "versions": [(n, t, t._inplace_version()) for n, t in named if t.trainable],
+        # buffers and non-trainable parameters (paddle keeps BatchNorm statistics as the latter)
+        # are small: keep copies so they can be put back
+        "buffers": [(b, b.numpy().copy()) for _, b in buffers]
+                   + [(t, t.numpy().copy()) for _, t in named if not t.trainable],
         "hooks": [(m, {h: dict(getattr(m, h, {})) for h in _HOOK_DICTS}) for m in mods],
     }
 
@@ -341,6 +345,9 @@ def restore(model: nn.Layer, snap: dict) -> None:
                 continue
             for key in [k for k in current if k not in before]:
                 del current[key]
+    for b, saved in snap["buffers"]:
+        if not np.array_equal(b.numpy(), saved):
+            b.set_value(saved)
 
 
 def changed(model: nn.Layer, snap: dict) -> list[str]:

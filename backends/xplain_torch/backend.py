@@ -314,8 +314,10 @@ def snapshot(model: nn.Module) -> dict:
     return {
         "training": [(m, m.training) for m in mods],
         "requires_grad": [(p, p.requires_grad) for p in params],
-        "versions": [(n, p, p._version) for n, p in model.named_parameters()]
-                    + [(n, b, b._version) for n, b in model.named_buffers()],
+        "versions": [(n, p, p._version) for n, p in model.named_parameters()],
+        # buffers (BatchNorm statistics) are small: keep copies so they can be put back
+        # (BatchNorm's running-stat update does not bump the version counter: compare values)
+        "buffers": [(b, b.detach().clone()) for b in model.buffers()],
         "hooks": [(m, {h: dict(getattr(m, h, {})) for h in _HOOK_DICTS}) for m in mods],
         "grads": [(p, p.grad) for p in params],
     }
@@ -335,6 +337,10 @@ def restore(model: nn.Module, snap: dict) -> None:
                 del current[key]
     for p, g in snap["grads"]:
         p.grad = g
+    with torch.no_grad():
+        for b, saved in snap["buffers"]:
+            if not torch.equal(b, saved):
+                b.copy_(saved)
 
 
 def changed(model: nn.Module, snap: dict) -> list[str]:

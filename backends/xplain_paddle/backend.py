@@ -163,6 +163,10 @@ def matmul(x, y, /):
     return paddle.matmul(x, y)
 
 
+def svd(x, /):
+    return tuple(paddle.linalg.svd(x, full_matrices=False))
+
+
 def take_along_axis(x, indices, /, *, axis):
     return paddle.take_along_axis(x, indices, axis=axis)
 

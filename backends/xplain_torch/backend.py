@@ -159,6 +159,10 @@ def matmul(x, y, /):
     return x @ y
 
 
+def svd(x, /):
+    return tuple(torch.linalg.svd(x, full_matrices=False))
+
+
 def take_along_axis(x, indices, /, *, axis):
     return torch.take_along_dim(x, indices, dim=axis)
 

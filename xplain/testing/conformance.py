@@ -134,6 +134,16 @@ def check_linear_algebra(B, T):
     close(B.take_along_axis(T(x), T(idx), axis=1), np.take_along_axis(x, idx, 1), B)
 
 
+
+@check
+def check_svd(B, T):
+    x = np.random.default_rng(7).standard_normal((2, 6, 4)).astype(np.float32)
+    u, s, vh = (B.to_numpy(t) for t in B.svd(T(x)))
+    assert u.shape == (2, 6, 4) and s.shape == (2, 4) and vh.shape == (2, 4, 4)
+    np.testing.assert_allclose(s, np.linalg.svd(x, compute_uv=False), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose((u * s[:, None, :]) @ vh, x, rtol=1e-4, atol=1e-4)
+
+
 def _conv_ref(x, w, b, stride, padding, dilation, groups):
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape

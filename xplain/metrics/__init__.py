@@ -1,0 +1,17 @@
+"""Faithfulness metrics: how much does the model's score depend on what an attribution ranks
+highest? Functions of ``(model, inputs, attributions, target)`` that run batched forwards
+through the backend and return numpy results.
+
+* :func:`deletion` / :func:`insertion` — Petsiuk, Das & Saenko, "RISE: Randomized Input Sampling
+  for Explanation of Black-box Models" (BMVC 2018).
+* :func:`pixel_flipping` (AOPC) — Samek, Binder, Montavon, Lapuschkin & Müller, "Evaluating the
+  visualization of what a deep neural network has learned" (IEEE TNNLS 2017).
+* :func:`sensitivity_max` — Yeh et al., "On the (In)fidelity and Sensitivity of Explanations"
+  (NeurIPS 2019).
+"""
+from __future__ import annotations
+
+from .faithfulness import CurveResult, deletion, insertion, pixel_flipping
+from .robustness import sensitivity_max
+
+__all__ = ["CurveResult", "deletion", "insertion", "pixel_flipping", "sensitivity_max"]

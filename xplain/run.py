@@ -121,6 +121,17 @@ class Run:
             (g,) = B.grad(self.target_score(out, targets), xg)
         return g, out
 
+    def derive(self, inputs: Tensor, targets: np.ndarray) -> "Run":
+        """A run of the same model, budget and settings over another batch (e.g. SmoothGrad's
+        noisy copies), with explicit targets and a seed drawn from this run's generator, so a
+        wrapped random method stays reproducible. Layer and memory estimates are shared."""
+        sub = Run(self.backend, self.model, inputs, np.asarray(targets, dtype=np.int64),
+                  seed=int(self.rng.integers(2**63 - 1)), max_batch=self.max_batch,
+                  memory_budget=self.memory_budget, progress=False, method=self.method)
+        sub._layers, sub._per_sample_bytes, sub.num_classes = (
+            self._layers, self._per_sample_bytes, self.num_classes)
+        return sub
+
     # ---- layers -----------------------------------------------------------------------------
     def layers(self) -> list[LayerInfo]:
         """The model's layers as neutral :class:`LayerInfo` (cached for this run)."""

@@ -1,0 +1,143 @@
+"""Gradient-weighted class activation maps: Grad-CAM and its variants.
+
+All share one pass: a forward with the target layers' outputs captured, and a backward from the
+target scores down to the (earliest) target layer only — nothing before it records a graph.
+"""
+from __future__ import annotations
+
+from typing import Any
+from collections.abc import Callable
+
+import numpy as np
+
+from ...backend import Tensor
+from ...run import MethodResult, Run
+from .maps import (concat0, finish, gradcam_weights, gradcampp_weights, weighted_sum, xgradcam_weights)
+from .target import captured, resolve_layers
+
+#: ``(B, A, G) -> (N, K)`` channel weights.
+ChannelRule = Callable[[Any, Tensor, Tensor], Tensor]
+#: ``(B, A, G) -> (N, h, w)`` map directly (element-wise methods).
+MapRule = Callable[[Any, Tensor, Tensor], Tensor]
+
+
+def activations_and_gradients(run: Run, layer: Any) -> tuple[list[str], dict, dict, np.ndarray]:
+    """``(names, {name: A}, {name: dS/dA}, targets)`` for the whole batch, ``A``/``dS/dA`` of
+    shape ``(N, K, h, w)``, in chunks of ``run.chunk_size()`` samples."""
+    B = run.backend
+    infos = resolve_layers(run, layer)
+    n = B.shape(run.inputs)[0]
+    size = run.chunk_size()
+    targets = None if size >= n else run.targets
+    acts: dict[str, list] = {i.name: [] for i in infos}
+    grads: dict[str, list] = {i.name: [] for i in infos}
+    for sl in run.progress(list(run.chunks(n)), desc=run.method):
+        with B.enable_grad(), captured(run, infos, grad=True) as rec:
+            out = run.forward(run.inputs[sl])
+        t = run.resolve_targets(out) if targets is None else targets[sl]
+        with B.enable_grad():
+            names = list(rec["z"])
+            gs = B.grad(run.target_score(out, t), [rec["z"][k] for k in names])
+        for k, g in zip(names, gs):
+            acts[k].append(rec["act"][k])
+            grads[k].append(g)
+    names = [i.name for i in infos]
+    return (names, {k: concat0(B, acts[k]) for k in names}, {k: concat0(B, grads[k]) for k in names},
+            run.resolve_targets())
+
+
+def channel_cam(run: Run, rule: ChannelRule, *, layer: Any, relu: bool,
+                normalize: bool) -> MethodResult:
+    """``relu(sum_k w_k A_k)`` with ``w = rule(A, G)`` per layer."""
+    B = run.backend
+    names, A, G, _ = activations_and_gradients(run, layer)
+    weights = {k: rule(B, A[k], G[k]) for k in names}
+    raw = {k: weighted_sum(B, weights[k], A[k]) for k in names}
+    return finish(run, raw, relu=relu, normalize=normalize, extras={"weights": weights})
+
+
+def elementwise_cam(run: Run, rule: MapRule, *, layer: Any, relu: bool,
+                    normalize: bool) -> MethodResult:
+    B = run.backend
+    names, A, G, _ = activations_and_gradients(run, layer)
+    return finish(run, {k: rule(B, A[k], G[k]) for k in names}, relu=relu, normalize=normalize)
+
+
+def gradcam(run: Run, *, layer: Any = None, relu: bool = True, normalize: bool = True) -> MethodResult:
+    """Grad-CAM: the layer's activations weighted by their global-average-pooled gradients,
+    ``relu(sum_k mean_ij(dS_c/dA_kij) A_k)``, upsampled bilinearly to the input size.
+
+    Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
+    Localization" (ICCV 2017). ``S_c`` is the pre-softmax score (logit) of the target class.
+
+    Args:
+        layer: target layer: dotted name (``"layer4"``, ``"features.35"``), index form
+            (``"features[-1]"``), layer object, a list of those (maps fused: mean of the per-image
+            normalised maps), or ``None``: the last layer with a spatial output.
+        relu: keep positive evidence only (the paper's ReLU).
+        normalize: per-image min-max to [0, 1] (how the paper displays maps); ``False`` keeps
+            score units (Captum's ``LayerGradCam`` units, upsampled).
+
+    Returns:
+        ``(N, H, W)`` maps; extras ``layer_maps`` ``{layer: (N, h, w)}``, ``layers``,
+        ``weights`` ``{layer: (N, K)}``.
+    """
+    return channel_cam(run, gradcam_weights, layer=layer, relu=relu, normalize=normalize)
+
+
+def gradcam_plus_plus(run: Run, *, layer: Any = None, relu: bool = True,
+                      normalize: bool = True) -> MethodResult:
+    """Grad-CAM++: channel weights ``w_k = sum_ij alpha_kij relu(g_kij)`` with
+    ``alpha = g^2 / (2 g^2 + sum_ab A_kab g^3)`` (0 where the denominator is 0).
+
+    Chattopadhay, Sarkar, Howlader & Balasubramanian, "Grad-CAM++: Generalized Gradient-based
+    Visual Explanations for Deep Convolutional Networks" (WACV 2018), eq. 19: with the
+    exponential of the score, ``Y = exp(S)``, the higher derivatives are powers of ``g = dS/dA``.
+    The paper's weights also carry the factor ``exp(S)`` (from ``dY/dA = exp(S) g``); it is one
+    positive number per image, so it only rescales the map — we drop it (it overflows float32
+    for logits above ~88) and use ``relu(g)``, as pytorch-grad-cam does. Unlike
+    pytorch-grad-cam no ``1e-6`` is added to the denominator: alpha is exact where defined.
+
+    Options and returns as :func:`gradcam`.
+    """
+    return channel_cam(run, gradcampp_weights, layer=layer, relu=relu, normalize=normalize)
+
+
+def xgradcam(run: Run, *, layer: Any = None, relu: bool = True, normalize: bool = True) -> MethodResult:
+    """XGrad-CAM: gradients weighted by the normalised activations,
+    ``w_k = sum_ij (A_kij / sum_ab A_kab) dS/dA_kij`` (0 for a channel summing to 0).
+
+    Fu et al., "Axiom-based Grad-CAM: Towards Accurate Visualization and Explanation of CNNs"
+    (BMVC 2020). Options and returns as :func:`gradcam`.
+    """
+    return channel_cam(run, xgradcam_weights, layer=layer, relu=relu, normalize=normalize)
+
+
+def _layercam(B: Any, A: Tensor, G: Tensor) -> Tensor:
+    return B.sum(B.relu(G) * A, axis=1)
+
+
+def _hirescam(B: Any, A: Tensor, G: Tensor) -> Tensor:
+    return B.sum(G * A, axis=1)
+
+
+def layercam(run: Run, *, layer: Any = None, relu: bool = True, normalize: bool = True) -> MethodResult:
+    """LayerCAM: each position weighted by its own positive gradient,
+    ``relu(sum_k relu(dS/dA_k) ⊙ A_k)`` — usable on shallow layers too.
+
+    Jiang, Zhang, Hou, Cheng & Wei, "LayerCAM: Exploring Hierarchical Class Activation Maps for
+    Localization" (IEEE TIP 2021). Options as :func:`gradcam`; extras without ``weights``.
+    """
+    return elementwise_cam(run, _layercam, layer=layer, relu=relu, normalize=normalize)
+
+
+def hirescam(run: Run, *, layer: Any = None, relu: bool = True, normalize: bool = True) -> MethodResult:
+    """HiResCAM: the element-wise product of gradient and activation summed over channels,
+    ``sum_k dS/dA_k ⊙ A_k`` (no spatial averaging of the gradient), then the ReLU.
+
+    Draelos & Carin, "Use HiResCAM instead of Grad-CAM for faithful explanations of
+    convolutional neural networks" (arXiv 2011.08891, 2020). On a GAP + linear head it equals
+    CAM. The ReLU (default on, as in pytorch-grad-cam) keeps positive evidence; ``relu=False``
+    gives the paper's signed map. Options as :func:`gradcam`.
+    """
+    return elementwise_cam(run, _hirescam, layer=layer, relu=relu, normalize=normalize)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from .api import Explanation, explain, methods
 from .backend import Backend, LayerInfo
 from .backends import backend_for, backends
+from .layers import LayerSummary, layers
 from .errors import (BackendError, InputError, LayerError, ModelError, OptionError, PluginError,
                      TargetError, XplainError)
 from .plugins import hookimpl
@@ -21,7 +22,7 @@ from .summary import Summary, summary
 __version__ = "0.1.0"
 
 __all__ = [
-    "Backend", "BackendError", "Explanation", "InputError", "LayerError", "LayerInfo",
+    "Backend", "BackendError", "LayerSummary", "layers", "Explanation", "InputError", "LayerError", "LayerInfo",
     "MethodResult", "ModelError", "OptionError", "PluginError", "Run", "TargetError",
     "Summary", "XplainError", "backend_for", "backends", "explain", "hookimpl", "methods", "summary", "__version__",
 ]

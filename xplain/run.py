@@ -123,10 +123,13 @@ class Run:
 
     def derive(self, inputs: Tensor, targets: np.ndarray) -> "Run":
         """A run of the same model, budget and settings over another batch (e.g. SmoothGrad's
-        noisy copies), with explicit targets and a seed drawn from this run's generator, so a
-        wrapped random method stays reproducible. Layer and memory estimates are shared."""
+        noisy copies), with explicit targets and a seed derived from this run's seed and a
+        counter (not drawn from :attr:`rng`, whose stream stays the method's own), so a wrapped
+        random method stays reproducible. Layer and memory estimates are shared."""
+        self._derived = getattr(self, "_derived", 0) + 1
+        seed = None if self.seed is None else [int(self.seed), 0x5EED, self._derived]
         sub = Run(self.backend, self.model, inputs, np.asarray(targets, dtype=np.int64),
-                  seed=int(self.rng.integers(2**63 - 1)), max_batch=self.max_batch,
+                  seed=seed, max_batch=self.max_batch,
                   memory_budget=self.memory_budget, progress=False, method=self.method)
         sub._layers, sub._per_sample_bytes, sub.num_classes = (
             self._layers, self._per_sample_bytes, self.num_classes)

@@ -11,7 +11,7 @@ from importlib import import_module
 from ..plugins import Registry, hookimpl
 
 #: Method family modules under :mod:`xplain.methods`.
-FAMILIES = ("gradients", "path", "noise", "guided", "perturbation", "prototype", "cam")
+FAMILIES = ("gradients", "path", "noise", "guided", "perturbation", "prototype", "cam", "lrp")
 
 
 @hookimpl
@@ -20,3 +20,11 @@ def xplain_register_methods(registry: Registry) -> None:
         module = import_module(f"{__package__}.{family}")
         for name, fn in module.METHODS.items():
             registry.add_method(name, fn)
+
+
+@hookimpl
+def xplain_register_composites(registry: Registry) -> None:
+    from .lrp.composites import BUILTIN
+
+    for name, composite in BUILTIN.items():
+        registry.add_composite(name, composite)

@@ -1,0 +1,470 @@
+"""The ``lrp`` method: relevance as ``input ⊙ modified gradient`` (ARCHITECTURE.md, decision 3).
+
+Each rule replaces a layer's output in a forward hook by
+
+    y' = sg(y) + Σ_g (z_g − sg(z_g)) ⊙ sg(c_g · y / stab(z_g))
+
+whose *value* is exactly ``y`` (``z − sg(z)`` is exactly zero) and whose *gradient* is the rule
+(Montavon et al., "Layer-Wise Relevance Propagation: An Overview", 2019, sec. 10.2.2). One
+ordinary backward pass then carries LRP through the whole network, so residual additions,
+reused modules, in-place ReLUs, concatenations and functional ops (``x.view``) need no special
+code: the gradient of a sum is exactly LRP-0 at that node. Rules whose relevance is not of the
+``input ⊙ c`` form (flat, w², z^B) read the gradient at fresh leaf tensors standing for their
+modified inputs, which is possible at the first layer.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ...backend import LAYER_KINDS, LayerInfo, iter_chunks
+from ...errors import LayerError, OptionError
+from ...run import MethodResult, Run
+from .canonize import Probe, batchnorm_affine, merge, probe
+from .composites import DEFAULT, Composite, lookup
+from .rules import Rule, make_rule, modify_param, stabilize
+
+#: Layer kinds whose gradient is already the LRP rule (LRP-0 / winner-take-all / identity).
+_GRADIENT_KINDS = ("relu", "maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool", "flatten",
+                   "dropout", "identity", "container")
+_PARAM_KINDS = ("conv", "linear", "batchnorm")
+_GLOB = set("*?[")
+
+
+@dataclass
+class LayerPlan:
+    """The rule one executed layer gets, and where its replacement is emitted."""
+
+    info: LayerInfo
+    rule: Rule
+    bn: LayerInfo | None = None  # BatchNorm merged into this conv/linear
+    cache: dict[str, Any] = field(default_factory=dict)  # modified parameters, once per call
+
+
+@dataclass
+class _Forward:
+    """Per-forward bookkeeping filled by the hooks."""
+
+    pending: dict[int, tuple[Any, list]] = field(default_factory=dict)
+    explicit: list[tuple[tuple[int, ...], list[tuple[Any, Any]]]] = field(default_factory=list)
+    probes: list[tuple[Any, Any]] = field(default_factory=list)
+
+
+# ---- rule assignment ---------------------------------------------------------------------------
+def _split_user_rules(rules: Mapping[str, Any] | None, names: set[str]) -> tuple[dict, list, dict]:
+    exact: dict[str, Any] = {}
+    globs: list[tuple[str, Any]] = []
+    kinds: dict[str, Any] = {}
+    for key, spec in (rules or {}).items():
+        if not isinstance(key, str):
+            raise OptionError(f"LRP rules keys must be layer names, glob patterns or layer kinds, got "
+                              f"{key!r}")
+        if key.startswith("kind:"):
+            kinds[key[5:]] = spec
+        elif key.startswith("name:"):
+            exact[key[5:]] = spec
+        elif key in LAYER_KINDS:
+            kinds[key] = spec
+        elif _GLOB & set(key):
+            if not any(fnmatch.fnmatchcase(n, key) for n in names):
+                raise LayerError(f"LRP rules pattern {key!r} matches no layer of the model; list layer "
+                                 f"names with xplain.layers(model)")
+            globs.append((key, spec))
+        else:
+            exact[key] = spec
+    for key in exact:
+        if key not in names:
+            close = [n for n in sorted(names) if key.split(".")[-1] in n][:8]
+            raise LayerError(f"LRP rules name a layer {key!r} the model does not have"
+                             + (f"; similar names: {close}" if close else "")
+                             + f"; layer kinds usable as keys: {list(LAYER_KINDS)}")
+    bad = [k for k in kinds if k not in LAYER_KINDS]
+    if bad:
+        raise OptionError(f"unknown layer kind(s) {bad} in LRP rules; kinds are {list(LAYER_KINDS)}")
+    return exact, globs, kinds
+
+
+def _match(name: str, exact: Mapping[str, Any], globs: list[tuple[str, Any]]) -> Any:
+    if name in exact:
+        return exact[name]
+    for pattern, spec in globs:
+        if fnmatch.fnmatchcase(name, pattern):
+            return spec
+    return None
+
+
+def _how_to(info: LayerInfo) -> str:
+    return (f"give it a rule, e.g. rules={{{info.name!r}: 'pass'}} if it is element-wise, "
+            f"{{{info.name!r}: 'epsilon'}} to propagate with its own gradient, or "
+            f"{{{info.name!r}: 'zero'}} if it is linear")
+
+
+def assign_rules(layers: list[LayerInfo], found: Probe, composite: Composite,
+                 rules: Mapping[str, Any] | None, options: Mapping[str, Any]) -> dict[str, LayerPlan]:
+    """The :class:`LayerPlan` of every executed layer that needs a hook (see ``lrp`` for the
+    precedence of user rules and the composite). Raises :class:`LayerError` for layers LRP
+    cannot handle without a rule, and for rules a layer cannot take."""
+    by_name = {info.name: info for info in layers}
+    exact, globs, kinds = _split_user_rules(rules, set(by_name) - {""})
+    comp_exact, comp_globs, _ = ({k: v for k, v in composite.names.items() if not (_GLOB & set(k))},
+                                 [(k, v) for k, v in composite.names.items() if _GLOB & set(k)], None)
+    plans: dict[str, LayerPlan] = {}
+    for name in found.order:
+        info = by_name[name]
+        if name in found.merged_bn:
+            continue  # takes the rule of the conv/linear it is merged into
+        spec = _match(name, exact, globs)
+        if spec is None:
+            spec = _match(name, comp_exact, comp_globs)
+        if spec is None and name == found.first and composite.first is not None:
+            spec = composite.first
+        if spec is None:
+            spec = kinds.get(info.kind, composite.kinds.get(info.kind))
+        if spec is None:
+            if info.kind == "activation":
+                raise LayerError(f"layer {name!r} ({info.type_name}) is an activation other than ReLU, "
+                                 f"whose LRP rule is not its gradient; {_how_to(info)} (or "
+                                 f"rules={{'activation': 'pass'}} for all of them)")
+            if info.kind == "other" and any(v is not None for v in info.params.values()):
+                raise LayerError(f"layer {name!r} ({info.type_name}) has parameters and xplain does "
+                                 f"not know what it computes, so no LRP rule can be derived; "
+                                 f"{_how_to(info)}")
+            if info.kind in _PARAM_KINDS:
+                spec = "zero"
+            else:
+                continue  # ReLU, pooling, flatten ...: the gradient is the rule
+        rule = make_rule(spec, options)
+        _check(info, rule, found)
+        if rule.kind == "gradient":
+            continue
+        plans[name] = LayerPlan(info, rule, found.merged.get(name))
+    return plans
+
+
+def _check(info: LayerInfo, rule: Rule, found: Probe) -> None:
+    name = f"{info.name!r} ({info.type_name})"
+    if rule.needs_params:
+        if info.kind not in _PARAM_KINDS:
+            raise LayerError(f"LRP rule {rule.name!r} needs a conv, linear or BatchNorm layer, but layer "
+                             f"{name} is of kind {info.kind!r}; use 'pass', 'epsilon' or 'zero' there")
+        if info.kind == "conv" and (info.attrs.get("transposed")
+                                    or info.attrs.get("padding_mode", "zeros") != "zeros"):
+            raise LayerError(f"LRP rule {rule.name!r} re-evaluates layer {name} with modified weights, "
+                             f"which xplain supports only for ordinary zero-padded convolutions; use "
+                             f"rules={{{info.name!r}: 'epsilon'}} for it")
+        if info.kind == "batchnorm" and info.params.get("running_var") is None:
+            raise LayerError(f"BatchNorm layer {name} has no running statistics, so it is not an affine "
+                             f"map in evaluation; give it rules={{{info.name!r}: 'pass'}}")
+    if rule.explicit and info.name != found.first and info.name not in found.input_users:
+        raise LayerError(f"LRP rule {rule.name!r} does not have the form input×gradient and can only be "
+                         f"used on the first layer (the one reading the model input: {found.first!r}), "
+                         f"not on {name}; use e.g. 'epsilon', 'zplus' or 'gamma' there")
+    if rule.kind == "pass" and info.kind in ("conv", "linear"):
+        raise LayerError(f"the 'pass' rule is for element-wise layers; layer {name} is a {info.kind} "
+                         f"layer — use 'epsilon', 'zplus', 'gamma' ... there")
+
+
+# ---- the hooks ---------------------------------------------------------------------------------
+def _params(B: Any, plan: LayerPlan, modifier: str, part: str) -> Any:
+    """Weight or bias of ``plan``'s layer (BatchNorm merged in), under ``modifier``; cached."""
+    key = f"{part}:{modifier}"
+    if key not in plan.cache:
+        if "base" not in plan.cache:
+            info = plan.info
+            if info.kind == "batchnorm":
+                w, b = batchnorm_affine(B, info)
+            else:
+                w, b = info.params["weight"], info.params.get("bias")
+                if plan.bn is not None:
+                    w, b = merge(B, info.kind, w, b, plan.bn)
+            plan.cache["base"] = (w, b)
+        w, b = plan.cache["base"]
+        p = w if part == "weight" else b
+        plan.cache[key] = None if p is None else modify_param(B, modifier, p, plan.rule.gamma)
+    return plan.cache[key]
+
+
+def _apply(B: Any, info: LayerInfo, a: Any, w: Any, b: Any) -> Any:
+    """The layer's affine map with given parameters (BatchNorm: per-channel scale and shift)."""
+    if info.kind == "conv":
+        at = info.attrs
+        return B.conv(a, w, b, stride=at["stride"], padding=at["padding"], dilation=at["dilation"],
+                      groups=at["groups"])
+    if info.kind == "linear":
+        return B.linear(a, w, b)
+    shape = (1, -1) + (1,) * (len(B.shape(a)) - 2)
+    out = a * B.reshape(w, shape)
+    return out if b is None else out + B.reshape(b, shape)
+
+
+def _bound_tensor(B: Any, value: np.ndarray, a: Any, info: LayerInfo, which: str) -> Any:
+    shape = B.shape(a)
+    if value.ndim == 1 and value.size != 1:
+        if len(shape) < 2 or shape[1] != value.size:
+            raise OptionError(f"zbox {which} has {value.size} values but layer {info.name!r} reads "
+                              f"{shape[1] if len(shape) > 1 else 1} channels; give one per channel or a scalar")
+        value = value.reshape((1, -1) + (1,) * (len(shape) - 2))
+    return B.zeros_like(a) + B.asarray(value.astype(np.float32), like=a)
+
+
+def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, float, str | None]]:
+    """``[(z_g, c_g)]`` for one call of a ``terms`` rule on input ``a``."""
+    rule, info = plan.rule, plan.info
+    nonneg = None
+    leaves: list[tuple[Any, Any]] = []
+    groups = []
+    for group in rule.groups:
+        z = None
+        for term in group.terms:
+            if rule.explicit:
+                if term.inputs == "low":
+                    inp = _bound_tensor(B, rule.low, a, info, "low")
+                elif term.inputs == "high":
+                    inp = _bound_tensor(B, rule.high, a, info, "high")
+                elif term.inputs == "ones":
+                    inp = B.ones_like(a)
+                elif term.inputs == "positive":
+                    inp = B.relu(a)
+                elif term.inputs == "negative":
+                    inp = a - B.relu(a)
+                else:
+                    inp = a
+                inp = B.with_grad(inp)  # read the relevance of this modified input directly
+                leaves.append((inp, inp))
+            elif term.inputs == "positive":
+                inp = B.relu(a)
+            elif term.inputs == "negative":
+                if term.bias is None:
+                    if nonneg is None:
+                        nonneg = B.all(a >= 0)
+                    if nonneg:  # a⁻ = 0 (post-ReLU inputs): the term is exactly zero
+                        continue
+                inp = a - B.relu(a)
+            else:
+                inp = a
+            w = _params(B, plan, term.weight, "weight")
+            bias = None if term.bias is None else _params(B, plan, term.bias, "bias")
+            zt = _apply(B, info, inp, w, bias)
+            if term.sign < 0:
+                zt = zt * term.sign
+            z = zt if z is None else z + zt
+        if z is not None:
+            groups.append((z, group.coefficient, group.outputs))
+    if rule.explicit:
+        state.explicit.append((tuple(B.shape(a)), leaves))
+    return groups
+
+
+def _compose(B: Any, y: Any, groups: list[tuple[Any, float, str | None]], eps: float) -> Any:
+    """``sg(y) + Σ (z − sg z) ⊙ sg(c · y / stab(z))``: value ``y``, gradient the rule."""
+    ys = B.stop_gradient(y)
+    out = ys
+    for z, coef, sign in groups:
+        zs = B.stop_gradient(z)
+        c = ys / stabilize(B, zs, eps)
+        if coef != 1.0:
+            c = c * coef
+        if sign == "positive":
+            c = B.where(ys > 0, c, 0.0)
+        elif sign == "negative":
+            c = B.where(ys < 0, c, 0.0)
+        out = out + (z - zs) * c
+    return out
+
+
+def _epsilon(B: Any, y: Any, eps: float) -> Any:
+    """LRP-ε with the layer's own output as denominator: gradient scaled by |y| / (|y| + ε)."""
+    ys = B.stop_gradient(y)
+    ay = B.abs(ys)
+    return ys + (y - ys) * (ay / (ay + eps))
+
+
+def _pass(B: Any, a: Any, y: Any, eps: float, info: LayerInfo) -> Any:
+    """Pass: ``R_a = R_y`` for element-wise layers, as gradient ``g·y/a`` into ``a``."""
+    if B.shape(a) != B.shape(y):
+        raise LayerError(f"the 'pass' rule needs an element-wise layer, but {info.name!r} "
+                         f"({info.type_name}) maps {B.shape(a)} to {B.shape(y)}; use 'epsilon' there")
+    ys, as_ = B.stop_gradient(y), B.stop_gradient(a)
+    return ys + (a - as_) * (ys / stabilize(B, as_, eps))
+
+
+def _install(B: Any, plans: Mapping[str, LayerPlan], state: _Forward) -> list:
+    handles = []
+
+    def layer_hook(plan: LayerPlan):
+        rule = plan.rule
+
+        def hook(_layer: Any, inputs: tuple, output: Any) -> Any:
+            if rule.kind == "epsilon":
+                return None if plan.bn is not None else _epsilon(B, output, rule.stabilizer)
+            if rule.kind == "pass":
+                return _pass(B, inputs[0], output, rule.stabilizer, plan.info)
+            groups = _terms(B, plan, inputs[0], state)
+            if plan.bn is not None:  # emitted at the BatchNorm's output
+                state.pending[id(output)] = (output, groups)
+                return None
+            return _compose(B, output, groups, rule.stabilizer)
+        return hook
+
+    def bn_hook(plan: LayerPlan):
+        rule = plan.rule
+
+        def hook(_layer: Any, inputs: tuple, output: Any) -> Any:
+            if rule.kind == "epsilon":
+                return _epsilon(B, output, rule.stabilizer)
+            entry = state.pending.pop(id(inputs[0]), None)
+            if entry is None or entry[0] is not inputs[0]:
+                raise LayerError(f"BatchNorm {plan.bn.name!r} did not receive the output of "
+                                 f"{plan.info.name!r} as in the probe pass (the model's control flow "
+                                 f"changed); pass merge_batchnorm=False")
+            return _compose(B, output, entry[1], rule.stabilizer)
+        return hook
+
+    try:
+        for plan in plans.values():
+            if rule_needs_layer_hook(plan):
+                handles.append(B.add_forward_hook(plan.info.module, layer_hook(plan)))
+            if plan.bn is not None and plan.rule.kind in ("epsilon", "terms"):
+                handles.append(B.add_forward_hook(plan.bn.module, bn_hook(plan)))
+    except BaseException:
+        for h in handles:
+            h.remove()
+        raise
+    return handles
+
+
+def rule_needs_layer_hook(plan: LayerPlan) -> bool:
+    return not (plan.rule.kind == "epsilon" and plan.bn is not None)
+
+
+def _layer_probe(B: Any, state: _Forward):
+    def hook(_layer: Any, _inputs: tuple, output: Any) -> Any:
+        if not B.is_tensor(output):
+            raise LayerError("relevance can only be read at a layer that outputs one tensor")
+        e = B.with_grad(B.zeros_like(output))
+        state.probes.append((e, B.stop_gradient(output)))
+        return output + e
+    return hook
+
+
+# ---- the method --------------------------------------------------------------------------------
+def lrp(run: Run, *, composite: Any = DEFAULT, rules: Mapping[str, Any] | None = None,
+        epsilon: float = 1e-6, gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0,
+        low: Any = None, high: Any = None, stabilizer: float = 1e-6, layer: str | None = None,
+        merge_batchnorm: bool = True) -> MethodResult:
+    """Layer-wise Relevance Propagation.
+
+    Bach et al., "On Pixel-Wise Explanations for Non-Linear Classifier Decisions by Layer-Wise
+    Relevance Propagation" (PLoS ONE 2015); Montavon et al., "Layer-Wise Relevance Propagation:
+    An Overview" (2019). Relevance starts as the target logit and is redistributed layer by layer
+    according to each layer's rule; BatchNorm is merged into the conv/linear before it.
+
+    Args:
+        composite: registered composite name (default ``"epsilon_plus_flat"``: flat on the first
+            layer, z⁺ on convolutions, ε on linear layers), a
+            :class:`~xplain.methods.lrp.Composite`, or ``None`` (only ``rules``; other conv/linear
+            layers then use LRP-0).
+        rules: ``{key: rule}`` overriding the composite. Keys are exact layer names
+            (``"features.0"``), glob patterns (``"layer4.*"``) or layer kinds (``"conv"``,
+            ``"linear"``, ``"batchnorm"``, ``"activation"``; prefix ``"kind:"``/``"name:"`` to
+            disambiguate). Values are rule names (``zero, epsilon, gamma, zplus, alphabeta,
+            alpha2beta1, flat, wsquare, zbox, pass``), ``(name, {param: value})`` or a Rule.
+            Precedence: rules by name > rules by pattern > composite names > the composite's
+            first-layer rule > rules by kind > composite kinds.
+        epsilon: ε of the ε rule. gamma: γ of the γ rule. alpha, beta: of the αβ rule (α−β=1).
+        low, high: input bounds of the z^B rule, scalars or one per channel (normalised units).
+        stabilizer: ε of all other rules' denominators.
+        layer: also return the relevance at this layer's output (``extras["layer_relevance"]``).
+        merge_batchnorm: merge BatchNorm into the preceding conv/linear (canonisation).
+
+    Returns:
+        Relevance of the input's shape, in units of the target logit; extras ``relevance_sum`` and
+        ``target_output`` (per sample: equal when relevance is conserved, e.g. bias-free networks
+        with LRP-0/ε→0), ``rules`` (layer → rule applied) and, with ``layer=``,
+        ``layer_relevance``.
+    """
+    from ...plugins import registry
+
+    B = run.backend
+    options = {"epsilon": epsilon, "gamma": gamma, "alpha": alpha, "beta": beta, "low": low,
+               "high": high, "stabilizer": stabilizer}
+    comp = lookup(composite, registry().composites)
+    if rules is not None and not isinstance(rules, Mapping):
+        raise OptionError(f"rules must be a dict {{layer name / pattern / kind: rule}}, got "
+                          f"{type(rules).__name__}")
+    found = probe(run, merge_batchnorm=merge_batchnorm)
+    plans = assign_rules(run.layers(), found, comp, rules, options)
+    probe_module = None
+    if layer is not None:
+        target = run.layer(layer)
+        probe_module = target.module
+        if target.name in found.merged:  # its output's relevance lives after the merged BN
+            probe_module = found.merged[target.name].module
+
+    n = run.batch_size
+    size = run.max_batch or max(1, run.memory_budget // max(1, 4 * found.per_sample_bytes))
+    targets = run.resolve_targets() if size < n else None
+    parts: list[tuple[Any, Any, list]] = []
+    for sl in iter_chunks(n, size):
+        t = None if targets is None else targets[sl]
+        parts.append(_one_pass(run, plans, run.inputs[sl], t, probe_module))
+    rel = parts[0][0] if len(parts) == 1 else B.concat([p[0] for p in parts], axis=0)
+    tout = parts[0][1] if len(parts) == 1 else B.concat([p[1] for p in parts], axis=0)
+    ndim = len(B.shape(rel))
+    extras: dict[str, Any] = {
+        "relevance_sum": B.sum(rel, axis=tuple(range(1, ndim))) if ndim > 1 else rel,
+        "target_output": tout,
+        "rules": {name: p.rule.describe() + (f" (merged with {p.bn.name})" if p.bn is not None else "")
+                  for name, p in plans.items()},
+    }
+    if layer is not None:
+        maps = [p[2] for p in parts]
+        per_call = [B.concat([m[i] for m in maps], axis=0) if len(maps) > 1 else maps[0][i]
+                    for i in range(len(maps[0]))]
+        if not per_call:
+            raise LayerError(f"layer {layer!r} did not run in the forward pass; choose a layer that does")
+        extras["layer_relevance"] = per_call[0] if len(per_call) == 1 else per_call
+    return MethodResult(rel, extras)
+
+
+def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndarray | None,
+              probe_module: Any) -> tuple[Any, Any, list]:
+    """One modified forward+backward on batch ``x``: (relevance, target outputs, layer maps)."""
+    B = run.backend
+    state = _Forward()
+    handles = _install(B, plans, state)
+    try:
+        if probe_module is not None:
+            handles.append(B.add_forward_hook(probe_module, _layer_probe(B, state)))
+        with B.enable_grad():
+            xg = B.with_grad(x)
+            out = run.forward(xg)
+            score = run.target_score(out, targets)
+            leaves = [leaf for _, ls in state.explicit for leaf, _ in ls]
+            probes = [e for e, _ in state.probes]
+            grads = B.grad(score, [xg] + leaves + probes)
+    finally:
+        for h in handles:
+            h.remove()
+    rel = x * grads[0]
+    shape = B.shape(x)
+    i = 1
+    for in_shape, ls in state.explicit:
+        r = None
+        for _leaf, inp in ls:
+            part = B.stop_gradient(inp) * grads[i]
+            r = part if r is None else r + part
+            i += 1
+        if int(np.prod(in_shape)) != int(np.prod(shape)):
+            raise LayerError(f"an explicit LRP rule (flat, wsquare, zbox) sits on a first layer whose "
+                             f"input {in_shape} is not the model input {shape}; give that layer an "
+                             f"input×gradient rule such as 'epsilon' or 'zplus'")
+        if r is not None:
+            rel = rel + B.reshape(r, shape)
+    layer_maps = [y * grads[i + k] for k, (_, y) in enumerate(state.probes)]
+    tout = B.stop_gradient(run.target_outputs(out, targets))
+    return B.stop_gradient(rel), tout, [B.stop_gradient(m) for m in layer_maps]

@@ -1,0 +1,137 @@
+"""Find the model's structure LRP needs, by watching one forward pass (no model surgery).
+
+A single-sample, no-grad *probe* forward with a hook on every leaf layer records, in execution
+order, each call's input and output tensors. From that:
+
+* **BatchNorm merging** (canonisation): a BatchNorm whose input *is* (tensor identity) the output
+  of a conv/linear layer is merged into it — ``W' = W·s``, ``b' = (b − μ)·s + β`` with
+  ``s = γ/√(σ² + eps)`` — so rules see the affine map the network really applies. Identity works
+  in every framework and needs no knowledge of the model's code. BatchNorm that reads anything
+  else (DenseNet's BN→ReLU→Conv, after a concatenation) stays a layer of its own.
+* **The first layer**: the first conv/linear executed, where explicit rules (flat, w², z^B) go.
+* **Executed layers**: only layers that actually run are checked and hooked.
+
+Every probed tensor is kept referenced until matching is done: Python reuses the ``id()`` of a
+freed tensor, and DenseNet's many concatenations make that happen (ARCHITECTURE.md, decision 3).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ...backend import LayerInfo
+from ...run import Run
+
+_AFFINE = ("conv", "linear")
+
+
+@dataclass
+class Probe:
+    """What the probe pass found.
+
+    Attributes:
+        order: executed leaf layers by name, in first-call order.
+        calls: how often each executed layer ran.
+        merged: conv/linear name → the BatchNorm LayerInfo merged into it.
+        merged_bn: names of BatchNorm layers merged into their predecessor.
+        first: name of the first conv/linear executed, or ``None``.
+        first_takes_input: whether that layer reads the model input tensor itself.
+        input_users: conv/linear layers that read the model input tensor itself.
+        per_sample_bytes: bytes of all layer outputs for one sample (for chunking).
+    """
+
+    order: list[str] = field(default_factory=list)
+    calls: dict[str, int] = field(default_factory=dict)
+    merged: dict[str, LayerInfo] = field(default_factory=dict)
+    merged_bn: set[str] = field(default_factory=set)
+    first: str | None = None
+    first_takes_input: bool = False
+    input_users: set[str] = field(default_factory=set)
+    per_sample_bytes: int = 0
+
+
+def probe(run: Run, *, merge_batchnorm: bool = True) -> Probe:
+    """Run the probe forward on ``run.inputs[:1]`` and analyse it (see module docstring)."""
+    B = run.backend
+    leaves = [info for info in run.layers() if not info.has_children and info.name != ""]
+    if not leaves:  # the root itself is a single layer
+        leaves = [info for info in run.layers() if not info.has_children]
+    records: list[tuple[LayerInfo, tuple, Any]] = []  # holds every probed tensor alive
+
+    def make_hook(info: LayerInfo):
+        def hook(_layer: Any, inputs: tuple, output: Any) -> None:
+            records.append((info, tuple(inputs), output))
+        return hook
+
+    handles = []
+    x = run.inputs[:1]
+    try:
+        for info in leaves:
+            handles.append(B.add_forward_hook(info.module, make_hook(info)))
+        with B.no_grad():
+            B.forward(run.model, x)
+    finally:
+        for h in handles:
+            h.remove()
+
+    result = Probe()
+    produced_by: dict[int, tuple[LayerInfo, Any]] = {}
+    for info, inputs, output in records:
+        result.calls[info.name] = result.calls.get(info.name, 0) + 1
+        if result.calls[info.name] == 1:
+            result.order.append(info.name)
+        if B.is_tensor(output):
+            result.per_sample_bytes += int(np.prod(B.shape(output))) * 4
+        if info.kind in _AFFINE:
+            if result.first is None:
+                result.first = info.name
+                result.first_takes_input = bool(inputs) and inputs[0] is x
+            if inputs and inputs[0] is x:
+                result.input_users.add(info.name)
+            if B.is_tensor(output):
+                produced_by[id(output)] = (info, output)
+
+    if merge_batchnorm:
+        candidates: dict[str, str] = {}
+        for info, inputs, _output in records:
+            if info.kind != "batchnorm" or not inputs:
+                continue
+            hit = produced_by.get(id(inputs[0]))
+            if hit is not None and hit[1] is inputs[0]:  # identity, not a recycled id
+                candidates.setdefault(info.name, hit[0].name)
+        bn_info = {i.name: i for i in leaves}
+        taken: set[str] = set()
+        for bn_name, lin_name in candidates.items():
+            # merge only clean one-to-one pairs that run once each (a reused module could meet
+            # different partners in different calls)
+            if (result.calls.get(bn_name) == 1 and result.calls.get(lin_name) == 1
+                    and lin_name not in taken):
+                taken.add(lin_name)
+                result.merged[lin_name] = bn_info[bn_name]
+                result.merged_bn.add(bn_name)
+    records.clear()  # matching done: the probed tensors may go
+    return result
+
+
+def batchnorm_affine(B: Any, bn: LayerInfo) -> tuple[Any, Any]:
+    """``(scale, shift)`` per channel of an eval-mode BatchNorm: ``y = x·scale + shift``."""
+    p = bn.params
+    var = p["running_var"]
+    scale = 1.0 / B.sqrt(var + float(bn.attrs.get("eps", 1e-5)))
+    if p.get("weight") is not None:
+        scale = scale * p["weight"]
+    shift = B.zeros_like(scale) - p["running_mean"] * scale
+    if p.get("bias") is not None:
+        shift = shift + p["bias"]
+    return scale, shift
+
+
+def merge(B: Any, kind: str, weight: Any, bias: Any, bn: LayerInfo) -> tuple[Any, Any]:
+    """Weight and bias of ``layer → bn`` as one conv/linear layer (neutral layouts)."""
+    scale, shift = batchnorm_affine(B, bn)
+    nd = len(B.shape(weight))
+    w = weight * B.reshape(scale, (-1,) + (1,) * (nd - 1))
+    b = shift if bias is None else bias * scale + shift
+    return w, b

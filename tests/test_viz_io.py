@@ -1,0 +1,103 @@
+"""xplain.viz and xplain.io: numbers of heat maps, colour maps, overlays, transforms (numpy only)."""
+import cv2
+import numpy as np
+import pytest
+
+import xplain
+from xplain import io, viz
+
+pytestmark = pytest.mark.core
+
+
+def test_heatmap_signs_clipping_and_channel_sum():
+    a = np.zeros((1, 3, 10, 10), np.float32)
+    a[0, 0] = np.arange(100).reshape(10, 10) - 50.0        # -50 .. 49
+    a[0, 1] = 1.0                                          # channels are summed first
+    pos = viz.heatmap(a, sign="positive", clip_percentile=0.0)
+    s = a.sum(1)[0]
+    np.testing.assert_allclose(pos[0], np.maximum(s, 0) / s.max(), rtol=1e-6)
+    neg = viz.heatmap(a, sign="negative", clip_percentile=0.0)
+    np.testing.assert_allclose(neg[0], np.maximum(-s, 0) / 49.0, rtol=1e-6)
+    both = viz.heatmap(a[0], sign="all", clip_percentile=0.0)   # (C, H, W) -> (H, W)
+    assert both.shape == (10, 10) and both.min() == pytest.approx(-49 / 50) and both.max() == 1.0
+    # 1 % clipping: the top percentile of positive values saturates at 1
+    clipped = viz.heatmap(a, sign="positive", clip_percentile=10.0)
+    vals = s[s > 0]
+    scale = np.percentile(vals, 90)
+    np.testing.assert_allclose(clipped[0], np.clip(np.maximum(s, 0) / scale, 0, 1), rtol=1e-6)
+    assert (clipped[0] == 1.0).sum() == (s >= scale).sum()
+    assert viz.heatmap(np.zeros((2, 5, 5))).max() == 0.0     # zeros stay zeros, no NaN
+    with pytest.raises(xplain.OptionError, match="sign"):
+        viz.heatmap(a, sign="pos")
+
+
+def test_colorize_maps_and_overlay_formula():
+    m = np.linspace(0, 1, 256, dtype=np.float32).reshape(16, 16)
+    g = viz.colorize(m, "gray_r")
+    assert g[0, 0].tolist() == [255, 255, 255] and g[-1, -1].tolist() == [0, 0, 0]  # white->black
+    jet = viz.colorize(m, "jet")
+    ref = cv2.cvtColor(cv2.applyColorMap(np.round(m * 255).astype(np.uint8), cv2.COLORMAP_JET),
+                       cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(jet, ref)
+    assert jet[-1, -1, 0] > jet[-1, -1, 2]            # high values red (RGB order), not blue
+    bwr = viz.colorize(np.array([[-1.0, 0.0, 1.0]]), "bwr")
+    np.testing.assert_allclose(bwr[0], [[0, 0, 255], [255, 255, 255], [255, 0, 0]], atol=2)
+    img = np.full((16, 16, 3), 100, np.uint8)
+    out = viz.overlay(img, jet, alpha=0.3, beta=0.5)
+    np.testing.assert_array_equal(out, np.clip(np.round(0.3 * jet + 0.5 * 100.0), 0, 255).astype(np.uint8))
+    small = viz.overlay(img, m[:8, :8])                 # 2-D map: coloured and resized
+    assert small.shape == (16, 16, 3)
+
+
+def test_to_image_inverts_normalize_and_save_roundtrip(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 24, 3)).astype(np.uint8)
+    x = io.normalize(rgb)
+    assert x.shape == (3, 20, 24) and x.dtype == np.float32
+    back = viz.to_image(x[None], io.IMAGENET_MEAN, io.IMAGENET_STD)
+    assert np.abs(back.astype(int) - rgb).max() <= 1
+    np.testing.assert_array_equal(viz.to_image(x, io.IMAGENET_MEAN, io.IMAGENET_STD, bgr=True),
+                                  back[..., ::-1])
+    path = viz.save(tmp_path / "sub" / "a.png", rgb)
+    np.testing.assert_array_equal(io.load_image(path), rgb)          # RGB in, RGB out
+    bgr_on_disk = cv2.imread(str(path))
+    np.testing.assert_array_equal(bgr_on_disk, rgb[..., ::-1])       # files are in OpenCV order
+    with pytest.raises(xplain.InputError, match="cannot read"):
+        io.load_image(tmp_path / "missing.png")
+
+
+def test_figure_layout_and_colorbar():
+    maps = [np.random.default_rng(i).random((8, 8)) for i in range(10)]
+    fig = viz.figure([viz.Panel(m, f"{i}", cmap="hot", colorbar=True) for i, m in enumerate(maps)],
+                     cols=5, cell=64)
+    tile_h, tile_w = 22 + 64 + 4, 64 + 46 + 8
+    assert fig.shape == (2 * tile_h, 5 * tile_w, 3)
+    # the colour bar of the first panel: top row is the map's max colour, bottom the min
+    bar = fig[22:22 + 64, 64 + 8 + 3]
+    ramp = viz.colorize(np.linspace(1.0, 0.0, 64, dtype=np.float32)[:, None], "hot")[:, 0]
+    np.testing.assert_array_equal(bar[1:-1], ramp[1:-1])     # inside the black frame
+    one = viz.grid([np.zeros((4, 4, 3), np.uint8)] * 2, cols=2, titles=["a", "b"], cell=32)
+    assert one.shape[1] == 2 * (32 + 8)
+
+
+def test_preprocess_resize_crop_and_random_resized_crop():
+    img = np.random.default_rng(0).integers(0, 256, (300, 400, 3)).astype(np.uint8)
+    x = io.preprocess(img)
+    assert x.shape == (3, 224, 224)
+    r = io.resize_shorter(img, 256)
+    assert r.shape[:2] == (256, 341)
+    c = io.center_crop(r, 224)
+    np.testing.assert_array_equal(c, r[16:240, 58:282])
+    np.testing.assert_allclose(x, io.normalize(c), rtol=1e-6)
+    a = io.random_resized_crop(np.random.default_rng(3), img, 64)
+    b = io.random_resized_crop(np.random.default_rng(3), img, 64)
+    assert a.shape == (64, 64, 3)
+    np.testing.assert_array_equal(a, b)                    # seeded
+    batch = np.stack([io.normalize(io.random_resized_crop(np.random.default_rng(s), img, 32))
+                      for s in range(4)])
+    assert batch.shape == (4, 3, 32, 32)
+
+
+def test_strip_prefix():
+    sd = {"module.features.0.weight": 1, "module.classifier.weight": 2, "other": 3}
+    assert io.strip_prefix(sd) == {"features.0.weight": 1, "classifier.weight": 2, "other": 3}
+    assert io.strip_prefix(io.add_prefix({"a": 1})) == {"a": 1}

@@ -1,0 +1,253 @@
+"""The bundled demo: a small CNN trained on synthetic shapes, explained in whichever framework
+is installed. ``xplain demo`` runs :func:`run_demo`; no download is ever needed.
+
+The data are drawn with OpenCV from a numpy generator (:func:`draw_shapes`): one filled shape
+(circle, square, triangle or cross; random size, position, rotation and colour) on a noisy
+background, ``64 × 64`` RGB. The weights (``xplain/data/demo_cnn.npz``, ~60 kB) were trained by
+``examples/train_demo_model.py`` and are stored framework-neutrally: torch-style state-dict keys,
+``Linear`` weights in ``(out, in)`` layout (transposed when loaded into paddle).
+"""
+from __future__ import annotations
+
+import json
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .errors import BackendError
+
+SIZE = 64
+MEAN, STD = 0.5, 0.25  # input normalisation: (pixel / 255 - MEAN) / STD
+WEIGHTS = "demo_cnn.npz"
+CLASSES_FILE = "demo_cnn.json"
+
+
+# ---- data ------------------------------------------------------------------------------------
+def _poly(center: np.ndarray, radius: float, angle: float, corners: int) -> np.ndarray:
+    t = angle + np.arange(corners) * 2 * np.pi / corners
+    return (center + radius * np.stack([np.cos(t), np.sin(t)], axis=1)).astype(np.int32)
+
+
+def draw_shape(rng: np.random.Generator, label: int, size: int = SIZE) -> np.ndarray:
+    """One ``(size, size, 3)`` uint8 RGB image of shape class ``label`` (see :func:`classes`)."""
+    img = rng.integers(0, 90, (size, size, 3)).astype(np.uint8)  # noisy dark background
+    img = cv2.GaussianBlur(img, (3, 3), 0)
+    color = tuple(int(c) for c in rng.integers(120, 256, 3))
+    r = rng.uniform(0.16, 0.3) * size
+    center = rng.uniform(r + 2, size - r - 2, 2)
+    angle = rng.uniform(0, 2 * np.pi)
+    if label == 0:  # circle
+        cv2.circle(img, (int(center[0]), int(center[1])), int(r), color, -1, cv2.LINE_AA)
+    elif label == 1:  # square
+        cv2.fillPoly(img, [_poly(center, r * 1.1, angle, 4)], color, cv2.LINE_AA)
+    elif label == 2:  # triangle
+        cv2.fillPoly(img, [_poly(center, r * 1.2, angle, 3)], color, cv2.LINE_AA)
+    else:  # cross: two perpendicular bars
+        for a in (angle, angle + np.pi / 2):
+            d = np.array([np.cos(a), np.sin(a)])
+            n = np.array([-d[1], d[0]])
+            w = r * 0.28
+            pts = np.array([center + r * d + w * n, center + r * d - w * n,
+                            center - r * d - w * n, center - r * d + w * n]).astype(np.int32)
+            cv2.fillPoly(img, [pts], color, cv2.LINE_AA)
+    return img
+
+
+def draw_shapes(rng: np.random.Generator, n: int, size: int = SIZE,
+                labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` images ``(n, size, size, 3)`` uint8 RGB and their ``int64`` labels (uniform over
+    the classes unless given)."""
+    if labels is None:
+        labels = rng.integers(0, len(classes()), n)
+    labels = np.asarray(labels, dtype=np.int64)
+    return np.stack([draw_shape(rng, int(lab), size) for lab in labels]), labels
+
+
+def to_input(images: np.ndarray) -> np.ndarray:
+    """uint8 ``(N, H, W, 3)`` → normalised float32 ``(N, 3, H, W)``."""
+    x = images.astype(np.float32) / 255.0
+    return np.ascontiguousarray(((x - MEAN) / STD).transpose(0, 3, 1, 2))
+
+
+def to_picture(x: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`to_input` for one image ``(3, H, W)`` → uint8 ``(H, W, 3)``."""
+    return np.clip(np.round((x.transpose(1, 2, 0) * STD + MEAN) * 255), 0, 255).astype(np.uint8)
+
+
+# ---- model -----------------------------------------------------------------------------------
+def classes() -> list[str]:
+    """Class names of the bundled model."""
+    path = resources.files("xplain") / "data" / CLASSES_FILE
+    return json.loads(path.read_text())["classes"] if path.is_file() else \
+        ["circle", "square", "triangle", "cross"]
+
+
+def load_weights(path: str | Path | None = None) -> dict[str, np.ndarray]:
+    """The bundled weights (or an ``.npz`` at ``path``), torch-style keys, neutral layout."""
+    if path is None:
+        path = resources.files("xplain") / "data" / WEIGHTS
+    with resources.as_file(path) if not isinstance(path, (str, Path)) else _nullctx(path) as p:
+        with np.load(p) as f:
+            return {k: f[k] for k in f.files}
+
+
+class _nullctx:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __enter__(self) -> Any:
+        return self.value
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def default_framework() -> str:
+    """``"torch"`` if importable, else ``"paddle"``."""
+    import importlib.util
+
+    for name in ("torch", "paddle"):
+        if importlib.util.find_spec(name) is not None:
+            return name
+    raise BackendError("xplain demo needs PyTorch or PaddlePaddle: pip install 'xplain[torch]' "
+                       "or pip install 'xplain[paddle]'")
+
+
+def build_model(framework: str | None = None, weights: dict[str, np.ndarray] | None = None,
+                num_classes: int = 4) -> Any:
+    """The demo CNN in ``framework`` (``Sequential``: 3 × [conv 3×3, ReLU] with max-pooling,
+    global average pooling, linear classifier — so CAM applies to it), in eval mode, loaded with
+    ``weights`` (default: the bundled ones; ``{}`` keeps the random initialisation)."""
+    framework = framework or default_framework()
+    if weights is None:
+        weights = load_weights()
+    if framework == "torch":
+        from torch import nn
+
+        model = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes))
+        if weights:
+            import torch
+
+            model.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
+    elif framework == "paddle":
+        from paddle import nn
+
+        model = nn.Sequential(
+            nn.Conv2D(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2D(2),
+            nn.Conv2D(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2D(2),
+            nn.Conv2D(32, 32, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2D(1), nn.Flatten(), nn.Linear(32, num_classes))
+        if weights:
+            linear = {f"{n}.weight" for n, m in model.named_sublayers() if isinstance(m, nn.Linear)}
+            model.set_state_dict({k: np.ascontiguousarray(v.T if k in linear else v)
+                                  for k, v in weights.items()})
+    else:
+        raise BackendError(f"unknown framework {framework!r}; use 'torch' or 'paddle'")
+    model.eval()
+    return model
+
+
+def to_tensor(x: np.ndarray, framework: str) -> Any:
+    """numpy → tensor of ``framework``."""
+    if framework == "torch":
+        import torch
+
+        return torch.as_tensor(x)
+    import paddle
+
+    return paddle.to_tensor(x)
+
+
+def accuracy(model: Any, framework: str, *, n: int = 200, seed: int = 1234,
+             batch: int = 100) -> float:
+    """Accuracy on ``n`` freshly generated images (seeded, never seen in training)."""
+    from .backends import backend_for
+
+    images, labels = draw_shapes(np.random.default_rng(seed), n)
+    x = to_input(images)
+    B = backend_for(model)
+    correct = 0
+    with B.no_grad():
+        for s in range(0, n, batch):
+            out = B.forward(model, to_tensor(x[s:s + batch], framework))
+            correct += int((B.to_numpy(B.argmax(out, axis=1)) == labels[s:s + batch]).sum())
+    return correct / n
+
+
+def pick_method(requested: str | None = None) -> str:
+    """The requested method, else the headline one (LRP) if registered, else input×gradient."""
+    import xplain
+
+    available = xplain.methods()
+    if requested:
+        return requested
+    for name in ("lrp", "input_x_gradient", "saliency"):
+        if name in available:
+            return name
+    return available[0]
+
+
+def run_demo(framework: str | None = None, method: str | None = None,
+             out: str | Path = "xplain-demo", n: int = 4, seed: int = 0,
+             echo: Any = print) -> dict[str, Any]:
+    """Explain the bundled model on ``n`` fresh images and write PNGs to ``out``.
+
+    Returns a dict with ``framework``, ``method``, ``accuracy``, ``predictions``,
+    ``probabilities``, ``relevance_sums``, ``logits`` and ``files``; prints what it does.
+    """
+    import xplain
+    from . import viz
+
+    t0 = time.perf_counter()
+    framework = framework or default_framework()
+    names = classes()
+    model = build_model(framework)
+    echo(f"xplain {xplain.__version__} demo — framework: {framework}")
+    echo(f"model: bundled demo CNN ({sum(v.size for v in load_weights().values()):,} parameters), "
+         f"classes: {', '.join(names)}")
+    acc = accuracy(model, framework)
+    echo(f"accuracy on 200 freshly generated {SIZE}×{SIZE} images: {acc:.1%}")
+    method = pick_method(method)
+    rng = np.random.default_rng(seed)
+    images, labels = draw_shapes(rng, n, labels=np.arange(n) % len(names))
+    x = to_tensor(to_input(images), framework)
+    exp = xplain.explain(model, x, method=method)
+    B = xplain.backend_for(model)
+    with B.no_grad():
+        logits = B.to_numpy(B.forward(model, x))
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    attr = exp.numpy()
+    sign = "all" if method in ("lrp", "input_x_gradient", "integrated_gradients") else "positive"
+    maps = viz.heatmap(attr, sign=sign, clip_percentile=1.0)
+    cmap = "bwr" if sign == "all" else "jet"
+    echo(f"method: {method} (target: the predicted class); heat maps: {sign} sign, 1% clipped")
+    out = Path(out)
+    files, panels = [], []
+    for i in range(n):
+        pred = int(exp.targets[i])
+        pic = images[i]
+        row = [viz.Panel(pic, f"true: {names[labels[i]]}"),
+               viz.Panel(maps[i], f"{method}: {names[pred]}", cmap=cmap, colorbar=True),
+               viz.Panel(viz.overlay(pic, viz.heatmap(attr[i], sign="positive"), 0.5, 0.5),
+                         f"p={probs[i, pred]:.2f}")]
+        files.append(viz.save(out / f"demo_{i}_{names[labels[i]]}.png", viz.figure(row, cell=192)))
+        panels += row
+        echo(f"  image {i}: true {names[labels[i]]:8s} predicted {names[pred]:8s} "
+             f"(p={probs[i, pred]:.3f}); sum of attributions {attr[i].sum():+.3f}, "
+             f"logit {logits[i, pred]:+.3f}")
+    files.append(viz.save(out / "demo_all.png", viz.figure(panels, cols=3, cell=160,
+                                                         title=f"xplain demo: {method} ({framework})")))
+    echo(f"wrote {len(files)} PNG files to {out.resolve()} in {time.perf_counter() - t0:.1f} s")
+    return {"framework": framework, "method": method, "accuracy": acc,
+            "predictions": exp.targets, "labels": labels, "probabilities": probs,
+            "relevance_sums": attr.reshape(n, -1).sum(1), "logits": logits,
+            "files": [str(f) for f in files]}

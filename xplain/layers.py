@@ -83,11 +83,18 @@ def probe(backend: Any, model: Any, x: Any, infos: Sequence[Any]) -> dict[str, L
     return out
 
 
-def last_spatial_layer(summaries: dict[str, LayerSummary]) -> LayerSummary | None:
+def last_spatial_layer(summaries: dict[str, LayerSummary], *,
+                       allow_1x1: bool = False) -> LayerSummary | None:
     """The CAM default layer: the last one (in execution order) whose output is a spatial map
     (see :attr:`LayerSummary.spatial`), skipping head pooling layers. Containers finish after
-    their children, so a block (``"layer4"``) wins over its last sub-layer."""
-    cands = [s for s in summaries.values() if s.spatial and s.kind not in HEAD_POOLS]
+    their children, so a block (``"layer4"``) wins over its last sub-layer. ``allow_1x1``
+    also accepts ``(N, C, 1, 1)`` maps."""
+    def ok(s: LayerSummary) -> bool:
+        if allow_1x1:
+            return (s.output_shape is not None and len(s.output_shape) == 4 and s.calls == 1)
+        return s.spatial
+
+    cands = [s for s in summaries.values() if ok(s) and s.kind not in HEAD_POOLS]
     return max(cands, key=lambda s: s.order) if cands else None
 
 

@@ -79,7 +79,8 @@ def cam(run: Run, *, layer: Any = None, top_k: int | None = None, relu: bool = F
     constant ``1 / (h w)`` (exactly, after normalisation).
 
     Args:
-        layer: the pooled feature map (default: the last spatial layer).
+        layer: the pooled feature map (default: the last layer with a 4-D output, ``1 x 1``
+            included, before the head's pooling).
         top_k: keep only the ``top_k`` largest class weights (the CAM tutorial's variant that
             shows the few channels the class relies on most); ``None`` keeps all.
         relu: clip negative evidence (off: the paper shows the signed map, normalised).
@@ -90,7 +91,7 @@ def cam(run: Run, *, layer: Any = None, top_k: int | None = None, relu: bool = F
     """
     B = run.backend
     input_size(run)
-    infos = resolve_layers(run, layer)
+    infos = resolve_layers(run, layer, allow_1x1=True)
     if len(infos) != 1:
         raise OptionError("cam uses the one feature map the classifier pools; pass a single layer")
     info = infos[0]

@@ -82,12 +82,12 @@ def _find(run: Run, spec: Any) -> LayerInfo:
     return run.layer(spec)  # by object (raises LayerError when not part of the model)
 
 
-def resolve_layers(run: Run, spec: Any) -> list[LayerInfo]:
+def resolve_layers(run: Run, spec: Any, *, allow_1x1: bool = False) -> list[LayerInfo]:
     """The target layer(s) for ``spec`` (see module docstring). That each produces one 4-D
     ``(N, C, h, w)`` tensor, once per forward pass, is checked while capturing (no extra
     forward pass for an explicit layer; the automatic choice probes once at batch 1)."""
     if spec is None:
-        best = last_spatial_layer(_probe(run))
+        best = last_spatial_layer(_probe(run), allow_1x1=allow_1x1)
         if best is None:
             raise LayerError("no layer of this model outputs a spatial map (N, C, h, w) with "
                              "h*w > 1 on this input; CAM methods need a convolutional layer — "

@@ -14,6 +14,7 @@ modified inputs, which is possible at the first layer.
 """
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from dataclasses import dataclass, field
 from collections.abc import Mapping
@@ -78,7 +79,7 @@ def _split_user_rules(rules: Mapping[str, Any] | None, names: set[str]) -> tuple
             exact[key] = spec
     for key in exact:
         if key not in names:
-            close = [n for n in sorted(names) if key.split(".")[-1] in n][:8]
+            close = difflib.get_close_matches(key, sorted(names), n=6, cutoff=0.6)
             raise LayerError(f"LRP rules name a layer {key!r} the model does not have"
                              + (f"; similar names: {close}" if close else "")
                              + f"; layer kinds usable as keys: {list(LAYER_KINDS)}")
@@ -159,10 +160,14 @@ def _check(info: LayerInfo, rule: Rule, found: Probe) -> None:
         if info.kind == "batchnorm" and info.params.get("running_var") is None:
             raise LayerError(f"BatchNorm layer {name} has no running statistics, so it is not an affine "
                              f"map in evaluation; give it rules={{{info.name!r}: 'pass'}}")
-    if rule.explicit and info.name != found.first and info.name not in found.input_users:
+    if rule.explicit and info.name not in found.input_users and not (
+            info.name == found.first and found.first_takes_input):
+        where = (f"the first layer {found.first!r} reads a transformed input, so no layer qualifies"
+                 if not found.first_takes_input and not found.input_users else
+                 f"{sorted(found.input_users) or [found.first]} read the model input")
         raise LayerError(f"LRP rule {rule.name!r} does not have the form input×gradient and can only be "
-                         f"used on the first layer (the one reading the model input: {found.first!r}), "
-                         f"not on {name}; use e.g. 'epsilon', 'zplus' or 'gamma' there")
+                         f"used on a layer that reads the model input directly ({where}), not on "
+                         f"{name}; use e.g. rules={{{info.name!r}: 'epsilon'}} (or 'zplus', 'gamma')")
     if rule.kind == "pass" and info.kind in ("conv", "linear"):
         raise LayerError(f"the 'pass' rule is for element-wise layers; layer {name} is a {info.kind} "
                          f"layer — use 'epsilon', 'zplus', 'gamma' ... there")

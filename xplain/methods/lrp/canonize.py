@@ -37,7 +37,7 @@ class Probe:
         merged: conv/linear name → the BatchNorm LayerInfo merged into it.
         merged_bn: names of BatchNorm layers merged into their predecessor.
         first: name of the first conv/linear executed, or ``None``.
-        first_takes_input: whether that layer reads the model input tensor itself.
+        first_takes_input: whether that layer reads the model input (itself or reshaped).
         input_users: conv/linear layers that read the model input tensor itself.
         per_sample_bytes: bytes of all layer outputs for one sample (for chunking).
     """
@@ -87,7 +87,7 @@ def probe(run: Run, *, merge_batchnorm: bool = True) -> Probe:
         if info.kind in _AFFINE:
             if result.first is None:
                 result.first = info.name
-                result.first_takes_input = bool(inputs) and inputs[0] is x
+                result.first_takes_input = bool(inputs) and _is_view_of(B, inputs[0], x)
             if inputs and inputs[0] is x:
                 result.input_users.add(info.name)
             if B.is_tensor(output):
@@ -113,6 +113,15 @@ def probe(run: Run, *, merge_batchnorm: bool = True) -> Probe:
                 result.merged_bn.add(bn_name)
     records.clear()  # matching done: the probed tensors may go
     return result
+
+
+def _is_view_of(B: Any, a: Any, x: Any) -> bool:
+    """``a`` is the model input ``x`` itself or a reshaped copy of it (``x.view``, Flatten)."""
+    if a is x:
+        return True
+    if not B.is_tensor(a) or int(np.prod(B.shape(a))) != int(np.prod(B.shape(x))):
+        return False
+    return B.all(B.reshape(a, B.shape(x)) == x)
 
 
 def batchnorm_affine(B: Any, bn: LayerInfo) -> tuple[Any, Any]:

@@ -1,0 +1,468 @@
+"""LRP against oracles, on the backend under test (``fw``).
+
+* per rule: a slow explicit reference in matrix form (contribution matrix ``C[j, i]``,
+  ``R_i = Σ_j C[j, i] / stab(z_j) · R_j``) on a small linear and a small conv layer;
+* conservation: bias-free zoo networks with ε → 0 give relevance sums equal to the logit;
+  with biases, the missing relevance equals the bias relevance ``Σ b·∂f/∂b``;
+* LRP-0 on ReLU networks equals input × gradient;
+* the model is left exactly as found, also when a rule raises;
+* errors name the layer and the fix.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xplain
+from xplain.errors import LayerError, OptionError
+
+RNG = np.random.default_rng(7)
+_MODELS: dict = {}
+
+
+def zoo(fw, name, *, bias_free=False):
+    """Zoo model, built once per session (building vgg16's 138M weights is slow); models are
+    borrowed by xplain, and test_model_unchanged checks that it leaves them as found."""
+    key = (fw.name, name, bias_free)
+    if key not in _MODELS:
+        model = fw.model(name)
+        _MODELS[key] = zero_biases(fw, model) if bias_free else model
+    return _MODELS[key]
+
+
+# ---- numpy references ----------------------------------------------------------------------------
+def _stab(z, eps):
+    return z + eps * np.where(z >= 0, 1.0, -1.0)
+
+
+def reference(rule, M, b, x, Ry, *, epsilon=1e-6, gamma=0.25, alpha=2.0, beta=1.0, low=None, high=None,
+              mask=None):
+    """Relevance of input ``x`` (flat, float64) of the affine map ``M x + b``, given output
+    relevance ``Ry``; ``mask`` marks the receptive fields (for flat)."""
+    eps = epsilon
+    M, b, x, Ry = (np.asarray(a, np.float64) for a in (M, b, x, Ry))
+    pos, neg = np.maximum, np.minimum
+    y = M @ x + b
+
+    def spread(C, bias, R, sel=None):  # R_i = Σ_j C[j,i]/stab(z_j) R_j
+        z = C.sum(1) + bias
+        r = R / _stab(z, eps)
+        if sel is not None:
+            r = r * sel
+        return (C * r[:, None]).sum(0)
+
+    xp, xn = pos(x, 0), neg(x, 0)
+    if rule == "epsilon":
+        return spread(M * x[None], b, Ry)
+    if rule == "zero":
+        return spread(M * x[None], b, Ry) if eps == 0 else None
+    if rule in ("zplus", "alphabeta"):
+        cp = pos(M, 0) * xp[None] + neg(M, 0) * xn[None]
+        cn = neg(M, 0) * xp[None] + pos(M, 0) * xn[None]
+        a, bt = (1.0, 0.0) if rule == "zplus" else (alpha, beta)
+        out = a * spread(cp, pos(b, 0), Ry)
+        if bt:
+            out = out - bt * spread(cn, neg(b, 0), Ry)
+        return out
+    if rule == "gamma":
+        gp, gn = M + gamma * pos(M, 0), M + gamma * neg(M, 0)
+        cp = gp * xp[None] + gn * xn[None]
+        cn = gn * xp[None] + gp * xn[None]
+        return (spread(cp, b + gamma * pos(b, 0), Ry, y > 0)
+                + spread(cn, b + gamma * neg(b, 0), Ry, y < 0))
+    if rule == "flat":
+        return spread(mask.astype(np.float64), 0.0, Ry)
+    if rule == "wsquare":
+        return spread(M ** 2, b ** 2, Ry)
+    if rule == "zbox":
+        C = M * x[None] - pos(M, 0) * low[None] - neg(M, 0) * high[None]
+        return spread(C, b - pos(b, 0) - neg(b, 0), Ry)
+    raise KeyError(rule)
+
+
+def conv_matrix(W, cin, H, Wd, pad, stride):
+    """Dense matrix of a 2-D convolution (out_flat × in_flat) and its receptive-field mask."""
+    cout, _, kh, kw = W.shape
+    Ho, Wo = (H + 2 * pad - kh) // stride + 1, (Wd + 2 * pad - kw) // stride + 1
+    M = np.zeros((cout * Ho * Wo, cin * H * Wd))
+    mask = np.zeros_like(M, dtype=bool)
+    for o in range(cout):
+        for i in range(Ho):
+            for j in range(Wo):
+                row = (o * Ho + i) * Wo + j
+                for c in range(cin):
+                    for u in range(kh):
+                        for v in range(kw):
+                            yy, xx = i * stride + u - pad, j * stride + v - pad
+                            if 0 <= yy < H and 0 <= xx < Wd:
+                                col = (c * H + yy) * Wd + xx
+                                M[row, col] = W[o, c, u, v]
+                                mask[row, col] = True
+    return M, mask, (Ho, Wo)
+
+
+RULES = [
+    ("epsilon", {"epsilon": 0.1}), ("epsilon", {"epsilon": 1e-6}), ("zplus", {}),
+    ("alphabeta", {"alpha": 2.0, "beta": 1.0}), ("alphabeta", {"alpha": 1.0, "beta": 0.0}),
+    ("gamma", {"gamma": 0.25}), ("gamma", {"gamma": 1.0}), ("flat", {}), ("wsquare", {}), ("zbox", {}),
+]
+
+
+def _rule_spec(rule, params, cin):
+    if rule == "zbox":
+        low = -1.0 - 0.5 * np.arange(cin)
+        high = 1.0 + 0.25 * np.arange(cin)
+        return ("zbox", {"low": low, "high": high}), low, high
+    return (rule, params), None, None
+
+
+@pytest.mark.parametrize("nonneg", [False, True], ids=["mixed", "nonneg"])
+@pytest.mark.parametrize("rule,params", RULES, ids=[f"{r}-{p}" for r, p in RULES])
+def test_rule_matches_reference_linear(fw, rule, params, nonneg):
+    fin, fout, classes = 6, 5, 3
+    W1, b1 = RNG.standard_normal((fout, fin)), RNG.standard_normal(fout) * 0.5
+    W2 = RNG.standard_normal((classes, fout))
+    model = fw.sequential(fw.linear(fin, fout, weight=W1, bias=b1),
+                          fw.linear(fout, classes, weight=W2, bias=np.zeros(classes)))
+    x = RNG.standard_normal((2, fin)).astype(np.float32)
+    if nonneg:
+        x = np.abs(x)
+    spec, low, high = _rule_spec(rule, params, 1)
+    targets = [0, 2]
+    exp = xplain.explain(model, fw.tensor(x), method="lrp", target=targets, composite=None,
+                         rules={"0": spec})
+    W1, b1 = W1.astype(np.float32), b1.astype(np.float32)  # the numbers the layer really holds
+    for n, t in enumerate(targets):
+        y = W1.astype(np.float64) @ x[n] + b1
+        Ry = y * W2.astype(np.float32)[t]  # LRP-0 at the last layer
+        lo = None if low is None else np.full(fin, low[0])
+        hi = None if high is None else np.full(fin, high[0])
+        ref = reference(rule, W1, b1, x[n], Ry, low=lo, high=hi, mask=np.ones_like(W1, dtype=bool),
+                        **params)
+        got = exp.numpy()[n]
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("nonneg", [False, True], ids=["mixed", "nonneg"])
+@pytest.mark.parametrize("rule,params", RULES, ids=[f"{r}-{p}" for r, p in RULES])
+def test_rule_matches_reference_conv(fw, rule, params, nonneg):
+    cin, cout, H, pad, stride, classes = 2, 3, 5, 1, 2, 4
+    W1 = RNG.standard_normal((cout, cin, 3, 3)).astype(np.float32)
+    b1 = (RNG.standard_normal(cout) * 0.5).astype(np.float32)
+    M, mask, (Ho, Wo) = conv_matrix(W1, cin, H, H, pad, stride)
+    W2 = RNG.standard_normal((classes, cout * Ho * Wo)).astype(np.float32)
+    model = fw.sequential(fw.conv2d(cin, cout, 3, padding=pad, stride=stride, weight=W1, bias=b1),
+                          fw.flatten(), fw.linear(cout * Ho * Wo, classes, weight=W2, bias=np.zeros(classes)))
+    x = RNG.standard_normal((2, cin, H, H)).astype(np.float32)
+    if nonneg:
+        x = np.abs(x)
+    spec, low, high = _rule_spec(rule, params, cin)
+    targets = [1, 3]
+    exp = xplain.explain(model, fw.tensor(x), method="lrp", target=targets, composite=None,
+                         rules={"0": spec})
+    bflat = np.repeat(b1, Ho * Wo)
+    for n, t in enumerate(targets):
+        xf = x[n].reshape(-1)
+        Ry = (M @ xf + bflat) * W2[t]
+        lo = None if low is None else np.repeat(low, H * H)
+        hi = None if high is None else np.repeat(high, H * H)
+        ref = reference(rule, M, bflat, xf, Ry, low=lo, high=hi, mask=mask, **params)
+        got = exp.numpy()[n].reshape(-1)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_pass_rule_on_activation(fw):
+    W1, W2 = RNG.standard_normal((5, 4)), RNG.standard_normal((3, 5))
+    nn = fw.nn()
+    model = fw.sequential(fw.linear(4, 5, weight=W1, bias=np.zeros(5)), nn.Sigmoid(),
+                          fw.linear(5, 3, weight=W2, bias=np.zeros(3)))
+    x = RNG.standard_normal((1, 4)).astype(np.float32)
+    exp = xplain.explain(model, fw.tensor(x), method="lrp", target=2, composite=None,
+                         rules={"1": "pass"})
+    h = W1 @ x[0]
+    s = 1 / (1 + np.exp(-h))
+    Rs = s * W2[2]  # LRP-0 at the last layer; pass: same relevance at the sigmoid's input
+    ref = reference("epsilon", W1, np.zeros(5), x[0], Rs, epsilon=1e-6)
+    np.testing.assert_allclose(exp.numpy()[0], ref, rtol=1e-4, atol=1e-6)
+    # the sigmoid's input relevance equals its output relevance, so the sum is the logit
+    np.testing.assert_allclose(exp.numpy().sum(), Rs.sum(), rtol=1e-4)
+
+
+# ---- conservation ----------------------------------------------------------------------------------
+def zero_biases(fw, model):
+    """The model with every bias, BatchNorm shift and running mean set to zero (a bias-free net)."""
+    sd = model.state_dict()
+    new = {}
+    for k, v in sd.items():
+        leaf = k.rsplit(".", 1)[-1]
+        arr = fw.numpy(v) if fw.name == "paddle" else v.detach().cpu().numpy()
+        if leaf in ("bias", "running_mean", "_mean"):
+            arr = np.zeros_like(arr)
+        new[k] = arr
+    if fw.name == "torch":
+        import torch
+
+        model.load_state_dict({k: torch.as_tensor(v) for k, v in new.items()})
+    else:
+        model.set_state_dict(new)
+    return model
+
+
+CONSERVATION = [("tutorial_cnn", 32), ("resnet18", 32), ("vgg16", 32), ("vgg16_bn", 32),
+                pytest.param("resnet50", 32, marks=pytest.mark.slow),
+                pytest.param("densenet121", 64, marks=pytest.mark.slow)]
+
+
+def _input(fw, size, batch=2, channels=3, seed=0):
+    return fw.tensor(np.random.default_rng(seed).standard_normal((batch, channels, size, size)))
+
+
+@pytest.mark.parametrize("name,size", CONSERVATION)
+def test_conservation_bias_free(fw, name, size):
+    model = zoo(fw, name, bias_free=True)
+    x = _input(fw, size)
+    for composite, opts in (("epsilon", {"epsilon": 1e-9}), ("zero", {})):
+        exp = xplain.explain(model, x, method="lrp", target=[3, 7], composite=composite, **opts)
+        rs, out = fw.numpy(exp.relevance_sum), fw.numpy(exp.target_output)
+        np.testing.assert_allclose(rs, out, rtol=1e-4, atol=1e-4 * np.abs(out).max(),
+                                   err_msg=f"{name} {composite}")
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_alpha2_beta1_flat", "epsilon_gamma_box",
+                                       "epsilon_plus"])
+def test_conservation_composites_bias_free_vgg(fw, composite):
+    """Every built-in composite conserves relevance on a bias-free network without residuals
+    (z⁺, αβ with α−β=1, γ, flat and z^B are all conservative without biases)."""
+    model = zoo(fw, "vgg16", bias_free=True)
+    x = _input(fw, 32)
+    exp = xplain.explain(model, x, method="lrp", target=[0, 5], composite=composite, low=-4.0, high=4.0)
+    rs, out = fw.numpy(exp.relevance_sum), fw.numpy(exp.target_output)
+    np.testing.assert_allclose(rs, out, rtol=1e-3)
+
+
+def _bias_relevance(fw, model, x, targets):
+    """``Σ_l b_l · ∂f_t/∂b_l`` by plain autodiff (for nets of linear layers + ReLU/max-pooling,
+    ``f = x·∇_x f + Σ b·∂f/∂b`` exactly): the relevance LRP-0 leaves in the biases."""
+    if fw.name == "torch":
+        import torch
+
+        biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+        for p in biases:
+            p.requires_grad_(True)
+        out = model(x)
+        onehot = torch.zeros_like(out)
+        onehot[range(len(targets)), targets] = 1
+        grads = torch.autograd.grad((out * onehot).sum(), biases)
+        for p in biases:
+            p.requires_grad_(False)
+        return sum(float((p * g).sum()) for p, g in zip(biases, grads))
+    import paddle
+
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    for p in biases:
+        p.stop_gradient = False
+    out = model(x)
+    oh = np.zeros(out.shape, np.float32)
+    oh[range(len(targets)), targets] = 1
+    grads = paddle.grad((out * paddle.to_tensor(oh)).sum(), biases)
+    for p in biases:
+        p.stop_gradient = True
+    return sum(float((p * g).sum()) for p, g in zip(biases, grads))
+
+
+@pytest.mark.parametrize("name", ["tutorial_cnn", "vgg16"])
+def test_bias_relevance_accounts_for_difference(fw, name):
+    """With biases kept, LRP-0's relevance sum misses exactly the relevance absorbed by biases."""
+    model = zoo(fw, name)
+    x = _input(fw, 32, batch=1)
+    exp = xplain.explain(model, x, method="lrp", target=4, composite="zero")
+    diff = float(fw.numpy(exp.target_output).sum() - fw.numpy(exp.relevance_sum).sum())
+    bias_rel = _bias_relevance(fw, model, x, [4])
+    print(f"{name}: logit - relevance sum = {diff:.6f}, bias relevance = {bias_rel:.6f}")
+    assert abs(diff) > 1e-3  # biases do absorb relevance ...
+    np.testing.assert_allclose(diff, bias_rel, rtol=1e-3, atol=1e-4)  # ... exactly this much
+
+
+# ---- LRP-0 = input x gradient -------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["tutorial_cnn", "resnet18", "vgg16_bn"])
+def test_lrp0_equals_input_times_gradient(fw, name):
+    model = zoo(fw, name)
+    x = _input(fw, 32)
+    ixg = fw.numpy(xplain.explain(model, x, method="input_x_gradient", target=[1, 2]).attributions)
+    for kw in ({"composite": "zero"}, {"composite": None, "rules": {"conv": "zero", "linear": "zero"}},
+               {"composite": "epsilon", "epsilon": 1e-12}):
+        lrp = xplain.explain(model, x, method="lrp", target=[1, 2], **kw).numpy()
+        np.testing.assert_allclose(lrp, ixg, rtol=1e-4, atol=1e-5 * np.abs(ixg).max(), err_msg=str(kw))
+
+
+# ---- API, options, layer relevance --------------------------------------------------------------------
+def test_default_and_documented_calls(fw):
+    model = zoo(fw, "resnet18")
+    x = _input(fw, 32)
+    exp = xplain.explain(model, x, method="lrp", target=[0, 1])
+    assert exp.numpy().shape == (2, 3, 32, 32)
+    assert exp.rules["conv1"].startswith("flat") and "merged with bn1" in exp.rules["conv1"]
+    assert exp.rules["layer1.0.conv1"].startswith("zplus") and exp.rules["fc"].startswith("epsilon")
+    assert fw.numpy(exp.relevance_sum).shape == (2,) and fw.numpy(exp.target_output).shape == (2,)
+    exp = xplain.explain(model, x, method="lrp", composite="epsilon_gamma_box", low=-3.0, high=3.0)
+    assert exp.rules["conv1"].startswith("zbox") and exp.rules["layer2.0.conv2"].startswith("gamma")
+    assert np.all(np.isfinite(exp.numpy()))
+    exp = xplain.explain(model, x, method="lrp", rules={"conv1": "zbox", "conv": "gamma", "linear": "epsilon"},
+                         low=[-2.0, -2.1, -1.8], high=[2.2, 2.4, 2.6], gamma=0.5)
+    assert exp.rules["conv1"].startswith("zbox") and exp.rules["layer3.1.conv1"] == "gamma(gamma=0.5) (merged with layer3.1.bn1)"
+    exp = xplain.explain(model, x, method="lrp", rules={"layer4.*": ("epsilon", {"epsilon": 0.5})})
+    assert exp.rules["layer4.0.conv1"].startswith("epsilon(epsilon=0.5)")
+    assert exp.rules["layer3.0.conv1"].startswith("zplus")
+
+
+def test_tutorial_cnn_unmodified(fw):
+    model = zoo(fw, "tutorial_cnn")
+    x = _input(fw, 32)
+    exp = xplain.explain(model, x, method="lrp", target=5)
+    assert exp.numpy().shape == (2, 3, 32, 32) and np.all(np.isfinite(exp.numpy()))
+    rel = fw.numpy(exp.relevance_sum)
+    assert np.all(np.abs(rel - fw.numpy(exp.target_output)) < 0.5 * np.abs(fw.numpy(exp.target_output)) + 0.1)
+
+
+def test_layer_relevance_conserved(fw):
+    model = zoo(fw, "resnet18", bias_free=True)
+    x = _input(fw, 32)
+    exp = xplain.explain(model, x, method="lrp", target=[3, 4], composite="epsilon", epsilon=1e-9,
+                         layer="layer3")
+    lr = fw.numpy(exp.layer_relevance)
+    assert lr.shape == (2, 256, 2, 2)
+    np.testing.assert_allclose(lr.reshape(2, -1).sum(1), fw.numpy(exp.target_output), rtol=1e-4)
+    # a merged conv's relevance is read after its BatchNorm
+    exp = xplain.explain(model, x, method="lrp", target=[3, 4], composite="zero", layer="layer4.1.conv2")
+    assert fw.numpy(exp.layer_relevance).shape == (2, 512, 1, 1)
+
+
+def test_batch_chunking_gives_same_relevance(fw):
+    model = zoo(fw, "resnet18")
+    x = _input(fw, 32, batch=3)
+    a = xplain.explain(model, x, method="lrp", composite="epsilon_gamma_box", low=-3, high=3).numpy()
+    b = xplain.explain(model, x, method="lrp", composite="epsilon_gamma_box", low=-3, high=3,
+                       max_batch=2).numpy()
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(a).max())
+
+
+def test_standalone_batchnorm_gets_its_own_rule(fw):
+    nn = fw.nn()
+    bn = nn.BatchNorm2d(4) if fw.name == "torch" else nn.BatchNorm2D(4)
+    model = fw.sequential(fw.conv2d(3, 4, 3, padding=1), fw.relu(), bn, fw.conv2d(4, 2, 3), fw.flatten(),
+                          fw.linear(2 * 6 * 6, 3))
+    from xplain.testing.zoo import fill_paddle, fill_torch
+
+    (fill_torch if fw.name == "torch" else fill_paddle)(model)
+    model = zero_biases(fw, model)
+    x = _input(fw, 8)
+    exp = xplain.explain(model, x, method="lrp", target=[0, 1], composite="epsilon_plus")
+    assert exp.rules["2"].startswith("pass") and "merged" not in exp.rules["3"]
+    np.testing.assert_allclose(fw.numpy(exp.relevance_sum), fw.numpy(exp.target_output), rtol=1e-3)
+
+
+# ---- the borrowed model ---------------------------------------------------------------------------------
+def _state(fw, model):
+    return {k: (fw.numpy(v) if fw.name == "paddle" else v.detach().cpu().numpy()).copy()
+            for k, v in model.state_dict().items()}
+
+
+def _hooks(fw, model):
+    if fw.name == "torch":
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    return sum(len(m._forward_post_hooks) + len(m._forward_pre_hooks)
+               for _, m in model.named_sublayers(include_self=True))
+
+
+def test_model_unchanged_also_when_a_rule_raises(fw):
+    model = zoo(fw, "vgg16_bn")
+    before, hooks = _state(fw, model), _hooks(fw, model)
+    x = _input(fw, 32)
+    xplain.explain(model, x, method="lrp", composite="epsilon_gamma_box", low=-3, high=3, layer="features.10")
+    with pytest.raises(LayerError, match="pass"):  # pass on a max-pool: raises inside the forward
+        xplain.explain(model, x, method="lrp", rules={"maxpool": "pass"})
+    after = _state(fw, model)
+    assert _hooks(fw, model) == hooks
+    for k in before:
+        assert np.array_equal(before[k], after[k]), k
+
+
+# ---- errors ------------------------------------------------------------------------------------------
+def test_errors_name_problem_and_fix(fw):
+    model = zoo(fw, "resnet18")
+    x = _input(fw, 32, batch=1)
+    with pytest.raises(OptionError, match="registered"):
+        xplain.explain(model, x, method="lrp", composite="nope")
+    with pytest.raises(OptionError, match="unknown LRP rule"):
+        xplain.explain(model, x, method="lrp", rules={"conv": "fancy"})
+    with pytest.raises(LayerError, match="similar names"):
+        xplain.explain(model, x, method="lrp", rules={"layer1.0.conv9": "gamma"})
+    with pytest.raises(LayerError, match="matches no layer"):
+        xplain.explain(model, x, method="lrp", rules={"blocks.*": "gamma"})
+    with pytest.raises(OptionError, match="alpha - beta = 1"):
+        xplain.explain(model, x, method="lrp", composite="epsilon_alpha2_beta1", alpha=3.0, beta=1.0,
+                       rules={"conv": "alphabeta"})
+    with pytest.raises(OptionError, match="low= and high="):
+        xplain.explain(model, x, method="lrp", composite="epsilon_gamma_box")
+    with pytest.raises(OptionError, match="per channel"):
+        xplain.explain(model, x, method="lrp", composite="epsilon_gamma_box", low=[0, 1], high=[1, 2])
+    with pytest.raises(LayerError, match="layer1.0.conv1.*first|read the model input"):
+        xplain.explain(model, x, method="lrp", rules={"layer1.0.conv1": "flat"})
+    with pytest.raises(LayerError, match="needs a conv"):
+        xplain.explain(model, x, method="lrp", rules={"relu": "gamma"})
+    with pytest.raises(OptionError, match="epsilon"):
+        xplain.explain(model, x, method="lrp", epsilon=-1.0, composite="epsilon")
+
+
+def test_unknown_layer_with_parameters_is_refused(fw):
+    nn = fw.nn()
+    if fw.name == "torch":
+        import torch
+
+        class Scale(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.s = nn.Parameter(torch.ones(4))
+
+            def forward(self, x):
+                return x * self.s
+        scale = Scale()
+    else:
+        class Scale(nn.Layer):
+            def __init__(self):
+                super().__init__()
+                self.s = self.create_parameter([4], default_initializer=nn.initializer.Constant(1.0))
+
+            def forward(self, x):
+                return x * self.s
+        scale = Scale()
+    model = fw.sequential(fw.linear(3, 4), scale, fw.relu(), fw.linear(4, 2))
+    x = fw.tensor(RNG.standard_normal((2, 3)))
+    with pytest.raises(LayerError, match=r"'1' \(Scale\).*rules=\{'1': 'pass'\}"):
+        xplain.explain(model, x, method="lrp")
+    exp = xplain.explain(model, x, method="lrp", rules={"1": "pass"})
+    assert np.all(np.isfinite(exp.numpy()))
+    sig = fw.sequential(fw.linear(3, 4), nn.Sigmoid(), fw.linear(4, 2))
+    with pytest.raises(LayerError, match="activation"):
+        xplain.explain(sig, x, method="lrp", composite=None)
+    xplain.explain(sig, x, method="lrp")  # built-in composites give activations 'pass'
+
+
+def test_user_composite_through_plugin_hook(fw):
+    from xplain.methods.lrp import Composite
+    from xplain.plugins import register, unregister
+
+    class Pack:
+        @staticmethod
+        @xplain.hookimpl
+        def xplain_register_composites(registry):
+            registry.add_composite("test_gamma_only", Composite({"conv": ("gamma", {"gamma": 0.1}),
+                                                                 "linear": "epsilon"}))
+
+    register(Pack, name="lrp-test-pack")
+    try:
+        model = zoo(fw, "tutorial_cnn")
+        exp = xplain.explain(model, _input(fw, 32, batch=1), method="lrp", composite="test_gamma_only")
+        assert exp.rules["conv1"] == "gamma(gamma=0.1)"
+    finally:
+        unregister(name="lrp-test-pack")

@@ -72,11 +72,16 @@ def part_prototypes(args: argparse.Namespace, out: Path) -> dict:
                          lr=0.01, l2=0.1, mean_images=means)
     protos = exp.numpy()[:, 0]
     probs = np.asarray(xplain.backend_for(model).to_numpy(exp.probabilities))
+    start = _common.logits(model, x)
+    start = np.exp(start - start.max(1, keepdims=True))
+    start = (start / start.sum(1, keepdims=True))[np.arange(10), np.arange(10)]
+    print(f"mean images:  class probabilities {np.round(start, 3)}")
     fig = viz.figure([viz.Panel(protos[d], f"{d}: p={probs[d]:.2f}", cmap="gray", colorbar=True)
                       for d in range(10)], cols=5, cell=112, title="class prototypes")
     path = viz.save(out / "prototypes.png", fig)
     print(f"prototypes: class probabilities {np.round(probs, 3)} -> {path}")
-    return {"probabilities": probs, "prototypes": protos, "file": str(path)}
+    return {"probabilities": probs, "start_probabilities": start, "prototypes": protos,
+            "file": str(path)}
 
 
 def part_saliency(args: argparse.Namespace, out: Path) -> dict:
@@ -123,15 +128,15 @@ def part_cam(args: argparse.Namespace, out: Path) -> dict:
 
 def part_gradcam(args: argparse.Namespace, out: Path) -> dict:
     x1, picture = _photo(args, out)
-    model = _common.zoo("vgg19", args.framework, seed=args.seed)
+    model = _common.zoo(args.gradcam_arch, args.framework, seed=args.seed)
     x = _common.to_tensor(x1[None], args.framework)
-    exp = xplain.explain(model, x, method="gradcam", layer="features.35", target=args.gradcam_class)
+    exp = xplain.explain(model, x, method="gradcam", layer=args.gradcam_layer, target=args.gradcam_class)
     m = exp.numpy()[0]
-    path = viz.save(out / "gradcam_vgg19.png", viz.figure(
+    path = viz.save(out / f"gradcam_{args.gradcam_arch}.png", viz.figure(
         [viz.Panel(picture, "image"),
          viz.Panel(viz.overlay(picture, viz.colorize(m, "jet"), 0.3, 0.5),
-                   f"Grad-CAM features.35, class {int(exp.targets[0])}")], cell=192))
-    print(f"Grad-CAM on VGG-19 features.35, class {int(exp.targets[0])} -> {path}")
+                   f"Grad-CAM {args.gradcam_layer}, class {int(exp.targets[0])}")], cell=192))
+    print(f"Grad-CAM on {args.gradcam_arch} {args.gradcam_layer}, class {int(exp.targets[0])} -> {path}")
     return {"map": m, "target": int(exp.targets[0]), "file": str(path)}
 
 
@@ -146,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cnn-weights", default=None)
     p.add_argument("--cam-archs", default="resnet18,squeezenet1_0,densenet121")
     p.add_argument("--gradcam-class", type=int, default=None, help="default: the top class")
+    p.add_argument("--gradcam-arch", default="vgg19")
+    p.add_argument("--gradcam-layer", default="features.35", help="VGG-19's last conv ReLU")
     args = p.parse_args(argv)
     out = Path(args.out)
     parts = [q for q in args.parts.split(",") if q]

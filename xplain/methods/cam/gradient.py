@@ -96,7 +96,10 @@ def gradcam_plus_plus(run: Run, *, layer: Any = None, relu: bool = True,
     The paper's weights also carry the factor ``exp(S)`` (from ``dY/dA = exp(S) g``); it is one
     positive number per image, so it only rescales the map — we drop it (it overflows float32
     for logits above ~88) and use ``relu(g)``, as pytorch-grad-cam does. Unlike
-    pytorch-grad-cam no ``1e-6`` is added to the denominator: alpha is exact where defined.
+    pytorch-grad-cam no ``1e-6`` is added to the denominator: alpha is exact where defined
+    (0 where it is 0). That constant is not harmless there: logit gradients at the last conv
+    layer are typically ~1e-3, so ``g^2 ~ 1e-6`` and pytorch-grad-cam's maps move visibly away
+    from eq. 19; with gradients large enough for it to vanish both agree (tested).
 
     Options and returns as :func:`gradcam`.
     """

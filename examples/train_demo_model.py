@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train", type=int, default=16000, help="training images")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval", type=int, default=2000, help="fresh images for the final accuracy")
     args = p.parse_args(argv)
 
     import torch
@@ -53,15 +54,15 @@ def main(argv: list[str] | None = None) -> dict:
             sched.step()
             total += loss.item() * len(idx)
         model.eval()
-        acc = demo.accuracy(model, "torch", n=1000, seed=10_000 + epoch)
+        acc = demo.accuracy(model, "torch", n=min(1000, args.eval), seed=10_000 + epoch)
         print(f"epoch {epoch + 1}: loss {total / args.train:.4f}, fresh-image accuracy {acc:.3f} "
               f"({time.perf_counter() - t0:.0f} s)")
     weights = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, **weights)
-    final = demo.accuracy(model, "torch", n=2000, seed=1234)
-    print(f"saved {out} ({out.stat().st_size / 1024:.0f} kB); accuracy on 2000 fresh images: {final:.3f}")
+    final = demo.accuracy(model, "torch", n=args.eval, seed=1234)
+    print(f"saved {out} ({out.stat().st_size / 1024:.0f} kB); accuracy on {args.eval} fresh images: {final:.3f}")
     return {"accuracy": final, "path": str(out)}
 
 

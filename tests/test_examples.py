@@ -205,7 +205,8 @@ def test_train_demo_model_script_runs(fw, tmp_path):
     if fw.name != "torch":
         pytest.skip("the training script uses PyTorch")
     ex = load("train_demo_model")
-    r = ex.main(["--out", str(tmp_path / "w.npz"), "--train", "128", "--epochs", "1"])
+    r = ex.main(["--out", str(tmp_path / "w.npz"), "--train", "128", "--epochs", "1",
+                 "--eval", "100"])
     from xplain import demo
 
     w = demo.load_weights(tmp_path / "w.npz")

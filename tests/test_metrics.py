@@ -105,3 +105,21 @@ def test_sensitivity_max_linear_saliency_is_zero(fw):
     np.testing.assert_allclose(s, 0.0, atol=1e-6)     # gradient of a linear model is constant
     s2 = metrics.sensitivity_max(model, fw.tensor(x), "input_x_gradient", target=0, samples=4)
     assert np.all(s2 > 0) and np.all(s2 < 0.2)
+
+
+@pytest.mark.cross
+def test_metrics_and_summary_agree_across_backends(both):
+    torch_fw, paddle_fw = both
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    attr = np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
+    curves, totals = [], []
+    for f in both:
+        model = f.model("resnet18")
+        res = metrics.deletion(model, f.tensor(x), attr, target=[1, 2], steps=6, score="logit")
+        pf = metrics.pixel_flipping(model, f.tensor(x), attr, target=[1, 2], patch=4, steps=4, seed=0)
+        curves.append((res.curve, pf.curve))
+        s = xplain.summary(model, (1, 3, 64, 64))
+        totals.append((s.total_params, s.total_mult_adds, [r.output_shape for r in s.rows]))
+    assert totals[0] == totals[1] and totals[0][0] == 11_689_512
+    for a, b in zip(*curves):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(a).max())

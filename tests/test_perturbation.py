@@ -87,7 +87,7 @@ def test_occlusion_resnet18_batches_forward_only(fw):
                              strides=(3, 4, 4), max_batch=20)
     finally:
         h.remove()
-    assert exp.windows == 49 and sizes[-3:] == [20, 20, 9]
+    assert exp.windows == 49 and sizes[-3:] == [17, 17, 15]  # balanced under max_batch=20
     again = xplain.explain(model, x, "occlusion", sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4))
     np.testing.assert_allclose(exp.numpy(), again.numpy(), rtol=1e-4, atol=1e-4 * np.abs(exp.numpy()).max())
 

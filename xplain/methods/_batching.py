@@ -33,13 +33,21 @@ def blocks(run: Run, n: int, k: int, *, backward: bool = True) -> Iterator[Block
     ``run.chunk_size(backward=backward)`` samples."""
     cs = run.chunk_size(backward=backward)
     if cs >= n:
-        per = cs // n
+        per = _balanced(k, cs // n)
         for k0 in range(0, k, per):
             yield Block(k0, min(k, k0 + per), 0, n)
     else:
+        per = _balanced(n, cs)
         for kk in range(k):
-            for i0 in range(0, n, cs):
-                yield Block(kk, kk + 1, i0, min(n, i0 + cs))
+            for i0 in range(0, n, per):
+                yield Block(kk, kk + 1, i0, min(n, i0 + per))
+
+
+def _balanced(total: int, most: int) -> int:
+    """The smallest chunk that needs as few chunks as ``most`` does: 50 steps under a limit
+    of 48 run as 25 + 25, not 48 + 2 (a tiny last batch wastes a pass's fixed costs)."""
+    count = -(-total // max(1, most))
+    return -(-total // count)
 
 
 def tile(run: Run, x: Tensor, reps: int) -> Tensor:

@@ -30,7 +30,7 @@ def inputs(both, n, size, seed=1):
 
 def compare(both, name, method, x, atol=2e-4, **kw):
     outs = []
-    for fw, model, xi in zip(both, pair(both, name), x):
+    for model, xi in zip(pair(both, name), x):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             exp = xplain.explain(model, xi, method=method, **kw)

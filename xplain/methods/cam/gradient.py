@@ -27,11 +27,13 @@ def activations_and_gradients(run: Run, layer: Any) -> tuple[list[str], dict, di
     B = run.backend
     infos = resolve_layers(run, layer)
     n = B.shape(run.inputs)[0]
-    size = run.chunk_size()
+    # one sample cannot be split: skip the batch-1 probe forward that sizes chunks
+    size = 1 if n == 1 else run.chunk_size()
     targets = None if size >= n else run.targets
     acts: dict[str, list] = {i.name: [] for i in infos}
     grads: dict[str, list] = {i.name: [] for i in infos}
-    for sl in run.progress(list(run.chunks(n)), desc=run.method):
+    for sl in run.progress([slice(i, min(n, i + size)) for i in range(0, n, size)],
+                           desc=run.method):
         with B.enable_grad(), captured(run, infos, grad=True) as rec:
             out = run.forward(run.inputs[sl])
         t = run.resolve_targets(out) if targets is None else targets[sl]

@@ -54,7 +54,7 @@ def layer_activations(run: Run, info: LayerInfo) -> tuple[Tensor, Tensor]:
     acts, outs = [], []
     n = B.shape(run.inputs)[0]
     with B.no_grad():
-        for sl in run.chunks(n, backward=False):
+        for sl in ([slice(0, 1)] if n == 1 else run.chunks(n, backward=False)):
             with captured(run, [info], grad=False) as rec:
                 outs.append(run.forward(run.inputs[sl]))
             acts.append(rec["act"][info.name])

@@ -9,7 +9,8 @@ xplain's built-in methods register through the same pluggy hooks any package can
 2. a plugin can also be an object registered at run time — below, :class:`CenterPrior` adds a
    ``center_prior`` method (a Gaussian centre bias, another model-independent baseline).
 
-Then every method is scored with the deletion metric on the bundled demo model: real
+Then every method is scored with the deletion metric on the bundled demo model (deleted
+pixels take the image's mean colour, close to the background of these images): real
 explanations should remove the class evidence faster (lower AUC) than the baselines.
 
     python examples/plugin_method.py --framework torch --out out/
@@ -69,8 +70,12 @@ def main(argv: list[str] | None = None) -> dict:
     _common.add_common_args(p)
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--baseline", default="mean", help="value of deleted pixels: 'mean' (each "
+                   "image's mean colour, i.e. background here), 'blur', or a number")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if args.baseline not in ("mean", "blur"):
+        args.baseline = float(args.baseline)
 
     have_pack = ensure_sanity_pack()
     prior = CenterPrior()
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
         for method in methods:
             exp = xplain.explain(model, x, method=method, seed=args.seed)
             res = metrics.deletion(model, x, exp, target=exp.targets, steps=args.steps,
-                                   baseline=0.0)
+                                   baseline=args.baseline)
             aucs[method] = res.auc
             maps.append(viz.Panel(viz.heatmap(exp.numpy()[0], sign="absolute"), method))
             print(f"{method:18s} deletion AUC {res.mean_auc:.4f}  (lower is better)")

@@ -55,10 +55,13 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     from .testing.zoo import SMALL_MODELS, VISION_MODELS, build
 
     framework = args.framework or default_framework()
-    shape = tuple(int(s) for s in args.input.split(","))
+    default = "1,3,64,64" if args.model == "demo" else "1,3,224,224"
+    try:
+        shape = tuple(int(s) for s in (args.input or default).split(","))
+    except ValueError:
+        raise XplainError(f"--input {args.input!r} is not a shape; write e.g. 1,3,224,224") from None
     if args.model == "demo":
         model = build_model(framework)
-        shape = shape if args.input_given else (1, 3, 64, 64)
     elif args.model in VISION_MODELS + SMALL_MODELS:
         model = build(args.model, framework)  # architecture only: random weights, no download
     else:
@@ -86,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help="layer table: shapes, parameters, mult-adds")
     s.add_argument("--model", default="resnet18", help="zoo architecture name or 'demo'")
     s.add_argument("--framework", choices=("torch", "paddle"), default=None)
-    s.add_argument("--input", default="1,3,224,224", help="input shape, comma separated")
+    s.add_argument("--input", default=None,
+                   help="input shape, comma separated (default 1,3,224,224; 1,3,64,64 for demo)")
     s.set_defaults(fn=_cmd_summary)
     return p
 
@@ -94,8 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``xplain`` script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    args.input_given = argv is not None and any(a.startswith("--input") for a in argv) or \
-        argv is None and any(a.startswith("--input") for a in sys.argv[1:])
     try:
         return args.fn(args)
     except XplainError as exc:

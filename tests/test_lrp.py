@@ -466,3 +466,50 @@ def test_user_composite_through_plugin_hook(fw):
         assert exp.rules["conv1"] == "gamma(gamma=0.1)"
     finally:
         unregister(name="lrp-test-pack")
+
+
+def _relu_and_linear_use(fw, conv, fc):
+    """``fc(flatten(relu(y)) + 0.5·flatten(y))`` with ``y = conv(x)``: the conv output feeds a ReLU
+    module *and* a functional use, so γ's negative-output group must not be skipped."""
+    nn = fw.nn()
+    relu = fw.relu()
+    if fw.name == "torch":
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv, self.relu, self.fc = conv, relu, fc
+
+            def forward(self, x):
+                y = self.conv(x)
+                return self.fc(self.relu(y).flatten(1) + 0.5 * y.flatten(1))
+    else:
+        class Net(nn.Layer):
+            def __init__(self):
+                super().__init__()
+                self.conv, self.relu, self.fc = conv, relu, fc
+
+            def forward(self, x):
+                y = self.conv(x)
+                return self.fc(self.relu(y).flatten(1) + 0.5 * y.flatten(1))
+    return Net()
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["relu-only", "relu-and-functional"])
+def test_gamma_negative_output_group_skipped_only_when_dead(fw, shared):
+    cin, cout, H, classes = 2, 3, 4, 2
+    W1 = RNG.standard_normal((cout, cin, 3, 3)).astype(np.float32)
+    b1 = (RNG.standard_normal(cout) * 0.5).astype(np.float32)
+    M, mask, (Ho, Wo) = conv_matrix(W1, cin, H, H, 1, 1)
+    W2 = RNG.standard_normal((classes, cout * Ho * Wo)).astype(np.float32)
+    conv = fw.conv2d(cin, cout, 3, padding=1, weight=W1, bias=b1)
+    fc = fw.linear(cout * Ho * Wo, classes, weight=W2, bias=np.zeros(classes))
+    model = (_relu_and_linear_use(fw, conv, fc) if shared
+             else fw.sequential(conv, fw.relu(), fw.flatten(), fc))
+    x = np.abs(RNG.standard_normal((1, cin, H, H))).astype(np.float32)
+    exp = xplain.explain(model, fw.tensor(x), method="lrp", target=1, composite=None,
+                         rules={"conv" if shared else "0": "gamma"}, gamma=0.5)
+    y = M @ x[0].reshape(-1) + np.repeat(b1, Ho * Wo)
+    Ry = y * W2[1] * ((y > 0) + (0.5 if shared else 0.0))
+    ref = reference("gamma", M, np.repeat(b1, Ho * Wo), x[0].reshape(-1), Ry, gamma=0.5)
+    assert (np.abs(ref) > 0).any()
+    np.testing.assert_allclose(exp.numpy()[0].reshape(-1), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

@@ -43,6 +43,7 @@ class LayerPlan:
     info: LayerInfo
     rule: Rule
     bn: LayerInfo | None = None  # BatchNorm merged into this conv/linear
+    optimistic: bool = False  # skip output-sign groups for negative outputs (a ReLU follows)
     cache: dict[str, Any] = field(default_factory=dict)  # modified parameters, once per call
 
 
@@ -53,6 +54,7 @@ class _Forward:
     pending: dict[int, tuple[Any, list]] = field(default_factory=dict)
     explicit: list[tuple[tuple[int, ...], list[tuple[Any, Any]]]] = field(default_factory=list)
     probes: list[tuple[Any, Any]] = field(default_factory=list)
+    checks: list[tuple[LayerPlan, Any, Any]] = field(default_factory=list)
 
 
 # ---- rule assignment ---------------------------------------------------------------------------
@@ -142,7 +144,13 @@ def assign_rules(layers: list[LayerInfo], found: Probe, composite: Composite,
         _check(info, rule, found)
         if rule.kind == "gradient":
             continue
-        plans[name] = LayerPlan(info, rule, found.merged.get(name))
+        plan = LayerPlan(info, rule, found.merged.get(name))
+        emitter = plan.bn.name if plan.bn is not None else name
+        # γ's group for negative outputs is dead where a ReLU zeroes their gradient: skip it
+        # (one conv less forward and backward), and verify that zero gradient after the pass
+        plan.optimistic = (emitter in found.feeds_relu
+                           and any(g.outputs == "negative" for g in rule.groups))
+        plans[name] = plan
     return plans
 
 
@@ -217,12 +225,16 @@ def _bound_tensor(B: Any, value: np.ndarray, a: Any, info: LayerInfo, which: str
 
 
 def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, float, str | None]]:
-    """``[(z_g, c_g)]`` for one call of a ``terms`` rule on input ``a``."""
+    """``[(z_g, c_g, output sign)]`` for one call of a ``terms`` rule on input ``a``."""
     rule, info = plan.rule, plan.info
-    nonneg = None
+    nonneg = False
+    if not rule.explicit and any(t.inputs in ("positive", "negative") for g in rule.groups for t in g.terms):
+        nonneg = B.all(a >= 0)  # post-ReLU inputs: a⁺ = a and a⁻ = 0 (saves convolutions)
     leaves: list[tuple[Any, Any]] = []
     groups = []
     for group in rule.groups:
+        if plan.optimistic and group.outputs == "negative":
+            continue
         z = None
         for term in group.terms:
             if rule.explicit:
@@ -241,13 +253,10 @@ def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, 
                 inp = B.with_grad(inp)  # read the relevance of this modified input directly
                 leaves.append((inp, inp))
             elif term.inputs == "positive":
-                inp = B.relu(a)
+                inp = a if nonneg else B.relu(a)
             elif term.inputs == "negative":
-                if term.bias is None:
-                    if nonneg is None:
-                        nonneg = B.all(a >= 0)
-                    if nonneg:  # a⁻ = 0 (post-ReLU inputs): the term is exactly zero
-                        continue
+                if nonneg and term.bias is None:  # the term is exactly zero
+                    continue
                 inp = a - B.relu(a)
             else:
                 inp = a
@@ -262,6 +271,17 @@ def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, 
     if rule.explicit:
         state.explicit.append((tuple(B.shape(a)), leaves))
     return groups
+
+
+def _emit(B: Any, plan: LayerPlan, y: Any, groups: list, state: _Forward) -> Any:
+    """The replacement of ``y``; for optimistic plans plus a zero leaf whose gradient tells
+    whether any negative output received gradient after all."""
+    out = _compose(B, y, groups, plan.rule.stabilizer)
+    if plan.optimistic:
+        e = B.with_grad(B.zeros_like(out))
+        state.checks.append((plan, e, B.stop_gradient(y)))
+        out = out + e
+    return out
 
 
 def _compose(B: Any, y: Any, groups: list[tuple[Any, float, str | None]], eps: float) -> Any:
@@ -312,7 +332,7 @@ def _install(B: Any, plans: Mapping[str, LayerPlan], state: _Forward) -> list:
             if plan.bn is not None:  # emitted at the BatchNorm's output
                 state.pending[id(output)] = (output, groups)
                 return None
-            return _compose(B, output, groups, rule.stabilizer)
+            return _emit(B, plan, output, groups, state)
         return hook
 
     def bn_hook(plan: LayerPlan):
@@ -326,7 +346,7 @@ def _install(B: Any, plans: Mapping[str, LayerPlan], state: _Forward) -> list:
                 raise LayerError(f"BatchNorm {plan.bn.name!r} did not receive the output of "
                                  f"{plan.info.name!r} as in the probe pass (the model's control flow "
                                  f"changed); pass merge_batchnorm=False")
-            return _compose(B, output, entry[1], rule.stabilizer)
+            return _emit(B, plan, output, entry[1], state)
         return hook
 
     try:
@@ -451,10 +471,18 @@ def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndar
             score = run.target_score(out, targets)
             leaves = [leaf for _, ls in state.explicit for leaf, _ in ls]
             probes = [e for e, _ in state.probes]
-            grads = B.grad(score, [xg] + leaves + probes)
+            checks = [e for _, e, _ in state.checks]
+            grads = B.grad(score, [xg] + leaves + probes + checks)
     finally:
         for h in handles:
             h.remove()
+    gchecks = grads[len(grads) - len(checks):] if checks else []
+    wrong = [plan for (plan, _, ys), g in zip(state.checks, gchecks)
+             if not B.all(B.where(ys < 0, g, 0.0) == 0)]
+    if wrong:  # a negative output was used after all (not only by the ReLU): full rule there
+        for plan in wrong:
+            plan.optimistic = False
+        return _one_pass(run, plans, x, targets, probe_module)
     rel = x * grads[0]
     shape = B.shape(x)
     i = 1

@@ -39,6 +39,8 @@ class Probe:
         first: name of the first conv/linear executed, or ``None``.
         first_takes_input: whether that layer reads the model input (itself or reshaped).
         input_users: conv/linear layers that read the model input tensor itself.
+        feeds_relu: layers whose output is read by a ReLU module (so the gradient at their
+            negative outputs is zero — verified at run time where it matters, see attribute.py).
         per_sample_bytes: bytes of all layer outputs for one sample (for chunking).
     """
 
@@ -49,6 +51,7 @@ class Probe:
     first: str | None = None
     first_takes_input: bool = False
     input_users: set[str] = field(default_factory=set)
+    feeds_relu: set[str] = field(default_factory=set)
     per_sample_bytes: int = 0
 
 
@@ -92,6 +95,15 @@ def probe(run: Run, *, merge_batchnorm: bool = True) -> Probe:
                 result.input_users.add(info.name)
             if B.is_tensor(output):
                 produced_by[id(output)] = (info, output)
+
+    outputs: dict[int, tuple[LayerInfo, Any]] = {}
+    for info, inputs, output in records:
+        if info.kind == "relu" and inputs:
+            hit = outputs.get(id(inputs[0]))
+            if hit is not None and hit[1] is inputs[0]:
+                result.feeds_relu.add(hit[0].name)
+        if B.is_tensor(output):
+            outputs[id(output)] = (info, output)
 
     if merge_batchnorm:
         candidates: dict[str, str] = {}

@@ -4,7 +4,9 @@ The ReLU layers' outputs are replaced (forward hooks, :mod:`._activations`) by t
 custom-VJP op: same forward value, hand-written backward. Hooks see ReLU *layers* (also a
 module called twice, as in torchvision's BasicBlock) but not functional ReLUs (``F.relu``,
 ``paddle.nn.functional.relu``); when no ReLU layer runs yet the model is nonlinear, the
-methods refuse instead of silently returning the plain gradient.
+methods refuse instead of silently returning the plain gradient. (A model that mixes ReLU
+modules with functional ReLUs cannot be told apart from one with modules only: there the
+functional ones keep the ordinary ReLU gradient.)
 """
 from __future__ import annotations
 

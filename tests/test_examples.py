@@ -214,3 +214,13 @@ def test_train_demo_model_script_runs(fw, tmp_path):
 
     w = demo.load_weights(tmp_path / "w.npz")
     assert set(w) == set(demo.load_weights()) and 0.0 <= r["accuracy"] <= 1.0
+
+
+def test_heatmap_of_cam_explanation_is_batched(fw):
+    model = fw.model("resnet18")
+    x = fw.tensor(np.random.default_rng(0).normal(size=(3, 3, 32, 32)))
+    exp = xplain.explain(model, x, method="gradcam", layer="layer4")
+    maps = viz.heatmap(exp, clip_percentile=0.0)             # (3, 32, 32): three images, not channels
+    assert maps.shape == (3, 32, 32)
+    np.testing.assert_allclose(maps, exp.numpy() / np.maximum(exp.numpy().max(axis=(1, 2), keepdims=True), 1e-12),
+                               rtol=1e-5, atol=1e-7)

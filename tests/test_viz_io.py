@@ -27,6 +27,10 @@ def test_heatmap_signs_clipping_and_channel_sum():
     np.testing.assert_allclose(clipped[0], np.clip(np.maximum(s, 0) / scale, 0, 1), rtol=1e-6)
     assert (clipped[0] == 1.0).sum() == (s >= scale).sum()
     assert viz.heatmap(np.zeros((2, 5, 5))).max() == 0.0     # zeros stay zeros, no NaN
+    three_cams = np.random.default_rng(0).random((3, 8, 8))
+    assert viz.heatmap(three_cams).shape == (8, 8)           # read as (C, H, W) ...
+    np.testing.assert_allclose(viz.heatmap(three_cams, batched=True, clip_percentile=0.0),
+                               three_cams / three_cams.max(axis=(1, 2), keepdims=True), rtol=1e-6)
     with pytest.raises(xplain.OptionError, match="sign"):
         viz.heatmap(a, sign="pos")
 

@@ -60,21 +60,23 @@ def _reduce(a: np.ndarray, reduce: str, channel_axis: int) -> np.ndarray:
 
 
 def heatmap(attr: Any, sign: str = "positive", clip_percentile: float = 1.0,
-            reduce: str = "sum") -> np.ndarray:
+            reduce: str = "sum", *, batched: bool | None = None) -> np.ndarray:
     """A display-ready map from attributions.
 
     Args:
         attr: attributions ``(N, C, H, W)``, ``(C, H, W)``, ``(N, H, W)`` (CAM maps) or
-            ``(H, W)``; a tensor, numpy array or Explanation. A 3-D input is read as
-            ``(C, H, W)`` when its first dimension is 1, 3 or 4 and smaller than the others,
-            otherwise as a batch of maps.
+            ``(H, W)``; a tensor, numpy array or Explanation. A 3-D Explanation is always a
+            batch of maps; another 3-D input is read as ``(C, H, W)`` when its first dimension
+            is 1, 3 or 4 and smaller than the others, otherwise as a batch of maps — pass
+            ``batched=True/False`` to say which (e.g. three CAM maps as a numpy array).
         sign: ``"positive"`` keeps evidence for the class (negative values → 0),
             ``"negative"`` shows the magnitude of evidence against it, ``"absolute"`` the
             magnitude of both, ``"all"`` keeps the sign (result in ``[-1, 1]``).
         clip_percentile: percentage of the largest magnitudes treated as outliers: values are
             divided by the ``100 - clip_percentile`` percentile of the selected magnitudes and
             clipped, so that a few extreme pixels do not wash out the map. ``0`` scales by the
-            maximum.
+            maximum. (Captum's visualiser takes its threshold from the cumulative sum of the
+            sorted values instead; both saturate the extreme pixels, the scales differ.)
         reduce: how channels are combined *before* the sign is applied: ``"sum"`` (relevance is
             additive, as in Captum's visualiser), ``"mean"``, ``"max"``, ``"abs_sum"``, or
             ``"none"`` (keep channels).
@@ -89,8 +91,12 @@ def heatmap(attr: Any, sign: str = "positive", clip_percentile: float = 1.0,
         raise OptionError(f"heatmap reduce={reduce!r} is unknown; use one of {REDUCTIONS}")
     if not 0.0 <= clip_percentile < 100.0:
         raise OptionError(f"clip_percentile={clip_percentile} must be in [0, 100)")
+    if batched is None and hasattr(attr, "attributions") and hasattr(attr, "targets"):
+        batched = True  # an Explanation's first dimension is always the batch
     a = as_numpy(attr).astype(np.float64)
-    if a.ndim == 4:
+    if a.ndim == 3 and batched is not None:
+        maps = a if batched else _reduce(a, reduce, 0)
+    elif a.ndim == 4:
         maps, batched = _reduce(a, reduce, 1), True
     elif a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[0] < min(a.shape[1:]):
         maps, batched = _reduce(a, reduce, 0), False

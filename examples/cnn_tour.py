@@ -113,14 +113,14 @@ def part_cam(args: argparse.Namespace, out: Path) -> dict:
         x = _common.to_tensor(x1[None], args.framework)
         try:
             exp = xplain.explain(model, x, method="cam", top_k=20)
-            label = "CAM top-20"
+            label = "CAM-20"
         except xplain.XplainError as err:  # e.g. a conv classifier: no linear head for CAM
             print(f"{arch}: CAM not applicable ({err}); using Grad-CAM")
             exp = xplain.explain(model, x, method="gradcam")
             label = "Grad-CAM"
         maps[arch] = exp.numpy()[0]
         panels.append(viz.Panel(viz.overlay(picture, viz.colorize(maps[arch], "jet"), 0.3, 0.5),
-                                f"{arch}: {label}, class {int(exp.targets[0])}"))
+                                f"{arch} {label}: {int(exp.targets[0])}"))
     path = viz.save(out / "cam_tour.png", viz.figure(panels, cell=192))
     print(f"CAM: {', '.join(maps)} -> {path}")
     return {"maps": maps, "file": str(path)}

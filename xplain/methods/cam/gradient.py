@@ -5,8 +5,9 @@ target scores down to the (earliest) target layer only — nothing before it rec
 """
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -21,31 +22,69 @@ ChannelRule = Callable[[Any, Tensor, Tensor], Tensor]
 MapRule = Callable[[Any, Tensor, Tensor], Tensor]
 
 
+@contextmanager
+def _bytes_counted(run: Run) -> Iterator[list[int]]:
+    """Count the bytes of every leaf layer's output during the block (the estimate of
+    :meth:`Run.per_sample_bytes`, taken from a pass the method needs anyway)."""
+    B = run.backend
+    total = [0]
+
+    def count(_layer: Any, _inputs: tuple, out: Any) -> None:
+        if B.is_tensor(out):
+            total[0] += 4 * int(np.prod(B.shape(out)))
+
+    handles = [B.add_forward_hook(i.module, count) for i in run.layers() if not i.has_children]
+    try:
+        yield total
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def activations_and_gradients(run: Run, layer: Any) -> tuple[list[str], dict, dict, np.ndarray]:
     """``(names, {name: A}, {name: dS/dA}, targets)`` for the whole batch, ``A``/``dS/dA`` of
-    shape ``(N, K, h, w)``, in chunks of ``run.chunk_size()`` samples."""
+    shape ``(N, K, h, w)``, in memory-bounded chunks.
+
+    Chunks are sized without the separate batch-1 probe forward of :meth:`Run.chunk_size`
+    (it cost ~60 % of a batch-2 Grad-CAM on resnet50): unless ``max_batch`` is given, the first
+    sample runs alone with its activation bytes counted, and that count sizes the chunks of the
+    rest (and is left on the run for later passes, e.g. Guided Grad-CAM's).
+    """
     B = run.backend
     infos = resolve_layers(run, layer)
     n = B.shape(run.inputs)[0]
-    # one sample cannot be split: skip the batch-1 probe forward that sizes chunks
-    size = 1 if n == 1 else run.chunk_size()
-    targets = None if size >= n else run.targets
+    explicit = run._targets  # None: argmax per chunk (samples are independent in eval mode)
+    known = run.max_batch is not None or run._per_sample_bytes is not None
+    size = run.chunk_size() if known else 1
     acts: dict[str, list] = {i.name: [] for i in infos}
     grads: dict[str, list] = {i.name: [] for i in infos}
-    for sl in run.progress([slice(i, min(n, i + size)) for i in range(0, n, size)],
-                           desc=run.method):
-        with B.enable_grad(), captured(run, infos, grad=True) as rec:
+    outs: list = []
+    start = 0
+    while start < n:
+        sl = slice(start, min(n, start + size))
+        counter = nullcontext([0]) if known else _bytes_counted(run)
+        with B.enable_grad(), captured(run, infos, grad=True) as rec, counter as nbytes:
             out = run.forward(run.inputs[sl])
-        t = run.resolve_targets(out) if targets is None else targets[sl]
+        if explicit is None:
+            t = B.to_numpy(B.argmax(out, axis=1)).astype(np.int64)
+        else:
+            t = run.resolve_targets(out)[sl]  # range-checked against the model's classes
         with B.enable_grad():
             names = list(rec["z"])
             gs = B.grad(run.target_score(out, t), [rec["z"][k] for k in names])
         for k, g in zip(names, gs):
             acts[k].append(rec["act"][k])
             grads[k].append(g)
+        outs.append(B.stop_gradient(out))
+        start = sl.stop
+        if not known:
+            inp = 4 * int(np.prod(B.shape(run.inputs)[1:]))
+            run._per_sample_bytes = 2 * (nbytes[0] + inp)
+            known = True
+            size = run.chunk_size()
     names = [i.name for i in infos]
     return (names, {k: concat0(B, acts[k]) for k in names}, {k: concat0(B, grads[k]) for k in names},
-            run.resolve_targets())
+            run.resolve_targets(concat0(B, outs)))
 
 
 def channel_cam(run: Run, rule: ChannelRule, *, layer: Any, relu: bool,

@@ -144,7 +144,8 @@ def assign_rules(layers: list[LayerInfo], found: Probe, composite: Composite,
         _check(info, rule, found)
         if rule.kind == "gradient":
             continue
-        plan = LayerPlan(info, rule, found.merged.get(name))
+        bn = found.merged.get(name)
+        plan = LayerPlan(info, rule, None if bn is None else by_name[bn])
         emitter = plan.bn.name if plan.bn is not None else name
         # γ's group for negative outputs is dead where a ReLU zeroes their gradient: skip it
         # (one conv less forward and backward), and verify that zero gradient after the pass
@@ -224,8 +225,8 @@ def _bound_tensor(B: Any, value: np.ndarray, a: Any, info: LayerInfo, which: str
     return B.zeros_like(a) + B.asarray(value.astype(np.float32), like=a)
 
 
-def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, float, str | None]]:
-    """``[(z_g, c_g, output sign)]`` for one call of a ``terms`` rule on input ``a``."""
+def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, float, str | None, bool]]:
+    """``[(z_g, c_g, output sign, z_g >= 0 known)]`` for one call of a ``terms`` rule on input ``a``."""
     rule, info = plan.rule, plan.info
     nonneg = False
     if not rule.explicit and any(t.inputs in ("positive", "negative") for g in rule.groups for t in g.terms):
@@ -236,6 +237,7 @@ def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, 
         if plan.optimistic and group.outputs == "negative":
             continue
         z = None
+        z_nonneg = True  # every term provably >= 0: stabilise with a plain + eps
         for term in group.terms:
             if rule.explicit:
                 if term.inputs == "low":
@@ -262,12 +264,15 @@ def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, 
                 inp = a
             w = _params(B, plan, term.weight, "weight")
             bias = None if term.bias is None else _params(B, plan, term.bias, "bias")
+            z_nonneg = z_nonneg and (term.sign > 0 and term.weight in ("positive", "ones", "square")
+                                     and term.bias in (None, "positive", "square")
+                                     and (term.inputs in ("ones", "positive") or nonneg))
             zt = _apply(B, info, inp, w, bias)
             if term.sign < 0:
                 zt = zt * term.sign
             z = zt if z is None else z + zt
         if z is not None:
-            groups.append((z, group.coefficient, group.outputs))
+            groups.append((z, group.coefficient, group.outputs, z_nonneg))
     if rule.explicit:
         state.explicit.append((tuple(B.shape(a)), leaves))
     return groups
@@ -284,13 +289,13 @@ def _emit(B: Any, plan: LayerPlan, y: Any, groups: list, state: _Forward) -> Any
     return out
 
 
-def _compose(B: Any, y: Any, groups: list[tuple[Any, float, str | None]], eps: float) -> Any:
+def _compose(B: Any, y: Any, groups: list[tuple[Any, float, str | None, bool]], eps: float) -> Any:
     """``sg(y) + Σ (z − sg z) ⊙ sg(c · y / stab(z))``: value ``y``, gradient the rule."""
     ys = B.stop_gradient(y)
     out = ys
-    for z, coef, sign in groups:
+    for z, coef, sign, z_nonneg in groups:
         zs = B.stop_gradient(z)
-        c = ys / stabilize(B, zs, eps)
+        c = ys / (zs + eps if z_nonneg and eps > 0 else stabilize(B, zs, eps))
         if coef != 1.0:
             c = c * coef
         if sign == "positive":
@@ -428,7 +433,7 @@ def lrp(run: Run, *, composite: Any = DEFAULT, rules: Mapping[str, Any] | None =
         target = run.layer(layer)
         probe_module = target.module
         if target.name in found.merged:  # its output's relevance lives after the merged BN
-            probe_module = found.merged[target.name].module
+            probe_module = run.layer(found.merged[target.name]).module
 
     n = run.batch_size
     size = run.max_batch or max(1, run.memory_budget // max(1, 4 * found.per_sample_bytes))

@@ -16,6 +16,7 @@ freed tensor, and DenseNet's many concatenations make that happen (ARCHITECTURE.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,7 @@ class Probe:
     Attributes:
         order: executed leaf layers by name, in first-call order.
         calls: how often each executed layer ran.
-        merged: conv/linear name → the BatchNorm LayerInfo merged into it.
+        merged: conv/linear name → the name of the BatchNorm merged into it.
         merged_bn: names of BatchNorm layers merged into their predecessor.
         first: name of the first conv/linear executed, or ``None``.
         first_takes_input: whether that layer reads the model input (itself or reshaped).
@@ -46,7 +47,7 @@ class Probe:
 
     order: list[str] = field(default_factory=list)
     calls: dict[str, int] = field(default_factory=dict)
-    merged: dict[str, LayerInfo] = field(default_factory=dict)
+    merged: dict[str, str] = field(default_factory=dict)
     merged_bn: set[str] = field(default_factory=set)
     first: str | None = None
     first_takes_input: bool = False
@@ -55,7 +56,32 @@ class Probe:
     per_sample_bytes: int = 0
 
 
+_CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
 def probe(run: Run, *, merge_batchnorm: bool = True) -> Probe:
+    """The :class:`Probe` of ``run``'s model for inputs shaped like ``run.inputs``.
+
+    Cached per model object (weakly) under the model's layer structure (names, module objects,
+    kinds) and the per-sample input shape, so explaining batch after batch costs one probe; a
+    model whose sub-layers are replaced gets a new probe. Only names are cached: parameters are
+    always read afresh.
+    """
+    B = run.backend
+    signature = (tuple((i.name, id(i.module), i.kind) for i in run.layers()),
+                 tuple(B.shape(run.inputs)[1:]), B.dtype_name(run.inputs), merge_batchnorm)
+    try:
+        per_model = _CACHE.setdefault(run.model, {})
+    except TypeError:  # not weak-referenceable: no cache
+        per_model = {}
+    if signature not in per_model:
+        if len(per_model) >= 8:
+            per_model.clear()
+        per_model[signature] = _probe(run, merge_batchnorm)
+    return per_model[signature]
+
+
+def _probe(run: Run, merge_batchnorm: bool) -> Probe:
     """Run the probe forward on ``run.inputs[:1]`` and analyse it (see module docstring)."""
     B = run.backend
     leaves = [info for info in run.layers() if not info.has_children and info.name != ""]
@@ -113,7 +139,6 @@ def probe(run: Run, *, merge_batchnorm: bool = True) -> Probe:
             hit = produced_by.get(id(inputs[0]))
             if hit is not None and hit[1] is inputs[0]:  # identity, not a recycled id
                 candidates.setdefault(info.name, hit[0].name)
-        bn_info = {i.name: i for i in leaves}
         taken: set[str] = set()
         for bn_name, lin_name in candidates.items():
             # merge only clean one-to-one pairs that run once each (a reused module could meet
@@ -121,7 +146,7 @@ def probe(run: Run, *, merge_batchnorm: bool = True) -> Probe:
             if (result.calls.get(bn_name) == 1 and result.calls.get(lin_name) == 1
                     and lin_name not in taken):
                 taken.add(lin_name)
-                result.merged[lin_name] = bn_info[bn_name]
+                result.merged[lin_name] = bn_name
                 result.merged_bn.add(bn_name)
     records.clear()  # matching done: the probed tensors may go
     return result

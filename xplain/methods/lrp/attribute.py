@@ -279,29 +279,38 @@ def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, 
 
 
 def _emit(B: Any, plan: LayerPlan, y: Any, groups: list, state: _Forward) -> Any:
-    """The replacement of ``y``; for optimistic plans plus a zero leaf whose gradient tells
-    whether any negative output received gradient after all."""
-    out = _compose(B, y, groups, plan.rule.stabilizer)
-    if plan.optimistic:
-        e = B.with_grad(B.zeros_like(out))
-        state.checks.append((plan, e, B.stop_gradient(y)))
-        out = out + e
-    return out
-
-
-def _compose(B: Any, y: Any, groups: list[tuple[Any, float, str | None, bool]], eps: float) -> Any:
-    """``sg(y) + Σ (z − sg z) ⊙ sg(c · y / stab(z))``: value ``y``, gradient the rule."""
+    """The replacement of ``y``. For optimistic plans its constant part ``sg(y)`` is a leaf
+    whose gradient (the gradient at this output) tells whether a negative output received
+    gradient after all."""
     ys = B.stop_gradient(y)
+    if plan.optimistic:
+        ys = B.with_grad(ys)
+        state.checks.append((plan, ys, B.stop_gradient(y)))
+    return _compose(B, ys, groups, plan.rule.stabilizer)
+
+
+def _compose(B: Any, ys: Any, groups: list[tuple[Any, float, str | None, bool]], eps: float) -> Any:
+    """``ys + Σ (z − sg z) ⊙ sg(c · y / stab(z))`` with ``ys`` = sg(y): value ``y``, gradient the
+    rule.
+
+    Sign-restricted groups (γ) have ``z ≥ y`` (positive group) / ``z ≤ y`` (negative group), so
+    wherever the output has the group's sign, ``z`` has it too and ``y / stab(z)`` equals
+    ``relu(±y) / (|z| + ε)``, which is also 0 elsewhere — no sign tests needed.
+    """
     out = ys
+    yv = B.stop_gradient(ys)
     for z, coef, sign, z_nonneg in groups:
         zs = B.stop_gradient(z)
-        c = ys / (zs + eps if z_nonneg and eps > 0 else stabilize(B, zs, eps))
+        if sign is not None and eps > 0:
+            c = B.relu(yv if sign == "positive" else -yv) / (B.abs(zs) + eps)
+        else:
+            c = yv / (zs + eps if z_nonneg and eps > 0 else stabilize(B, zs, eps))
+            if sign == "positive":
+                c = B.where(yv > 0, c, 0.0)
+            elif sign == "negative":
+                c = B.where(yv < 0, c, 0.0)
         if coef != 1.0:
             c = c * coef
-        if sign == "positive":
-            c = B.where(ys > 0, c, 0.0)
-        elif sign == "negative":
-            c = B.where(ys < 0, c, 0.0)
         out = out + (z - zs) * c
     return out
 
@@ -483,7 +492,7 @@ def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndar
             h.remove()
     gchecks = grads[len(grads) - len(checks):] if checks else []
     wrong = [plan for (plan, _, ys), g in zip(state.checks, gchecks)
-             if not B.all(B.where(ys < 0, g, 0.0) == 0)]
+             if not B.all(B.minimum(ys, 0.0) * g == 0)]  # relevance y·g at negative outputs
     if wrong:  # a negative output was used after all (not only by the ReLU): full rule there
         for plan in wrong:
             plan.optimistic = False

@@ -44,6 +44,7 @@ class LayerPlan:
     rule: Rule
     bn: LayerInfo | None = None  # BatchNorm merged into this conv/linear
     optimistic: bool = False  # skip output-sign groups for negative outputs (a ReLU follows)
+    found: Probe | None = None  # the (cached) probe, corrected when an optimistic guess fails
     cache: dict[str, Any] = field(default_factory=dict)  # modified parameters, once per call
 
 
@@ -145,7 +146,7 @@ def assign_rules(layers: list[LayerInfo], found: Probe, composite: Composite,
         if rule.kind == "gradient":
             continue
         bn = found.merged.get(name)
-        plan = LayerPlan(info, rule, None if bn is None else by_name[bn])
+        plan = LayerPlan(info, rule, None if bn is None else by_name[bn], found=found)
         emitter = plan.bn.name if plan.bn is not None else name
         # γ's group for negative outputs is dead where a ReLU zeroes their gradient: skip it
         # (one conv less forward and backward), and verify that zero gradient after the pass
@@ -496,6 +497,7 @@ def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndar
     if wrong:  # a negative output was used after all (not only by the ReLU): full rule there
         for plan in wrong:
             plan.optimistic = False
+            plan.found.feeds_relu.discard(plan.bn.name if plan.bn is not None else plan.info.name)
         return _one_pass(run, plans, x, targets, probe_module)
     rel = x * grads[0]
     shape = B.shape(x)

@@ -89,16 +89,27 @@ def _probe(run: Run, merge_batchnorm: bool) -> Probe:
         leaves = [info for info in run.layers() if not info.has_children]
     records: list[tuple[LayerInfo, tuple, Any]] = []  # holds every probed tensor alive
 
+    sums: dict[int, Any] = {}  # output sums, to see whether a tensor was modified in place later
+
     def make_hook(info: LayerInfo):
         def hook(_layer: Any, inputs: tuple, output: Any) -> None:
+            if info.kind in ("conv", "linear", "batchnorm") and B.is_tensor(output):
+                sums[id(output)] = B.sum(output)
             records.append((info, tuple(inputs), output))
         return hook
+
+    def relu_pre_hook(_layer: Any, inputs: tuple) -> None:
+        # before an in-place ReLU overwrites it: is this input still its producer's output?
+        if inputs and id(inputs[0]) in sums and not isinstance(sums[id(inputs[0])], tuple):
+            sums[id(inputs[0])] = (sums[id(inputs[0])], B.sum(inputs[0]))
 
     handles = []
     x = run.inputs[:1]
     try:
         for info in leaves:
             handles.append(B.add_forward_hook(info.module, make_hook(info)))
+            if info.kind == "relu":
+                handles.append(B.add_forward_pre_hook(info.module, relu_pre_hook))
         with B.no_grad():
             B.forward(run.model, x)
     finally:
@@ -126,7 +137,9 @@ def _probe(run: Run, merge_batchnorm: bool) -> Probe:
     for info, inputs, output in records:
         if info.kind == "relu" and inputs:
             hit = outputs.get(id(inputs[0]))
-            if hit is not None and hit[1] is inputs[0]:
+            pair = sums.get(id(inputs[0]))
+            unchanged = isinstance(pair, tuple) and bool(B.all(pair[0] == pair[1]))
+            if hit is not None and hit[1] is inputs[0] and unchanged:  # not e.g. `out += identity`
                 result.feeds_relu.add(hit[0].name)
         if B.is_tensor(output):
             outputs[id(output)] = (info, output)

@@ -26,7 +26,8 @@ def main(quick: bool = False, frameworks: tuple[str, ...] = ("torch", "paddle"))
         base = median_time(raw_forward_backward(fw, model, x), repeats=repeats)
         table.add("raw forward+backward", fw, "resnet18", base, base, f"batch {batch}, {size}²")
         for method in ("saliency", "input_x_gradient"):
-            t = median_time(lambda m=method: xplain.explain(model, x, m, target=0), repeats=repeats)
+            t = median_time(lambda m=method, model=model, x=x: xplain.explain(model, x, m, target=0),
+                            repeats=repeats)
             table.add(f"xplain {method}", fw, "resnet18", t, base)
         if fw == "torch":
             try:
@@ -34,7 +35,7 @@ def main(quick: bool = False, frameworks: tuple[str, ...] = ("torch", "paddle"))
             except ImportError:
                 continue
             sal = Saliency(model)
-            t = median_time(lambda: sal.attribute(x, target=0), repeats=repeats)
+            t = median_time(lambda x=x, sal=sal: sal.attribute(x, target=0), repeats=repeats)
             table.add("captum Saliency", fw, "resnet18", t, base)
     return table
 

@@ -1,5 +1,4 @@
 """Backend conformance: every Backend op against a numpy reference, on the backend under test."""
-import numpy as np
 import pytest
 
 from xplain.testing.conformance import CHECKS, run_check

@@ -18,7 +18,9 @@ Conventions (shared by all backends, checked by :mod:`xplain.testing.conformance
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Iterator, Protocol, Sequence, runtime_checkable
+from contextlib import AbstractContextManager as ContextManager
+from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 

@@ -10,7 +10,8 @@ in-place version counters) and reported as an error naming what changed. Paddle'
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from .errors import XplainError
 

@@ -25,7 +25,8 @@ import os
 import threading
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import pluggy
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 import sys
+import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -31,6 +33,11 @@ def parse_bytes(value: int | str) -> int:
         raise OptionError(f"memory_budget={value!r} is not a size; use e.g. '2GB', '512MB' or "
                           f"a positive number of bytes")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+# Activation bytes per sample depend only on the architecture and the input shape, so a probe's
+# answer is kept per model (weakly: the model is borrowed, never kept alive) for later calls.
+_BYTES_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple, int]]" = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -91,6 +98,13 @@ class Run:
             with self.backend.no_grad():
                 self.forward(self.inputs[:1])
         check_range(self._targets, self.num_classes)
+        return self._targets
+
+    @property
+    def given_targets(self) -> np.ndarray | None:
+        """The targets as the user gave them (``None`` when each sample's argmax is wanted and
+        not yet resolved). Lets a chunked method take the argmax per chunk instead of paying
+        an extra forward pass."""
         return self._targets
 
     @property
@@ -161,10 +175,35 @@ class Run:
                          f"a sub-layer of the model being explained, or its dotted name")
 
     # ---- batching & progress ----------------------------------------------------------------
+    def _bytes_key(self) -> tuple:
+        return tuple(self.backend.shape(self.inputs)[1:])
+
+    @property
+    def per_sample_bytes_known(self) -> bool:
+        """Whether :meth:`per_sample_bytes` can answer without a probe forward pass."""
+        if self._per_sample_bytes is None:
+            try:
+                self._per_sample_bytes = _BYTES_CACHE.get(self.model, {}).get(self._bytes_key())
+            except TypeError:  # a model that cannot be weakly referenced
+                pass
+        return self._per_sample_bytes is not None
+
+    def set_per_sample_bytes(self, activation_bytes: int) -> None:
+        """Record a measured activation size per sample (sum of layer outputs, in bytes), e.g.
+        counted during a method's own first pass; it sizes later chunks of this and future
+        runs on the same model and input shape."""
+        inp = int(np.prod(self.backend.shape(self.inputs)[1:])) * 4
+        self._per_sample_bytes = 2 * (int(activation_bytes) + inp)
+        try:
+            _BYTES_CACHE.setdefault(self.model, {})[self._bytes_key()] = self._per_sample_bytes
+        except TypeError:
+            pass
+
     def per_sample_bytes(self) -> int:
         """Estimated bytes one sample needs through forward+backward: the sum of every layer's
-        output size (activations kept for backward) times two (their gradients)."""
-        if self._per_sample_bytes is None:
+        output size (activations kept for backward) plus the input, times two (their
+        gradients). Measured by one batch-1 no-grad probe, once per model and input shape."""
+        if not self.per_sample_bytes_known:
             B = self.backend
             total = [0]
 
@@ -180,8 +219,7 @@ class Run:
             finally:
                 for h in handles:
                     h.remove()
-            inp = int(np.prod(B.shape(self.inputs)[1:])) * 4
-            self._per_sample_bytes = 2 * (total[0] + inp)
+            self.set_per_sample_bytes(total[0])
         return self._per_sample_bytes
 
     def chunk_size(self, *, backward: bool = True) -> int:

@@ -6,7 +6,8 @@ track ``stop_gradient`` instead of ``requires_grad``, hooks are "post" hooks.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import paddle

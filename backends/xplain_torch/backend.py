@@ -5,7 +5,8 @@ model or tensor is first seen (see :mod:`xplain_torch.plugin`).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import torch

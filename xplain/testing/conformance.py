@@ -9,7 +9,8 @@ Checks are plain functions ``check(B, T)`` where ``T(array)`` makes a backend te
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 

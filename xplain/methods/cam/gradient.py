@@ -53,8 +53,8 @@ def activations_and_gradients(run: Run, layer: Any) -> tuple[list[str], dict, di
     B = run.backend
     infos = resolve_layers(run, layer)
     n = B.shape(run.inputs)[0]
-    explicit = run._targets  # None: argmax per chunk (samples are independent in eval mode)
-    known = run.max_batch is not None or run._per_sample_bytes is not None
+    explicit = run.given_targets  # None: argmax per chunk (samples are independent in eval mode)
+    known = run.max_batch is not None or run.per_sample_bytes_known
     size = run.chunk_size() if known else 1
     acts: dict[str, list] = {i.name: [] for i in infos}
     grads: dict[str, list] = {i.name: [] for i in infos}
@@ -78,8 +78,7 @@ def activations_and_gradients(run: Run, layer: Any) -> tuple[list[str], dict, di
         outs.append(B.stop_gradient(out))
         start = sl.stop
         if not known:
-            inp = 4 * int(np.prod(B.shape(run.inputs)[1:]))
-            run._per_sample_bytes = 2 * (nbytes[0] + inp)
+            run.set_per_sample_bytes(nbytes[0])
             known = True
             size = run.chunk_size()
     names = [i.name for i in infos]

@@ -29,14 +29,13 @@ def _probe(run: Run) -> dict[str, LayerSummary]:
         B = run.backend
         cache = probe(B, run.model, run.inputs[:1], run.layers())
         run._cam_probe = cache  # one probe per run, shared by resolution and checks
-        if getattr(run, "_per_sample_bytes", 0) is None:
-            # the same estimate as Run.per_sample_bytes (leaf outputs + input, x2 for their
-            # gradients), from this probe instead of a second batch-1 forward pass
+        if not run.per_sample_bytes_known:
+            # the same estimate as Run.per_sample_bytes (leaf outputs), from this probe instead
+            # of a second batch-1 forward pass
             leaves = {i.name for i in run.layers() if not i.has_children}
-            total = sum(4 * s.calls * int(np.prod(s.output_shape)) for s in cache.values()
-                        if s.name in leaves and s.output_shape is not None)
-            inp = 4 * int(np.prod(B.shape(run.inputs)[1:]))
-            run._per_sample_bytes = 2 * (total + inp)
+            run.set_per_sample_bytes(sum(4 * s.calls * int(np.prod(s.output_shape))
+                                         for s in cache.values()
+                                         if s.name in leaves and s.output_shape is not None))
     return cache
 
 

@@ -120,6 +120,36 @@ class Framework:
     def flatten(self) -> Any:
         return self.module.nn.Flatten()
 
+    def hook_count(self, model: Any) -> int:
+        """Forward (pre-)hooks registered anywhere in ``model``."""
+        if self.name == "torch":
+            return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+        return sum(len(m._forward_post_hooks) + len(m._forward_pre_hooks)
+                   for _, m in model.named_sublayers(include_self=True))
+
+    def model_state(self, model: Any) -> tuple:
+        """Everything the borrowed-model guard promises to keep: the bytes of every parameter
+        and buffer, gradient flags, train/eval flags, hook count, and whether ``.grad`` is set.
+        Compare two with :meth:`assert_same_state`."""
+        tensors = {k: self.numpy(v).copy() for k, v in model.state_dict().items()}
+        params = list(model.parameters())
+        if self.name == "torch":
+            flags = [p.requires_grad for p in params]
+            modes = [m.training for m in model.modules()]
+        else:
+            flags = [p.stop_gradient for p in params]
+            modes = [m.training for _, m in model.named_sublayers(include_self=True)]
+        return tensors, flags, modes, self.hook_count(model), [p.grad is None for p in params]
+
+    @staticmethod
+    def assert_same_state(before: tuple, after: tuple) -> None:
+        t0, *rest0 = before
+        t1, *rest1 = after
+        assert t0.keys() == t1.keys()
+        for k in t0:
+            assert t0[k].tobytes() == t1[k].tobytes(), f"{k} changed"
+        assert rest0 == rest1, "flags, modes, hooks or .grad changed"
+
     def _set(self, layer: Any, weight: Any, bias: Any, transpose: bool) -> None:
         for attr, value in (("weight", weight), ("bias", bias)):
             if value is None:

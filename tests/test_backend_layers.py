@@ -58,15 +58,8 @@ def test_snapshot_restore_flags_and_hooks(fw):
     assert model.training and all(m.training for m in model.sublayers()) if fw.name == "paddle" \
         else all(m.training for m in model.modules())
     assert B.changed(model, snap) == []
-    assert _hook_count(fw, model) == 0
+    assert fw.hook_count(model) == 0
     del h
-
-
-def _hook_count(fw, model):
-    if fw.name == "torch":
-        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-    return sum(len(m._forward_post_hooks) + len(m._forward_pre_hooks)
-               for _, m in model.named_sublayers(include_self=True))
 
 
 def test_changed_detects_in_place_parameter_edit(fw):

@@ -239,14 +239,9 @@ def zoo_input(fw, n=2, size=64, seed=0):
     return fw.tensor(np.random.default_rng(seed).standard_normal((n, 3, size, size)))
 
 
-def state(fw, model):
-    sd = model.state_dict()
-    return {k: fw.numpy(v).copy() for k, v in sd.items()}
-
-
 def test_resnet18_every_method_model_unchanged(fw):
     model = zoo(fw, "resnet18")
-    before = state(fw, model)
+    before = fw.model_state(model)
     x = zoo_input(fw, 2, size=32)
     for method in xplain.methods():
         if method not in ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam",
@@ -265,8 +260,7 @@ def test_resnet18_every_method_model_unchanged(fw):
             continue
         assert exp.layers == ["layer3"]  # layer4 is 1x1 at 32 px: not spatial
         assert tuple(exp.layer_maps["layer3"].shape) == (2, 2, 2)
-    after = state(fw, model)
-    assert all(np.array_equal(before[k], after[k]) for k in before)
+    fw.assert_same_state(before, fw.model_state(model))
 
 
 def test_cam_equals_gradcam_on_resnet_head(fw):

@@ -87,34 +87,6 @@ def test_non_classifier_output_is_refused(fw):
         xplain.explain(model, fw.tensor(np.ones((1, 1, 5, 5))), "saliency")
 
 
-def _state(fw, model):
-    """Everything the guard promises to keep: parameter/buffer bits, flags, hook counts."""
-    if fw.name == "torch":
-        tensors = {k: v.detach().clone().numpy() for k, v in model.state_dict().items()}
-        flags = [p.requires_grad for p in model.parameters()]
-        modes = [m.training for m in model.modules()]
-        hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-                    for m in model.modules())
-        grads = [p.grad for p in model.parameters()]
-    else:
-        tensors = {k: v.numpy().copy() for k, v in model.state_dict().items()}
-        flags = [p.stop_gradient for p in model.parameters()]
-        modes = [m.training for _, m in model.named_sublayers(include_self=True)]
-        hooks = sum(len(m._forward_post_hooks) + len(m._forward_pre_hooks)
-                    for _, m in model.named_sublayers(include_self=True))
-        grads = [p.grad for p in model.parameters()]
-    return tensors, flags, modes, hooks, [g is None for g in grads]
-
-
-def assert_same_state(fw, before, after):
-    t0, *rest0 = before
-    t1, *rest1 = after
-    assert t0.keys() == t1.keys()
-    for k in t0:
-        assert t0[k].tobytes() == t1[k].tobytes(), f"{k} changed"
-    assert rest0 == rest1
-
-
 class _Failing:
     """Injected failure: a method that adds a hook, changes modes and flags, then raises."""
 
@@ -136,9 +108,9 @@ def test_model_guard_restores_everything_also_on_error(fw, mode):
     model = fw.model("small_cnn")
     getattr(model, mode)()
     x = fw.tensor(np.random.default_rng(0).standard_normal((2, 1, 28, 28)))
-    before = _state(fw, model)
+    before = fw.model_state(model)
     exp = xplain.explain(model, x, "saliency")
-    assert_same_state(fw, before, _state(fw, model))
+    fw.assert_same_state(before, fw.model_state(model))
     assert np.isfinite(exp.numpy()).all() and exp.numpy().any()
     plugins.register(_Failing(), name="failing")
     try:
@@ -146,7 +118,7 @@ def test_model_guard_restores_everything_also_on_error(fw, mode):
             xplain.explain(model, x, "explode")
     finally:
         plugins.unregister(name="failing")
-    assert_same_state(fw, before, _state(fw, model))
+    fw.assert_same_state(before, fw.model_state(model))
 
 
 def test_bn_statistics_untouched_in_train_mode(fw):
@@ -154,9 +126,9 @@ def test_bn_statistics_untouched_in_train_mode(fw):
     model = fw.model("small_cnn")
     model.train()
     x = fw.tensor(np.random.default_rng(1).standard_normal((4, 1, 28, 28)) * 3 + 1)
-    before = _state(fw, model)
+    before = fw.model_state(model)
     xplain.explain(model, x, "saliency", target=1)
-    assert_same_state(fw, before, _state(fw, model))
+    fw.assert_same_state(before, fw.model_state(model))
 
 
 def test_saliency_on_resnet18_matches_manual_autodiff(fw):
@@ -203,3 +175,29 @@ def test_works_inside_users_no_grad(fw):
     with fw.B.no_grad():
         exp = xplain.explain(model, x, "saliency", 1, mode="raw")
     np.testing.assert_allclose(exp.numpy(), w[[1]])
+
+
+#: options that keep each method quick on the small CNN; every other method runs on defaults
+_QUICK = {
+    "integrated_gradients": {"steps": 4}, "gradient_shap": {"samples": 2},
+    "smoothgrad": {"samples": 2}, "smoothgrad_sq": {"samples": 2}, "vargrad": {"samples": 2},
+    "occlusion": {"sliding_window_shapes": (1, 7, 7), "strides": (1, 7, 7)},
+    "rise": {"masks": 8}, "prototype": {"steps": 3},
+}
+
+
+def test_every_registered_method_leaves_the_model_untouched(fw):
+    """The borrowed-model promise, checked for every method (plugins included) in train mode,
+    where a careless forward would update BatchNorm statistics."""
+    model = fw.model("small_cnn")
+    model.train()
+    x = fw.tensor(np.random.default_rng(3).standard_normal((2, 1, 28, 28)))
+    before = fw.model_state(model)
+    import warnings
+
+    for method in xplain.methods():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-zero CAM maps on random weights
+            exp = xplain.explain(model, x, method, target=[1, 2], **_QUICK.get(method, {}))
+        assert np.isfinite(exp.numpy()).all(), method
+        fw.assert_same_state(before, fw.model_state(model))

@@ -362,29 +362,14 @@ def test_standalone_batchnorm_gets_its_own_rule(fw):
 
 
 # ---- the borrowed model ---------------------------------------------------------------------------------
-def _state(fw, model):
-    return {k: (fw.numpy(v) if fw.name == "paddle" else v.detach().cpu().numpy()).copy()
-            for k, v in model.state_dict().items()}
-
-
-def _hooks(fw, model):
-    if fw.name == "torch":
-        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-    return sum(len(m._forward_post_hooks) + len(m._forward_pre_hooks)
-               for _, m in model.named_sublayers(include_self=True))
-
-
 def test_model_unchanged_also_when_a_rule_raises(fw):
     model = zoo(fw, "vgg16_bn")
-    before, hooks = _state(fw, model), _hooks(fw, model)
+    before = fw.model_state(model)
     x = _input(fw, 32)
     xplain.explain(model, x, method="lrp", composite="epsilon_gamma_box", low=-3, high=3, layer="features.10")
     with pytest.raises(LayerError, match="pass"):  # pass on a max-pool: raises inside the forward
         xplain.explain(model, x, method="lrp", rules={"maxpool": "pass"})
-    after = _state(fw, model)
-    assert _hooks(fw, model) == hooks
-    for k in before:
-        assert np.array_equal(before[k], after[k]), k
+    fw.assert_same_state(before, fw.model_state(model))
 
 
 # ---- errors ------------------------------------------------------------------------------------------

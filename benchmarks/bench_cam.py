@@ -13,9 +13,7 @@ fewer repeats and 112² for Score-/Ablation-CAM.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable
@@ -23,22 +21,8 @@ from collections.abc import Callable
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "backends")]
 
 import xplain  # noqa: E402
-from common import Table, make_input, raw_forward_backward, set_threads  # noqa: E402
+from common import Table, interleaved, make_input, raw_forward_backward, set_threads  # noqa: E402
 from xplain.testing.zoo import build  # noqa: E402
-
-
-def interleaved(cases: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per case, measured round-robin."""
-    for _ in range(warmup):
-        for fn in cases.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    for _ in range(repeats):
-        for k, fn in cases.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _forward(fw: str, model: Any, x: Any) -> Callable[[], Any]:

@@ -12,31 +12,33 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "backends")]
 
 import xplain  # noqa: E402
-from common import Table, make_input, median_time, raw_forward_backward, set_threads  # noqa: E402
+from common import Table, interleaved, make_input, raw_forward_backward, set_threads  # noqa: E402
 from xplain.testing.zoo import build  # noqa: E402
 
 
 def main(quick: bool = False, frameworks: tuple[str, ...] = ("torch", "paddle")) -> Table:
     table = Table()
-    batch, size, repeats = (2, 224, 3) if quick else (8, 224, 5)
+    batch, size, repeats = (2, 224, 3) if quick else (8, 224, 7)
     for fw in frameworks:
         set_threads(fw)
         model = build("resnet18", fw)
         x = make_input(fw, batch, size)
-        base = median_time(raw_forward_backward(fw, model, x), repeats=repeats)
-        table.add("raw forward+backward", fw, "resnet18", base, base, f"batch {batch}, {size}²")
+        cases = {"raw forward+backward": raw_forward_backward(fw, model, x)}
         for method in ("saliency", "input_x_gradient"):
-            t = median_time(lambda m=method, model=model, x=x: xplain.explain(model, x, m, target=0),
-                            repeats=repeats)
-            table.add(f"xplain {method}", fw, "resnet18", t, base)
+            cases[f"xplain {method}"] = (lambda m=method, model=model, x=x:
+                                         xplain.explain(model, x, m, target=0))
         if fw == "torch":
             try:
                 from captum.attr import Saliency
+
+                sal = Saliency(model)
+                cases["captum Saliency"] = lambda x=x, sal=sal: sal.attribute(x, target=0)
             except ImportError:
-                continue
-            sal = Saliency(model)
-            t = median_time(lambda x=x, sal=sal: sal.attribute(x, target=0), repeats=repeats)
-            table.add("captum Saliency", fw, "resnet18", t, base)
+                pass
+        times = interleaved(cases, repeats)
+        base = times["raw forward+backward"]
+        for case, t in times.items():
+            table.add(case, fw, "resnet18", t, base, f"batch {batch}, {size}²" if case.startswith("raw") else "")
     return table
 
 

@@ -43,6 +43,21 @@ def median_time(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> 
     return statistics.median(times)
 
 
+def interleaved(cases: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per case, measured round-robin (one round of every case, then the next),
+    so that load from other processes and allocator warm-up hit every case alike."""
+    for _ in range(warmup):
+        for fn in cases.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(repeats):
+        for k, fn in cases.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def raw_forward_backward(framework: str, model: Any, x: Any) -> Callable[[], None]:
     """The reference cost: one forward and one backward to the input, no xplain involved."""
     if framework == "torch":

@@ -1,4 +1,5 @@
 """Backend conformance: every Backend op against a numpy reference, on the backend under test."""
+import numpy as np
 import pytest
 
 from xplain.testing.conformance import CHECKS, run_check
@@ -7,3 +8,25 @@ from xplain.testing.conformance import CHECKS, run_check
 @pytest.mark.parametrize("check", sorted(CHECKS))
 def test_conformance(fw, check):
     run_check(fw.B, check)
+
+
+def test_scale_gradient_survives_in_place_ops(fw):
+    """The scale applies to the gradient at the value ``scale_gradient`` was given, also when the
+    result is then changed in place, as torchvision's ``nn.ReLU(inplace=True)`` and ResNet's
+    ``out += identity`` do to a BatchNorm output that LRP-ε scaled."""
+    B = fw.B
+    a = np.array([[1.0, -2.0, 3.0, 0.5]], dtype=np.float32)
+    s = np.array([[0.5, 2.0, 0.25, -1.0]], dtype=np.float32)
+    r = np.array([[0.5, 1.0, -4.0, -1.0]], dtype=np.float32)
+    w = np.array([[1.0, 3.0, -2.0, 4.0]], dtype=np.float32)
+    with B.enable_grad():
+        x = B.with_grad(fw.tensor(a))
+        y = B.scale_gradient(x * 2.0, fw.tensor(s))
+        y.add_(fw.tensor(r))  # out += identity
+        if fw.name == "torch":
+            y.relu_()
+        else:
+            fw.module.nn.functional.relu_(y)
+        (g,) = B.grad(B.sum(y * fw.tensor(w)), x)
+    np.testing.assert_allclose(fw.numpy(y), np.maximum(2.0 * a + r, 0.0))
+    np.testing.assert_allclose(fw.numpy(g), 2.0 * s * w * (2.0 * a + r > 0), rtol=1e-6)

@@ -167,6 +167,16 @@ class Backend(Protocol):
     def stop_gradient(self, x: Tensor) -> Tensor:
         """``x`` cut from the graph (same values, zero gradient)."""
 
+    def scale_gradient(self, x: Tensor, scale: Tensor) -> Tensor:
+        """A tensor with the value of ``x`` whose gradient is the incoming gradient times
+        ``scale`` (a constant, broadcastable to ``x``: no gradient flows into it).
+
+        May return ``x`` itself with a gradient hook, so it costs no element-wise op forward. The
+        scaling applies to the gradient at ``x``'s value *at the time of the call*: an in-place op
+        applied to the result later (an in-place ReLU) is differentiated as usual, and the
+        gradient it passes back to ``x`` is then scaled. Used by LRP-ε (gradient times
+        ``|y| / (|y| + ε)``)."""
+
     def custom_vjp(self, forward: Callable[..., Tensor],
                    backward: Callable[[tuple, Tensor, Tensor], tuple]) -> Callable[..., Tensor]:
         """A differentiable function with a hand-written vector-Jacobian product.

@@ -206,6 +206,19 @@ def stop_gradient(x):
     return x.detach()
 
 
+def scale_gradient(x, scale):
+    if x.stop_gradient:
+        return x
+    s = scale.detach()
+    if x.is_leaf:  # a leaf's hook would also change what paddle.grad reports for it
+        xs = x.detach()
+        return xs + (x - xs) * s
+    # A tensor hook costs no forward op; it scales the gradient at the tensor's value when the
+    # hook is registered, also when an in-place op later changes the tensor.
+    x.register_hook(lambda g: g * s)
+    return x
+
+
 def custom_vjp(forward: Callable[..., paddle.Tensor], backward: Callable) -> Callable[..., paddle.Tensor]:
     class _Fn(paddle.autograd.PyLayer):
         @staticmethod

@@ -200,6 +200,20 @@ def stop_gradient(x):
     return x.detach()
 
 
+def scale_gradient(x, scale):
+    if not x.requires_grad:
+        return x
+    s = scale.detach()
+    if x.is_leaf:  # a leaf's hook would also change what autograd.grad reports for it
+        xs = x.detach()
+        return xs + (x - xs) * s
+    # A tensor hook costs no forward op. One registered before a later in-place op (nn.ReLU
+    # (inplace=True), ``out += identity``) receives the gradient at the value *before* that op,
+    # which is exactly what must be scaled.
+    x.register_hook(lambda g: g * s)
+    return x
+
+
 def custom_vjp(forward: Callable[..., torch.Tensor], backward: Callable) -> Callable[..., torch.Tensor]:
     class _Fn(torch.autograd.Function):
         @staticmethod

@@ -216,6 +216,33 @@ def check_grad(B, T):
 
 
 @check
+def check_scale_gradient(B, T):
+    a = np.array([[1.0, -2.0, 3.0, 0.5]], dtype=np.float32)
+    s = np.array([[0.5, 2.0, 0.0, -1.0]], dtype=np.float32)
+    w = np.array([[1.0, 3.0, -2.0, 4.0]], dtype=np.float32)
+    with B.enable_grad():  # a non-leaf (the usual case: a layer's output)
+        x = B.with_grad(T(a))
+        y = B.scale_gradient(x * 2.0, T(s))
+        z = B.sum(y * T(w))
+        (g,) = B.grad(z, x)
+    close(y, 2.0 * a, B)  # value unchanged
+    close(g, 2.0 * s * w, B)
+    with B.enable_grad():  # a leaf: the gradient reported for it is scaled too
+        x = B.with_grad(T(a))
+        y = B.scale_gradient(x, T(s[:, :1]))  # broadcast scale
+        (g,) = B.grad(B.sum(y * T(w)), x)
+    close(y, a, B)
+    close(g, s[:, :1] * w, B)
+    with B.enable_grad():  # a later op (here a ReLU) is differentiated, then the scale applies
+        x = B.with_grad(T(a))
+        y = B.relu(B.scale_gradient(x + 0.0, T(s)))
+        (g,) = B.grad(B.sum(y * T(w)), x)
+    close(g, (a > 0) * s * w, B)
+    with B.no_grad():  # no graph: the value only
+        close(B.scale_gradient(T(a), T(s)), a, B)
+
+
+@check
 def check_custom_vjp(B, T):
     def fwd(x):
         return B.relu(x)

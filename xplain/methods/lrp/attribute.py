@@ -10,7 +10,9 @@ ordinary backward pass then carries LRP through the whole network, so residual a
 reused modules, in-place ReLUs, concatenations and functional ops (``x.view``) need no special
 code: the gradient of a sum is exactly LRP-0 at that node. Rules whose relevance is not of the
 ``input ⊙ c`` form (flat, w², z^B) read the gradient at fresh leaf tensors standing for their
-modified inputs, which is possible at the first layer.
+modified inputs, which is possible at the first layer. Where the rule is "the gradient times an
+element-wise factor" (ε; the ``(z − sg(z))`` parts), ``Backend.scale_gradient`` applies the factor
+in the backward pass instead of costing element-wise ops forward.
 """
 from __future__ import annotations
 
@@ -312,15 +314,18 @@ def _compose(B: Any, ys: Any, groups: list[tuple[Any, float, str | None, bool]],
                 c = B.where(yv < 0, c, 0.0)
         if coef != 1.0:
             c = c * coef
-        out = out + (z - zs) * c
+        # (z − zs) is exactly zero with z's graph; scaling its gradient saves a multiplication
+        out = out + B.scale_gradient(z - zs, c)
     return out
 
 
 def _epsilon(B: Any, y: Any, eps: float) -> Any:
-    """LRP-ε with the layer's own output as denominator: gradient scaled by |y| / (|y| + ε)."""
-    ys = B.stop_gradient(y)
-    ay = B.abs(ys)
-    return ys + (y - ys) * (ay / (ay + eps))
+    """LRP-ε with the layer's own output as denominator: gradient scaled by |y| / (|y| + ε).
+
+    ``scale_gradient`` keeps ``y`` itself (no element-wise op forward besides the factor), which
+    matters on networks with large activations (ResNet-50)."""
+    ay = B.abs(B.stop_gradient(y))
+    return B.scale_gradient(y, ay / (ay + eps))
 
 
 def _pass(B: Any, a: Any, y: Any, eps: float, info: LayerInfo) -> Any:

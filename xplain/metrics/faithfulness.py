@@ -172,6 +172,21 @@ def _check_steps(steps: int) -> None:
         raise OptionError(f"steps={steps!r} must be a positive int (number of perturbation steps)")
 
 
+def _ordered_curve(model: Any, inputs: Any, attributions: Any, target: Any, *, insert: bool,
+                   steps: int, baseline: Any, score: str, batch_size: int | None,
+                   memory_budget: int | str, backend: str | None) -> CurveResult:
+    """Deletion (``insert=False``) or insertion curve over pixels ranked by relevance."""
+    _check_steps(steps)
+    B = backend_for(model, name=backend)
+    shape = B.shape(inputs)
+    pix = _pixel_scores(_as_numpy(B, attributions), shape)
+    keep, fractions = _masks(_order(pix), shape[-2:], steps, insert=insert)
+    curve, t = _run_curve(model, inputs, target, keep, baseline, score=score,
+                          batch_size=batch_size, memory_budget=memory_budget, backend=backend)
+    return CurveResult(curve, fractions, _auc(curve, fractions),
+                       (curve[:, :1] - curve).mean(axis=1), t)
+
+
 def deletion(model: Any, inputs: Any, attributions: Any, target: Any = None, *,
              steps: int = 50, baseline: Any = 0.0, score: str = "probability",
              batch_size: int | None = None, memory_budget: int | str = "2GB",
@@ -197,15 +212,9 @@ def deletion(model: Any, inputs: Any, attributions: Any, target: Any = None, *,
     Returns:
         :class:`CurveResult`; ``auc`` in score units (probability by default).
     """
-    _check_steps(steps)
-    B = backend_for(model, name=backend)
-    shape = B.shape(inputs)
-    pix = _pixel_scores(_as_numpy(B, attributions), shape)
-    keep, fractions = _masks(_order(pix), shape[-2:], steps, insert=False)
-    curve, t = _run_curve(model, inputs, target, keep, baseline, score=score,
-                          batch_size=batch_size, memory_budget=memory_budget, backend=backend)
-    return CurveResult(curve, fractions, _auc(curve, fractions),
-                       (curve[:, :1] - curve).mean(axis=1), t)
+    return _ordered_curve(model, inputs, attributions, target, insert=False, steps=steps,
+                          baseline=baseline, score=score, batch_size=batch_size,
+                          memory_budget=memory_budget, backend=backend)
 
 
 def insertion(model: Any, inputs: Any, attributions: Any, target: Any = None, *,
@@ -217,15 +226,9 @@ def insertion(model: Any, inputs: Any, attributions: Any, target: Any = None, *,
 
     Petsiuk et al. (2018). Arguments as in :func:`deletion`.
     """
-    _check_steps(steps)
-    B = backend_for(model, name=backend)
-    shape = B.shape(inputs)
-    pix = _pixel_scores(_as_numpy(B, attributions), shape)
-    keep, fractions = _masks(_order(pix), shape[-2:], steps, insert=True)
-    curve, t = _run_curve(model, inputs, target, keep, baseline, score=score,
-                          batch_size=batch_size, memory_budget=memory_budget, backend=backend)
-    return CurveResult(curve, fractions, _auc(curve, fractions),
-                       (curve[:, :1] - curve).mean(axis=1), t)
+    return _ordered_curve(model, inputs, attributions, target, insert=True, steps=steps,
+                          baseline=baseline, score=score, batch_size=batch_size,
+                          memory_budget=memory_budget, backend=backend)
 
 
 def pixel_flipping(model: Any, inputs: Any, attributions: Any, target: Any = None, *,

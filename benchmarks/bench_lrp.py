@@ -8,7 +8,6 @@ composite (with the torchvision canonizers Zennit needs for BatchNorm and residu
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -59,16 +58,8 @@ def _zennit_call(model, x, composite):
 
 
 def cpu_median_time(fn, *, repeats: int = 5, warmup: int = 1) -> float:
-    """Median *process CPU* time of ``fn()``: on a shared, loaded machine wall time measures the
-    neighbours; CPU time (with one thread, so no spin-waiting) measures the work."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.process_time()
-        fn()
-        times.append(time.process_time() - t0)
-    return statistics.median(times)
+    """Median *process CPU* time of ``fn()`` (run with one thread, so no spin-waiting counts)."""
+    return median_time(fn, repeats=repeats, warmup=warmup, clock=time.process_time)
 
 
 def main(quick: bool = False, frameworks: tuple[str, ...] = ("torch", "paddle"),

@@ -342,8 +342,15 @@ def test_batch_chunking_gives_same_relevance(fw):
     x = _input(fw, 32, batch=3)
     a = xplain.explain(model, x, method="lrp", composite="epsilon_gamma_box", low=-3, high=3).numpy()
     b = xplain.explain(model, x, method="lrp", composite="epsilon_gamma_box", low=-3, high=3,
-                       max_batch=2).numpy()
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(a).max())
+                       max_batch=2)
+    np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-6 * np.abs(a).max())
+    # each chunk explained its own argmax, and reports it without another forward pass
+    logits = fw.numpy(model(x))
+    np.testing.assert_array_equal(b.targets, logits.argmax(1))
+    calls = fw.hook_count(model)
+    with pytest.raises(xplain.TargetError, match="out of range"):
+        xplain.explain(model, x, method="lrp", target=[0, 1, 1000], max_batch=2)
+    assert fw.hook_count(model) == calls
 
 
 def test_standalone_batchnorm_gets_its_own_rule(fw):

@@ -107,6 +107,12 @@ class Run:
         an extra forward pass."""
         return self._targets
 
+    def record_argmax_targets(self, targets: np.ndarray) -> None:
+        """Record the per-sample argmax targets a chunked method took chunk by chunk (only
+        when the user gave none), so reporting them costs no extra forward pass."""
+        if self._targets is None:
+            self._targets = np.asarray(targets, dtype=np.int64)
+
     @property
     def targets(self) -> np.ndarray:
         """Resolved targets (runs one no-grad forward when they were ``None``)."""
@@ -115,16 +121,22 @@ class Run:
     def target_score(self, output: Tensor, targets: np.ndarray | None = None) -> Tensor:
         """``sum_i output[i, targets[i]]``: the scalar whose gradient is every sample's own
         target gradient (samples do not interact in a model in eval mode)."""
-        t = self.resolve_targets(output) if targets is None else targets
+        t = self.resolve_targets(output) if targets is None else self._checked(targets, output)
         onehot = np.zeros(self.backend.shape(output), dtype=np.float32)
         onehot[np.arange(len(t)), t] = 1.0
         return self.backend.sum(output * self.backend.asarray(onehot, like=output))
 
     def target_outputs(self, output: Tensor, targets: np.ndarray | None = None) -> Tensor:
         """``output[i, targets[i]]`` as a ``(batch,)`` tensor."""
-        t = self.resolve_targets(output) if targets is None else targets
+        t = self.resolve_targets(output) if targets is None else self._checked(targets, output)
         idx = self.backend.asarray(t.reshape(-1, 1), like=output, dtype="int64")
         return self.backend.reshape(self.backend.take_along_axis(output, idx, axis=1), (-1,))
+
+    def _checked(self, targets: np.ndarray, output: Tensor) -> np.ndarray:
+        """``targets`` range-checked against ``output``'s classes, so a chunked method that
+        passes its own slice of :attr:`given_targets` needs no forward pass just to check them."""
+        check_range(np.asarray(targets), self.backend.shape(output)[1])
+        return targets
 
     def input_gradient(self, x: Tensor, targets: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
         """(d target score / d x, model output) for a batch ``x``."""

@@ -30,3 +30,31 @@ def test_scale_gradient_survives_in_place_ops(fw):
         (g,) = B.grad(B.sum(y * fw.tensor(w)), x)
     np.testing.assert_allclose(fw.numpy(y), np.maximum(2.0 * a + r, 0.0))
     np.testing.assert_allclose(fw.numpy(g), 2.0 * s * w * (2.0 * a + r > 0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["damp_gradient", "replace_gradient"])
+def test_fused_lrp_ops_survive_in_place_ops(fw, op):
+    """``damp_gradient`` and ``replace_gradient`` results are also changed in place by the
+    model (``out += identity``, in-place ReLU); the gradient must still be the rule's."""
+    B = fw.B
+    a = np.array([[1.0, -2.0, 3.0, 0.5]], dtype=np.float32)
+    s = np.array([[0.5, 2.0, 0.25, -1.0]], dtype=np.float32)
+    r = np.array([[0.5, 1.0, -4.0, -1.0]], dtype=np.float32)
+    w = np.array([[1.0, 3.0, -2.0, 4.0]], dtype=np.float32)
+    eps = 0.5
+    with B.enable_grad():
+        x = B.with_grad(fw.tensor(a))
+        if op == "damp_gradient":
+            y = B.damp_gradient(x * 2.0, eps)
+            scale = np.abs(2.0 * a) / (np.abs(2.0 * a) + eps) * 2.0
+        else:  # value 2a, gradient routed into x·x with scale s
+            y = B.replace_gradient(B.stop_gradient(x * 2.0), [(x * x, fw.tensor(s))])
+            scale = s * 2.0 * a
+        y.add_(fw.tensor(r))
+        if fw.name == "torch":
+            y.relu_()
+        else:
+            fw.module.nn.functional.relu_(y)
+        (g,) = B.grad(B.sum(y * fw.tensor(w)), x)
+    np.testing.assert_allclose(fw.numpy(y), np.maximum(2.0 * a + r, 0.0))
+    np.testing.assert_allclose(fw.numpy(g), scale * w * (2.0 * a + r > 0), rtol=1e-6)

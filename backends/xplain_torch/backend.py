@@ -214,6 +214,39 @@ def scale_gradient(x, scale):
     return x
 
 
+def damp_gradient(x, eps):
+    if not x.requires_grad:
+        return x
+    d = x.detach().abs().add_(eps)
+    if x.is_leaf:
+        return scale_gradient(x, (d - eps) / d)
+    # g·|x|/(|x|+ε) = g − ε·g/(|x|+ε): one fused addcdiv, and only d kept from the forward
+    x.register_hook(lambda g: torch.addcdiv(g, g, d, value=-eps))
+    return x
+
+
+class _Replace(torch.autograd.Function):
+    """Value of the first input (copied: later in-place ops must not hit a custom Function's
+    view), gradient times each scale into the routed tensors."""
+
+    @staticmethod
+    def forward(ctx, value, scales, *throughs):
+        ctx.scales = scales  # constants: kept as attributes, no saved-tensor version checks
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return ((g if ctx.needs_input_grad[0] else None), None,
+                *(g * s if need else None for s, need in zip(ctx.scales, ctx.needs_input_grad[2:])))
+
+
+def replace_gradient(value, routes):
+    routes = [(t, s) for t, s in routes if t.requires_grad]
+    if not routes:
+        return value
+    return _Replace.apply(value, tuple(s.detach() for _, s in routes), *(t for t, _ in routes))
+
+
 def custom_vjp(forward: Callable[..., torch.Tensor], backward: Callable) -> Callable[..., torch.Tensor]:
     class _Fn(torch.autograd.Function):
         @staticmethod

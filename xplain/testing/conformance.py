@@ -176,6 +176,25 @@ def check_conv(B, T):
         b = rng.standard_normal(4).astype(np.float32)
         got = B.conv(T(x), T(w), T(b), stride=stride, padding=padding, dilation=dilation, groups=groups)
         close(got, _conv_ref(x, w, b, stride, padding, dilation, groups), B, rtol=1e-4, atol=1e-4)
+    # gradients of sum(conv · r) (a fused bias must be differentiable in all three inputs):
+    # input and weight against finite-free identities, bias = sum of r over batch and space
+    r = rng.standard_normal(B.shape(got)).astype(np.float32)
+    with B.enable_grad():
+        xt, wt, bt = B.with_grad(T(x)), B.with_grad(T(w)), B.with_grad(T(b))
+        out = B.conv(xt, wt, bt, stride=stride, padding=padding, dilation=dilation, groups=groups)
+        gx, gw, gb = B.grad(B.sum(out * T(r)), [xt, wt, bt])
+    close(gb, r.sum(axis=(0, 2, 3)), B, rtol=1e-4, atol=1e-4)
+    with B.enable_grad():  # a constant bias (a backend may add it another way)
+        xt = B.with_grad(T(x))
+        out2 = B.conv(xt, T(w), T(b), stride=stride, padding=padding, dilation=dilation, groups=groups)
+        (gx2,) = B.grad(B.sum(out2 * T(r)), xt)
+    out = B.stop_gradient(out)
+    close(B.stop_gradient(out2), B.to_numpy(out), B, rtol=1e-6, atol=1e-6)
+    close(gx2, B.to_numpy(gx), B, rtol=1e-5, atol=1e-5)
+    # conv is linear in x and in w: <grad, x> = <grad, w> = sum((out - b) · r)
+    lin = float(np.sum((B.to_numpy(out) - b.reshape(1, -1, 1, 1)) * r))
+    assert abs(float(np.sum(B.to_numpy(gx) * x)) - lin) <= 1e-3 * max(1.0, abs(lin))
+    assert abs(float(np.sum(B.to_numpy(gw) * w)) - lin) <= 1e-3 * max(1.0, abs(lin))
 
 
 @check
@@ -240,6 +259,48 @@ def check_scale_gradient(B, T):
     close(g, (a > 0) * s * w, B)
     with B.no_grad():  # no graph: the value only
         close(B.scale_gradient(T(a), T(s)), a, B)
+
+
+@check
+def check_damp_gradient(B, T):
+    a = np.array([[1.0, -2.0, 0.0, 3e-6, -1e-6]], dtype=np.float32)
+    w = np.array([[1.0, 3.0, -2.0, 4.0, 0.5]], dtype=np.float32)
+    eps = 1e-6
+    want = 2.0 * w * np.abs(2.0 * a) / (np.abs(2.0 * a) + eps)
+    with B.enable_grad():  # a non-leaf, differentiated through a later ReLU-like op
+        x = B.with_grad(T(a))
+        y = B.damp_gradient(x * 2.0, eps)
+        (g,) = B.grad(B.sum(y * T(w)), x)
+    close(y, 2.0 * a, B)
+    np.testing.assert_allclose(B.to_numpy(g), want, rtol=1e-6, atol=1e-6 * np.abs(w).max())
+    with B.enable_grad():  # a leaf
+        x = B.with_grad(T(a))
+        (g,) = B.grad(B.sum(B.damp_gradient(x, eps) * T(w)), x)
+    np.testing.assert_allclose(B.to_numpy(g), w * np.abs(a) / (np.abs(a) + eps), rtol=1e-6,
+                               atol=1e-6 * np.abs(w).max())
+    with B.no_grad():
+        close(B.damp_gradient(T(a), eps), a, B)
+
+
+@check
+def check_replace_gradient(B, T):
+    v = np.array([[1.0, -2.0, 3.0, 0.5]], dtype=np.float32)
+    a = np.array([[0.5, 1.0, -1.0, 2.0]], dtype=np.float32)
+    s1 = np.array([[0.5, 2.0, 0.0, -1.0]], dtype=np.float32)
+    s2 = np.array([[1.0, -1.0, 3.0, 0.25]], dtype=np.float32)
+    w = np.array([[1.0, 3.0, -2.0, 4.0]], dtype=np.float32)
+    with B.enable_grad():
+        x = B.with_grad(T(a))
+        val = B.with_grad(T(v))  # its own gradient is the incoming one
+        y = B.replace_gradient(val, [(x * 2.0, T(s1)), (x * x, T(s2))])
+        y = B.relu(y)  # a later op, differentiated as usual
+        gx, gv = B.grad(B.sum(y * T(w)), [x, val])
+    close(y, np.maximum(v, 0), B)
+    g = w * (v > 0)
+    close(gv, g, B)
+    close(gx, g * s1 * 2.0 + g * s2 * 2.0 * a, B)
+    with B.no_grad():
+        close(B.replace_gradient(T(v), [(T(a), T(s1))]), v, B)
 
 
 @check

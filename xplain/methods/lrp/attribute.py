@@ -233,7 +233,9 @@ def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, 
     rule, info = plan.rule, plan.info
     nonneg = False
     if not rule.explicit and any(t.inputs in ("positive", "negative") for g in rule.groups for t in g.terms):
-        nonneg = B.all(a >= 0)  # post-ReLU inputs: a⁺ = a and a⁻ = 0 (saves convolutions)
+        # post-ReLU inputs: a⁺ = a and a⁻ = 0 (saves convolutions); a min-reduction is one
+        # pass and no allocation, unlike all(a >= 0)
+        nonneg = B.all(B.min(B.stop_gradient(a)) >= 0)
     leaves: list[tuple[Any, Any]] = []
     groups = []
     for group in rule.groups:
@@ -289,22 +291,28 @@ def _emit(B: Any, plan: LayerPlan, y: Any, groups: list, state: _Forward) -> Any
     if plan.optimistic:
         ys = B.with_grad(ys)
         state.checks.append((plan, ys, B.stop_gradient(y)))
-    return _compose(B, ys, groups, plan.rule.stabilizer)
+    return _compose(B, ys, groups, plan.rule.stabilizer, plan.optimistic)
 
 
-def _compose(B: Any, ys: Any, groups: list[tuple[Any, float, str | None, bool]], eps: float) -> Any:
+def _compose(B: Any, ys: Any, groups: list[tuple[Any, float, str | None, bool]], eps: float,
+             optimistic: bool = False) -> Any:
     """``ys + Σ (z − sg z) ⊙ sg(c · y / stab(z))`` with ``ys`` = sg(y): value ``y``, gradient the
     rule.
 
     Sign-restricted groups (γ) have ``z ≥ y`` (positive group) / ``z ≤ y`` (negative group), so
     wherever the output has the group's sign, ``z`` has it too and ``y / stab(z)`` equals
-    ``relu(±y) / (|z| + ε)``, which is also 0 elsewhere — no sign tests needed.
+    ``relu(±y) / (|z| + ε)``, which is also 0 elsewhere — no sign tests needed. In an
+    ``optimistic`` plan the gradient at negative outputs is zero (verified after the pass), so
+    the positive group's ``relu(y)`` is just ``y``: one element-wise pass less.
     """
-    out = ys
+    routes = []
     yv = B.stop_gradient(ys)
     for z, coef, sign, z_nonneg in groups:
         zs = B.stop_gradient(z)
-        if sign is not None and eps > 0:
+        if optimistic and sign == "positive" and eps > 0:
+            # negative outputs get no gradient here (checked after the pass), so relu(y) = y
+            c = yv / (B.abs(zs) + eps)
+        elif sign is not None and eps > 0:
             c = B.relu(yv if sign == "positive" else -yv) / (B.abs(zs) + eps)
         else:
             c = yv / (zs + eps if z_nonneg and eps > 0 else stabilize(B, zs, eps))
@@ -314,18 +322,16 @@ def _compose(B: Any, ys: Any, groups: list[tuple[Any, float, str | None, bool]],
                 c = B.where(yv < 0, c, 0.0)
         if coef != 1.0:
             c = c * coef
-        # (z − zs) is exactly zero with z's graph; scaling its gradient saves a multiplication
-        out = out + B.scale_gradient(z - zs, c)
-    return out
+        routes.append((z, c))
+    return B.replace_gradient(ys, routes)
 
 
 def _epsilon(B: Any, y: Any, eps: float) -> Any:
     """LRP-ε with the layer's own output as denominator: gradient scaled by |y| / (|y| + ε).
 
-    ``scale_gradient`` keeps ``y`` itself (no element-wise op forward besides the factor), which
-    matters on networks with large activations (ResNet-50)."""
-    ay = B.abs(B.stop_gradient(y))
-    return B.scale_gradient(y, ay / (ay + eps))
+    ``damp_gradient`` keeps ``y`` itself and lets the backend fuse the factor, which matters on
+    networks with large activations (ResNet-50)."""
+    return B.damp_gradient(y, eps)
 
 
 def _pass(B: Any, a: Any, y: Any, eps: float, info: LayerInfo) -> Any:

@@ -142,11 +142,11 @@ def forward_cam_rows(table: Table, fw: str, size: int, repeats: int, peers: bool
 
 def main(quick: bool = False, frameworks: tuple[str, ...] = ("torch", "paddle")) -> Table:
     table = Table()
-    batch, repeats, size = (2, 2, 112) if quick else (8, 3, 224)
+    batch, repeats, size = (2, 2, 112) if quick else (8, 5, 224)
     for fw in frameworks:
         set_threads(fw)
         gradcam_rows(table, fw, "resnet50", batch, repeats)
-        gradcam_rows(table, fw, "vgg16", max(1, batch // 2), repeats)
+        gradcam_rows(table, fw, "vgg16", batch, repeats)
         forward_cam_rows(table, fw, size, 1, peers=True)
     return table
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
+from typing import Any
+from collections.abc import Callable
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "backends")]
 
 import xplain  # noqa: E402
-from common import Table, make_input, median_time, raw_forward_backward, set_threads  # noqa: E402
+from common import Table, interleaved, make_input, raw_forward_backward, set_threads  # noqa: E402
 from xplain.testing.zoo import build  # noqa: E402
 
 CASES = (
@@ -57,33 +58,33 @@ def _zennit_call(model, x, composite):
     return run
 
 
-def cpu_median_time(fn, *, repeats: int = 5, warmup: int = 1) -> float:
-    """Median *process CPU* time of ``fn()`` (run with one thread, so no spin-waiting counts)."""
-    return median_time(fn, repeats=repeats, warmup=warmup, clock=time.process_time)
-
-
 def main(quick: bool = False, frameworks: tuple[str, ...] = ("torch", "paddle"),
-         models: tuple[str, ...] = ("resnet50", "vgg16"), clock: str = "wall") -> Table:
-    """Time every case; ``clock="cpu"`` uses process CPU time with one thread (loaded machines)."""
+         models: tuple[str, ...] = ("resnet50", "vgg16")) -> Table:
+    """Time every case *interleaved* with the raw forward+backward (one round of every case,
+    then the next; medians), so load and allocator state hit the baseline and the cases alike."""
     table = Table()
     batch, size, repeats = (2, 224, 3) if quick else (8, 224, 5)
-    timer = cpu_median_time if clock == "cpu" else median_time
     for fw in frameworks:
-        set_threads(fw, 1) if clock == "cpu" else set_threads(fw)
+        set_threads(fw)
         for name in models:
             model = build(name, fw)
             x = make_input(fw, batch, size)
-            base = timer(raw_forward_backward(fw, model, x), repeats=repeats)
-            table.add("raw forward+backward", fw, name, base, base, f"batch {batch}, {size}², {clock} clock")
+            cases: dict[str, Callable[[], Any]] = {"raw": raw_forward_backward(fw, model, x)}
             for case, opts in CASES:
-                t = timer(lambda o=opts, m=model, xx=x: xplain.explain(m, xx, method="lrp", target=0, **o),
-                          repeats=repeats)
-                table.add(f"xplain {case}", fw, name, t, base)
-                if fw == "torch":
-                    comp = _zennit(name, case)
-                    if comp is not None:
-                        t = timer(_zennit_call(model, x, comp), repeats=repeats)
-                        table.add(f"zennit {case}", fw, name, t, base)
+                cases[f"xplain {case}"] = (lambda o=opts, m=model, xx=x: xplain.explain(m, xx, method="lrp",
+                                                                                        target=0, **o))
+                comp = _zennit(name, case) if fw == "torch" else None
+                if comp is not None:
+                    cases[f"zennit {case}"] = _zennit_call(model, x, comp)
+            t = interleaved(cases, repeats)
+            base = t.pop("raw")
+            table.add("raw forward+backward", fw, name, base, base, f"batch {batch}, {size}²")
+            for case, _ in CASES:
+                mine, peer = t[f"xplain {case}"], t.get(f"zennit {case}")
+                table.add(f"xplain {case}", fw, name, mine, base,
+                          "" if peer is None else f"{mine / peer:.2f}× Zennit")
+                if peer is not None:
+                    table.add(f"zennit {case}", fw, name, peer, base)
     return table
 
 
@@ -92,7 +93,6 @@ if __name__ == "__main__":
     p.add_argument("--quick", action="store_true")
     p.add_argument("--framework", action="append", choices=("torch", "paddle"))
     p.add_argument("--model", action="append", choices=("resnet50", "vgg16", "resnet18"))
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = p.parse_args()
     print(main(args.quick, tuple(args.framework or ("torch", "paddle")),
-               tuple(args.model or ("resnet50", "vgg16")), args.clock).markdown())
+               tuple(args.model or ("resnet50", "vgg16"))).markdown())

@@ -21,24 +21,8 @@ from collections.abc import Callable
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "backends")]
 
 import xplain  # noqa: E402
-from common import Table, interleaved, make_input, raw_forward_backward, set_threads  # noqa: E402
+from common import Table, forward_only, interleaved, make_input, raw_forward_backward, set_threads  # noqa: E402,E501
 from xplain.testing.zoo import build  # noqa: E402
-
-
-def _forward(fw: str, model: Any, x: Any) -> Callable[[], Any]:
-    if fw == "torch":
-        import torch
-
-        def run() -> Any:
-            with torch.no_grad():
-                return model(x)
-    else:
-        import paddle
-
-        def run() -> Any:
-            with paddle.no_grad():
-                return model(x)
-    return run
 
 
 def gradcam_rows(table: Table, fw: str, name: str, batch: int, repeats: int) -> None:
@@ -88,9 +72,9 @@ def forward_cam_rows(table: Table, fw: str, size: int, repeats: int, peers: bool
     """Score-CAM and Ablation-CAM on resnet18 layer4 (512 channels), batch 1."""
     model = build("resnet18", fw)
     x = make_input(fw, 1, size)
-    fwd1 = _forward(fw, model, x)
+    fwd1 = forward_only(fw, model, x)
     x64 = make_input(fw, 64, size)
-    fwd64 = _forward(fw, model, x64)
+    fwd64 = forward_only(fw, model, x64)
     note = f"resnet18 layer4, batch 1, {size}²"
     info: dict[str, Any] = {}
 

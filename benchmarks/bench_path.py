@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent / "backends")]
 
 import xplain  # noqa: E402
-from common import Table, make_input, median_time, raw_forward_backward, set_threads  # noqa: E402
+from common import Table, forward_only, make_input, median_time, raw_forward_backward, set_threads  # noqa: E402,E501
 from xplain.methods.perturbation import window_origins  # noqa: E402
 from xplain.testing.zoo import build  # noqa: E402
 
@@ -69,22 +69,6 @@ def timed_peak(fn: Callable[[], Any], warmup: int = 1) -> tuple[float, int]:
         done.set()
         t.join()
     return seconds, max(peak[0], _rss()) - start
-
-
-def forward_only(framework: str, model: Any, x: Any) -> Callable[[], None]:
-    if framework == "torch":
-        import torch
-
-        def run() -> None:
-            with torch.no_grad():
-                model(x)
-    else:
-        import paddle
-
-        def run() -> None:
-            with paddle.no_grad():
-                model(x)
-    return run
 
 
 def _mb(n: int) -> str:

@@ -80,6 +80,23 @@ def raw_forward_backward(framework: str, model: Any, x: Any) -> Callable[[], Non
     return run
 
 
+def forward_only(framework: str, model: Any, x: Any) -> Callable[[], None]:
+    """One no-grad forward pass (the unit of Score-CAM's and occlusion's limits)."""
+    if framework == "torch":
+        import torch
+
+        def run() -> None:
+            with torch.no_grad():
+                model(x)
+    else:
+        import paddle
+
+        def run() -> None:
+            with paddle.no_grad():
+                model(x)
+    return run
+
+
 def make_input(framework: str, batch: int, size: int, channels: int = 3, seed: int = 0) -> Any:
     a = np.random.default_rng(seed).standard_normal((batch, channels, size, size)).astype(np.float32)
     if framework == "torch":

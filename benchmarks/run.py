@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> Table:
     header = (f"CPU: {platform.processor() or platform.machine()}, {THREADS} threads, "
               f"{'quick' if args.quick else 'full'} run, {time.time() - started:.0f} s, "
               f"{time.strftime('%Y-%m-%d')}. Ratios are against a raw forward+backward of the "
-              f"same model and batch, timed in the same process (median of repeats).")
+              f"same model and batch, timed in the same process (median of repeats; Grad-CAM, "
+              f"Score-/Ablation-CAM, saliency and LRP cases interleaved round-robin with their "
+              f"baseline; Zennit's LRP rows in their own round-robin with their own baseline).")
     text = header + "\n\n" + combined.markdown() + "\n"
     (HERE / "RESULTS.md").write_text("# Benchmark results\n\n" + text)
     if args.readme:

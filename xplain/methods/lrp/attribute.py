@@ -236,10 +236,6 @@ def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, 
         # post-ReLU inputs: a⁺ = a and a⁻ = 0 (saves convolutions); a min-reduction is one
         # pass and no allocation, unlike all(a >= 0)
         nonneg = B.all(B.min(B.stop_gradient(a)) >= 0)
-    if nonneg and not plan.optimistic and _is_gamma(rule):
-        # both γ groups from one extra convolution (see _gamma_shared)
-        return [_SharedGamma(_apply(B, info, a, _params(B, plan, "positive", "weight"),
-                                    _params(B, plan, "positive", "bias")))]
     leaves: list[tuple[Any, Any]] = []
     groups = []
     for group in rule.groups:
@@ -287,42 +283,10 @@ def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, 
     return groups
 
 
-@dataclass
-class _SharedGamma:
-    """γ on non-negative inputs, both output signs: ``p = a·W⁺ + b⁺`` (see _gamma_shared)."""
-
-    p: Any
-
-
-def _is_gamma(rule: Rule) -> bool:
-    """Whether ``rule`` is exactly the γ rule's two sign-restricted groups (as built by
-    :func:`~xplain.methods.lrp.rules.gamma`)."""
-    return (rule.name == "gamma" and rule.kind == "terms" and not rule.explicit
-            and tuple(g.outputs for g in rule.groups) == ("positive", "negative"))
-
-
-def _gamma_shared(B: Any, y: Any, ys: Any, p: Any, rule: Rule) -> Any:
-    """LRP-γ for non-negative inputs and outputs of both signs with one extra convolution.
-
-    With ``y = aW + b`` and ``p = aW⁺ + b⁺`` the two denominators are ``z⁺ = y + γp`` and
-    ``z⁻ = (1+γ)y − γp`` (as ``W + γW⁻ = (1+γ)W − γW⁺``), and the rule's gradient
-    ``(W+γW⁺)ᵀ(g·c⁺) + (W+γW⁻)ᵀ(g·c⁻)`` equals ``Wᵀ(g·(c⁺ + (1+γ)c⁻)) + W⁺ᵀ(g·γ(c⁺ − c⁻))``:
-    routed through the layer's own output ``y`` and through ``p``. Where a group applies
-    (``y > 0`` for z⁺, ``y < 0`` for z⁻) both of its terms have that sign, so nothing cancels.
-    """
-    g, eps = rule.gamma, rule.stabilizer
-    ps = B.stop_gradient(p)
-    c_pos = B.relu(ys) / (B.abs(ys + ps * g) + eps)
-    c_neg = B.relu(-ys) / (B.abs(ys * (1.0 + g) - ps * g) + eps)
-    return B.replace_gradient(ys, [(y, c_pos + c_neg * (1.0 + g)), (p, (c_pos - c_neg) * g)])
-
-
 def _emit(B: Any, plan: LayerPlan, y: Any, groups: list, state: _Forward) -> Any:
     """The replacement of ``y``. For optimistic plans its constant part ``sg(y)`` is a leaf
     whose gradient (the gradient at this output) tells whether a negative output received
     gradient after all."""
-    if len(groups) == 1 and isinstance(groups[0], _SharedGamma):
-        return _gamma_shared(B, y, B.stop_gradient(y), groups[0].p, plan.rule)
     ys = B.stop_gradient(y)
     if plan.optimistic:
         ys = B.with_grad(ys)

@@ -10,32 +10,11 @@ def test_conformance(fw, check):
     run_check(fw.B, check)
 
 
-def test_scale_gradient_survives_in_place_ops(fw):
-    """The scale applies to the gradient at the value ``scale_gradient`` was given, also when the
-    result is then changed in place, as torchvision's ``nn.ReLU(inplace=True)`` and ResNet's
-    ``out += identity`` do to a BatchNorm output that LRP-ε scaled."""
-    B = fw.B
-    a = np.array([[1.0, -2.0, 3.0, 0.5]], dtype=np.float32)
-    s = np.array([[0.5, 2.0, 0.25, -1.0]], dtype=np.float32)
-    r = np.array([[0.5, 1.0, -4.0, -1.0]], dtype=np.float32)
-    w = np.array([[1.0, 3.0, -2.0, 4.0]], dtype=np.float32)
-    with B.enable_grad():
-        x = B.with_grad(fw.tensor(a))
-        y = B.scale_gradient(x * 2.0, fw.tensor(s))
-        y.add_(fw.tensor(r))  # out += identity
-        if fw.name == "torch":
-            y.relu_()
-        else:
-            fw.module.nn.functional.relu_(y)
-        (g,) = B.grad(B.sum(y * fw.tensor(w)), x)
-    np.testing.assert_allclose(fw.numpy(y), np.maximum(2.0 * a + r, 0.0))
-    np.testing.assert_allclose(fw.numpy(g), 2.0 * s * w * (2.0 * a + r > 0), rtol=1e-6)
-
-
-@pytest.mark.parametrize("op", ["damp_gradient", "replace_gradient"])
-def test_fused_lrp_ops_survive_in_place_ops(fw, op):
-    """``damp_gradient`` and ``replace_gradient`` results are also changed in place by the
-    model (``out += identity``, in-place ReLU); the gradient must still be the rule's."""
+@pytest.mark.parametrize("op", ["scale_gradient", "damp_gradient", "replace_gradient"])
+def test_gradient_ops_survive_in_place_ops(fw, op):
+    """The rule's gradient applies at the value the op was given, also when the result is then
+    changed in place, as torchvision's ``nn.ReLU(inplace=True)`` and ResNet's
+    ``out += identity`` do to a BatchNorm output that LRP replaced or scaled."""
     B = fw.B
     a = np.array([[1.0, -2.0, 3.0, 0.5]], dtype=np.float32)
     s = np.array([[0.5, 2.0, 0.25, -1.0]], dtype=np.float32)
@@ -44,13 +23,16 @@ def test_fused_lrp_ops_survive_in_place_ops(fw, op):
     eps = 0.5
     with B.enable_grad():
         x = B.with_grad(fw.tensor(a))
-        if op == "damp_gradient":
+        if op == "scale_gradient":
+            y = B.scale_gradient(x * 2.0, fw.tensor(s))
+            scale = 2.0 * s
+        elif op == "damp_gradient":
             y = B.damp_gradient(x * 2.0, eps)
             scale = np.abs(2.0 * a) / (np.abs(2.0 * a) + eps) * 2.0
         else:  # value 2a, gradient routed into x·x with scale s
             y = B.replace_gradient(B.stop_gradient(x * 2.0), [(x * x, fw.tensor(s))])
             scale = s * 2.0 * a
-        y.add_(fw.tensor(r))
+        y.add_(fw.tensor(r))  # out += identity
         if fw.name == "torch":
             y.relu_()
         else:

@@ -176,25 +176,30 @@ def check_conv(B, T):
         b = rng.standard_normal(4).astype(np.float32)
         got = B.conv(T(x), T(w), T(b), stride=stride, padding=padding, dilation=dilation, groups=groups)
         close(got, _conv_ref(x, w, b, stride, padding, dilation, groups), B, rtol=1e-4, atol=1e-4)
-    # gradients of sum(conv · r) (a fused bias must be differentiable in all three inputs):
-    # input and weight against finite-free identities, bias = sum of r over batch and space
-    r = rng.standard_normal(B.shape(got)).astype(np.float32)
+        _check_conv_gradients(B, T, x, w, b, dict(stride=stride, padding=padding, dilation=dilation,
+                                                    groups=groups), rng)
+
+
+def _check_conv_gradients(B, T, x, w, b, attrs, rng) -> None:
+    """Gradients of ``sum(conv(x, w, b) · r)``: the bias gets ``sum(r)`` per channel; input and
+    weight through linearity, ``<dx, x> = <dw, w> = sum((out − b) · r)``; a constant bias (which
+    a backend may add another way) leaves the value and the input gradient unchanged."""
     with B.enable_grad():
         xt, wt, bt = B.with_grad(T(x)), B.with_grad(T(w)), B.with_grad(T(b))
-        out = B.conv(xt, wt, bt, stride=stride, padding=padding, dilation=dilation, groups=groups)
+        out = B.conv(xt, wt, bt, **attrs)
+        r = rng.standard_normal(B.shape(out)).astype(np.float32)
         gx, gw, gb = B.grad(B.sum(out * T(r)), [xt, wt, bt])
     close(gb, r.sum(axis=(0, 2, 3)), B, rtol=1e-4, atol=1e-4)
-    with B.enable_grad():  # a constant bias (a backend may add it another way)
-        xt = B.with_grad(T(x))
-        out2 = B.conv(xt, T(w), T(b), stride=stride, padding=padding, dilation=dilation, groups=groups)
-        (gx2,) = B.grad(B.sum(out2 * T(r)), xt)
-    out = B.stop_gradient(out)
-    close(B.stop_gradient(out2), B.to_numpy(out), B, rtol=1e-6, atol=1e-6)
-    close(gx2, B.to_numpy(gx), B, rtol=1e-5, atol=1e-5)
-    # conv is linear in x and in w: <grad, x> = <grad, w> = sum((out - b) · r)
-    lin = float(np.sum((B.to_numpy(out) - b.reshape(1, -1, 1, 1)) * r))
+    out = B.to_numpy(B.stop_gradient(out))
+    lin = float(np.sum((out - b.reshape(1, -1, 1, 1)) * r))
     assert abs(float(np.sum(B.to_numpy(gx) * x)) - lin) <= 1e-3 * max(1.0, abs(lin))
     assert abs(float(np.sum(B.to_numpy(gw) * w)) - lin) <= 1e-3 * max(1.0, abs(lin))
+    with B.enable_grad():
+        xt = B.with_grad(T(x))
+        out2 = B.conv(xt, T(w), T(b), **attrs)
+        (gx2,) = B.grad(B.sum(out2 * T(r)), xt)
+    close(B.stop_gradient(out2), out, B, rtol=1e-6, atol=1e-6)
+    close(gx2, B.to_numpy(gx), B, rtol=1e-5, atol=1e-5)
 
 
 @check

@@ -465,24 +465,15 @@ def _relu_and_linear_use(fw, conv, fc):
     module *and* a functional use, so γ's negative-output group must not be skipped."""
     nn = fw.nn()
     relu = fw.relu()
-    if fw.name == "torch":
-        class Net(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.conv, self.relu, self.fc = conv, relu, fc
 
-            def forward(self, x):
-                y = self.conv(x)
-                return self.fc(self.relu(y).flatten(1) + 0.5 * y.flatten(1))
-    else:
-        class Net(nn.Layer):
-            def __init__(self):
-                super().__init__()
-                self.conv, self.relu, self.fc = conv, relu, fc
+    class Net(nn.Module if fw.name == "torch" else nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu, self.fc = conv, relu, fc
 
-            def forward(self, x):
-                y = self.conv(x)
-                return self.fc(self.relu(y).flatten(1) + 0.5 * y.flatten(1))
+        def forward(self, x):
+            y = self.conv(x)
+            return self.fc(self.relu(y).flatten(1) + 0.5 * y.flatten(1))
     return Net()
 
 

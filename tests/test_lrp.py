@@ -489,8 +489,15 @@ def test_gamma_negative_output_group_skipped_only_when_dead(fw, shared):
     model = (_relu_and_linear_use(fw, conv, fc) if shared
              else fw.sequential(conv, fw.relu(), fw.flatten(), fc))
     x = np.abs(RNG.standard_normal((1, cin, H, H))).astype(np.float32)
-    exp = xplain.explain(model, fw.tensor(x), method="lrp", target=1, composite=None,
-                         rules={"conv" if shared else "0": "gamma"}, gamma=0.5)
+    calls = []
+    handle = fw.B.add_forward_hook(conv, lambda *_: calls.append(1))
+    try:
+        exp = xplain.explain(model, fw.tensor(x), method="lrp", target=1, composite=None,
+                             rules={"conv" if shared else "0": "gamma"}, gamma=0.5)
+    finally:
+        handle.remove()
+    # probe + one pass; where the guess fails the pass runs again with the full rule
+    assert len(calls) == (3 if shared else 2)
     y = M @ x[0].reshape(-1) + np.repeat(b1, Ho * Wo)
     Ry = y * W2[1] * ((y > 0) + (0.5 if shared else 0.0))
     ref = reference("gamma", M, np.repeat(b1, Ho * Wo), x[0].reshape(-1), Ry, gamma=0.5)

@@ -1,8 +1,10 @@
 """LRP against Zennit (torch only; XPLAIN_PEERS=1): the same composite gives the same relevance.
 
-Zennit's EpsilonPlusFlat (flat first layer, z⁺ on convolutions, ε on linear layers) with its
-torchvision canonizers (BatchNorm merging, ResNet residual sums) against xplain's
-``epsilon_plus_flat``, which needs no canonizer: cosine similarity > 0.999 per sample.
+Zennit's EpsilonPlusFlat (flat first layer, z⁺ on convolutions, ε on linear layers) and
+EpsilonGammaBox (z^B first layer, γ=0.25 on convolutions, ε on linear layers) with its
+torchvision canonizers (BatchNorm merging, ResNet residual sums) against xplain's composites of
+the same names, which need no canonizer: cosine similarity > 0.999 per sample, and the same
+relevance sum.
 """
 from __future__ import annotations
 
@@ -12,14 +14,15 @@ import pytest
 import xplain
 
 
-def _zennit_epsilon_plus_flat(model, x, targets, name):
+def _zennit(model, x, targets, name, composite):
     import torch
     from zennit.attribution import Gradient
-    from zennit.composites import EpsilonPlusFlat
+    from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat
     from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
-    canonizer = ResNetCanonizer() if name.startswith("resnet") else VGGCanonizer()
-    composite = EpsilonPlusFlat(canonizers=[canonizer])
+    canonizers = [ResNetCanonizer() if name.startswith("resnet") else VGGCanonizer()]
+    composite = (EpsilonPlusFlat(canonizers=canonizers) if composite == "epsilon_plus_flat"
+                 else EpsilonGammaBox(low=-3.0, high=3.0, canonizers=canonizers))
 
     def start(out):  # relevance at the output = the target logit, as in xplain
         onehot = torch.zeros_like(out)
@@ -32,18 +35,23 @@ def _zennit_epsilon_plus_flat(model, x, targets, name):
 
 
 @pytest.mark.peer
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_gamma_box"])
 @pytest.mark.parametrize("name", ["resnet18", "vgg16"])
-def test_epsilon_plus_flat_matches_zennit(fw, name):
+def test_composite_matches_zennit(fw, name, composite):
+    """resnet18's γ layers before a residual sum take both output signs (the shared-convolution
+    form of γ); the others feed a ReLU (the negative group skipped, verified)."""
     pytest.importorskip("zennit")
     if fw.name != "torch":
         pytest.skip("Zennit is torch-only")
     model = fw.model(name)
     x = fw.tensor(np.random.default_rng(5).standard_normal((2, 3, 64, 64)))
     targets = [3, 11]
-    ours = xplain.explain(model, x, method="lrp", target=targets, composite="epsilon_plus_flat").numpy()
-    theirs = _zennit_epsilon_plus_flat(model, x, targets, name)
+    ours = xplain.explain(model, x, method="lrp", target=targets, composite=composite,
+                          low=-3.0, high=3.0).numpy()
+    theirs = _zennit(model, x, targets, name, composite)
     for n in range(2):
         a, b = ours[n].ravel(), theirs[n].ravel()
         cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-        print(f"{name} sample {n}: cosine with Zennit {cos:.7f}")
+        print(f"{name} {composite} sample {n}: cosine with Zennit {cos:.7f}")
         assert cos > 0.999, f"{name} sample {n}: cosine {cos}"
+        np.testing.assert_allclose(a.sum(), b.sum(), rtol=1e-3)

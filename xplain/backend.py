@@ -195,7 +195,41 @@ class Backend(Protocol):
 
         The same as ``value + Σ scale_gradient(through − stop_gradient(through), scale)``
         (LRP's forward replacement: value exact, gradient the rule), which a backend may fuse
-        into one copy forward and one product per route backward."""
+        into one product per route backward.
+
+        ``value`` and the scales are handed over: where ``value`` needs no gradient the result
+        may share its storage (a later in-place op on the result then changes ``value`` too),
+        and the backward, which runs once, may overwrite the scales. Callers must not read
+        either afterwards."""
+
+    def stabilized_ratio(self, num: Tensor, den: Tensor, eps: float) -> Tensor:
+        """``num / (|den| + eps)`` (``eps > 0``), shaped like ``den``.
+
+        ``den`` is handed over: its storage may hold the result, so the caller must not read it
+        afterwards (LRP passes a modified layer output, which is needed only for its gradient
+        route). Saves the temporaries of three element-wise ops on the largest activations."""
+
+    def gamma_ratios(self, y: Tensor, q: Tensor, gamma: float, eps: float) -> tuple[Tensor, Tensor]:
+        """``(u / D, y / D)`` with ``u = max(y, −(1+γ)·y)`` and ``D = u + q + eps``, for
+        ``q ≥ 0``: the two gradient scales of LRP-γ on non-negative inputs (derivation in
+        ``xplain.methods.lrp.attribute._shared_gamma``). ``q`` is handed over as in
+        :meth:`stabilized_ratio`."""
+
+    def observe_gradient(self, x: Tensor, fn: Callable[[Tensor], None]) -> Tensor:
+        """``x`` (or an equal tensor) such that the backward pass calls ``fn(g)`` with the
+        gradient at ``x``'s value at the time of the call (in-place ops on the result later are
+        differentiated first, as for :meth:`scale_gradient`); the gradient is not changed."""
+
+    def grad_node(self, x: Tensor) -> Any:
+        """An opaque handle of the autograd node that produced ``x`` (compare handles only
+        through :meth:`node_readers`), or None if ``x`` has no history or the backend cannot
+        inspect its graphs."""
+
+    def node_readers(self, root: Tensor, nodes: Sequence[Any]) -> list[frozenset[str]]:
+        """For each node (from :meth:`grad_node`), the kinds of the nodes in ``root``'s graph
+        that take its output as an input: ``"relu"`` for a ReLU, else the framework's node name.
+        An empty set: nothing on the way from ``root`` reads it. LRP uses this to prove that a
+        layer output's negative entries get zero gradient (every reader is a ReLU)."""
 
     def custom_vjp(self, forward: Callable[..., Tensor],
                    backward: Callable[[tuple, Tensor, Tensor], tuple]) -> Callable[..., Tensor]:

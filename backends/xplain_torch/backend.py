@@ -226,18 +226,31 @@ def damp_gradient(x, eps):
 
 
 class _Replace(torch.autograd.Function):
-    """Value of the first input (copied: later in-place ops must not hit a custom Function's
-    view), gradient times each scale into the routed tensors."""
+    """Value of the first input, gradient times each scale into the routed tensors.
+
+    A ``value`` that needs no gradient is returned *as itself* (marked dirty, so autograd
+    records this node as its producer and a later in-place ReLU is differentiated as usual):
+    no copy of the largest activations. The backward multiplies the scales in place; they
+    were handed over for this one backward."""
 
     @staticmethod
     def forward(ctx, value, scales, *throughs):
         ctx.scales = scales  # constants: kept as attributes, no saved-tensor version checks
-        return value.clone()
+        if ctx.needs_input_grad[0] or value._is_view():
+            return value.clone()  # a view of / a leaf needing grad cannot be marked dirty
+        ctx.mark_dirty(value)
+        return value
 
     @staticmethod
     def backward(ctx, g):
+        scales, ctx.scales = ctx.scales, None
+        if scales is None:
+            raise RuntimeError("replace_gradient's backward ran twice (retain_graph=True); its scales "
+                               "were consumed by the first backward")
+        distinct = len({id(s) for s in scales}) == len(scales)
         return ((g if ctx.needs_input_grad[0] else None), None,
-                *(g * s if need else None for s, need in zip(ctx.scales, ctx.needs_input_grad[2:])))
+                *((s.mul_(g) if distinct and s.shape == g.shape else g * s) if need else None
+                  for s, need in zip(scales, ctx.needs_input_grad[2:])))
 
 
 def replace_gradient(value, routes):
@@ -245,6 +258,60 @@ def replace_gradient(value, routes):
     if not routes:
         return value
     return _Replace.apply(value, tuple(s.detach() for _, s in routes), *(t for t, _ in routes))
+
+
+def stabilized_ratio(num, den, eps):
+    d = den.detach().abs_().add_(eps)  # den is handed over: its storage holds the result
+    if d.shape != torch.broadcast_shapes(num.shape, d.shape) or d.dtype != num.dtype:
+        return num / d
+    return torch.div(num, d, out=d)
+
+
+def gamma_ratios(y, q, gamma, eps):
+    y = y.detach()
+    u = torch.mul(y, -(1.0 + gamma))
+    torch.maximum(y, u, out=u)
+    d = q.detach().add_(u).add_(eps)  # q is handed over
+    return u.div_(d), torch.div(y, d, out=d)
+
+
+def observe_gradient(x, fn):
+    if not x.requires_grad:
+        return x
+
+    def hook(g):
+        fn(g)  # returns None: the gradient passes unchanged
+    x.register_hook(hook)
+    return x
+
+
+def grad_node(x):
+    return x.grad_fn
+
+
+_RELU_NODES = frozenset({"ReluBackward0", "ReluBackward1"})
+
+
+def node_readers(root, nodes):
+    wanted = {id(n): i for i, n in enumerate(nodes)}  # the caller holds the nodes: ids are stable
+    readers: list[set[str]] = [set() for _ in nodes]
+    start = root.grad_fn
+    if start is None:
+        return [frozenset() for _ in nodes]
+    stack, seen = [start], {id(start)}
+    while stack:
+        node = stack.pop()
+        for child, _ in node.next_functions:
+            if child is None:
+                continue
+            i = wanted.get(id(child))
+            if i is not None:
+                name = type(node).__name__
+                readers[i].add("relu" if name in _RELU_NODES else name)
+            if id(child) not in seen:
+                seen.add(id(child))
+                stack.append(child)
+    return [frozenset(r) for r in readers]
 
 
 def custom_vjp(forward: Callable[..., torch.Tensor], backward: Callable) -> Callable[..., torch.Tensor]:

@@ -297,7 +297,8 @@ def check_replace_gradient(B, T):
     with B.enable_grad():
         x = B.with_grad(T(a))
         val = B.with_grad(T(v))  # its own gradient is the incoming one
-        y = B.replace_gradient(val, [(x * 2.0, T(s1)), (x * x, T(s2))])
+        # the scales are handed over (the backward may overwrite them): fresh copies
+        y = B.replace_gradient(val, [(x * 2.0, T(s1.copy())), (x * x, T(s2.copy()))])
         y = B.relu(y)  # a later op, differentiated as usual
         gx, gv = B.grad(B.sum(y * T(w)), [x, val])
     close(y, np.maximum(v, 0), B)
@@ -306,6 +307,59 @@ def check_replace_gradient(B, T):
     close(gx, g * s1 * 2.0 + g * s2 * 2.0 * a, B)
     with B.no_grad():
         close(B.replace_gradient(T(v), [(T(a), T(s1))]), v, B)
+
+
+@check
+def check_stabilized_ratio(B, T):
+    num = np.array([[1.0, -2.0, 0.0, 3.0, -1e-7]], dtype=np.float32)
+    den = np.array([[2.0, -4.0, 0.0, -1e-7, 5.0]], dtype=np.float32)
+    eps = 1e-6
+    with B.no_grad():  # den is handed over: a fresh copy
+        close(B.stabilized_ratio(T(num), T(den.copy()), eps), num / (np.abs(den) + eps), B, rtol=1e-6)
+
+
+@check
+def check_gamma_ratios(B, T):
+    y = np.array([[1.5, -2.0, 0.0, -1e-3, 4.0]], dtype=np.float32)
+    q = np.array([[0.5, 1.0, 0.0, 2.0, 0.0]], dtype=np.float32)
+    gamma, eps = 0.25, 1e-6
+    u = np.maximum(y, -(1.0 + gamma) * y)
+    d = u + q + eps
+    with B.no_grad():
+        first, second = B.gamma_ratios(T(y), T(q.copy()), gamma, eps)
+    close(first, u / d, B, rtol=1e-6)
+    close(second, y / d, B, rtol=1e-6)
+
+
+@check
+def check_observe_gradient(B, T):
+    a = np.array([[1.0, -2.0, 3.0, 0.5]], dtype=np.float32)
+    w = np.array([[1.0, 3.0, -2.0, 4.0]], dtype=np.float32)
+    seen = []
+    with B.enable_grad():  # a later ReLU is differentiated before the observer sees the gradient
+        x = B.with_grad(T(a))
+        y = B.relu(B.observe_gradient(x * 2.0, lambda g: seen.append(B.to_numpy(g))))
+        (g,) = B.grad(B.sum(y * T(w)), x)
+    assert len(seen) == 1, f"observe_gradient's callback ran {len(seen)} times, expected once"
+    np.testing.assert_allclose(seen[0], w * (a > 0))
+    close(g, 2.0 * w * (a > 0), B)
+
+
+@check
+def check_graph_readers(B, T):
+    a = np.array([[1.0, -2.0, 3.0, 0.5]], dtype=np.float32)
+    with B.enable_grad():
+        x = B.with_grad(T(a))
+        only_relu, shared, unused = x * 2.0, x * 3.0, x * 4.0
+        nodes = [B.grad_node(t) for t in (only_relu, shared, unused)]
+        if nodes[0] is None:  # the backend does not inspect graphs: all None, never an error
+            assert all(n is None for n in nodes), "grad_node must return None for every tensor or none"
+            return
+        root = B.sum(B.relu(only_relu) + B.relu(shared) + shared)
+        readers = B.node_readers(root, nodes)
+    assert readers[0] == frozenset({"relu"}), readers
+    assert "relu" in readers[1] and len(readers[1]) == 2, readers
+    assert readers[2] == frozenset(), readers
 
 
 @check

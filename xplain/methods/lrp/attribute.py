@@ -57,7 +57,8 @@ class _Forward:
     pending: dict[int, tuple[Any, list]] = field(default_factory=dict)
     explicit: list[tuple[tuple[int, ...], list[tuple[Any, Any]]]] = field(default_factory=list)
     probes: list[tuple[Any, Any]] = field(default_factory=list)
-    checks: list[tuple[LayerPlan, Any, Any]] = field(default_factory=list)
+    unused_negatives: list[tuple[LayerPlan, list[bool]]] = field(default_factory=list)
+    watched: list[tuple[LayerPlan, Any]] = field(default_factory=list)
 
 
 # ---- rule assignment ---------------------------------------------------------------------------
@@ -236,6 +237,10 @@ def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, 
         # post-ReLU inputs: a⁺ = a and a⁻ = 0 (saves convolutions); a min-reduction is one
         # pass and no allocation, unlike all(a >= 0)
         nonneg = B.all(B.min(B.stop_gradient(a)) >= 0)
+    if nonneg and not plan.optimistic and _is_two_sided_gamma(rule):
+        # z± = y ± ... from one extra convolution instead of two (see _shared_gamma)
+        return [_SharedGamma(_apply(B, info, a, _params(B, plan, "gamma*positive", "weight"),
+                                    _params(B, plan, "gamma*positive", "bias")), rule.gamma)]
     leaves: list[tuple[Any, Any]] = []
     groups = []
     for group in rule.groups:
@@ -284,14 +289,55 @@ def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, 
 
 
 def _emit(B: Any, plan: LayerPlan, y: Any, groups: list, state: _Forward) -> Any:
-    """The replacement of ``y``. For optimistic plans its constant part ``sg(y)`` is a leaf
-    whose gradient (the gradient at this output) tells whether a negative output received
-    gradient after all."""
+    """The replacement of ``y``.
+
+    An optimistic plan (γ without its negative-output group) is verified during the pass:
+    structurally where the backend can inspect graphs (every reader of the replacement is a
+    ReLU, checked before the backward), else by observing the gradient arriving at the
+    replacement, which must vanish wherever ``y < 0``."""
     ys = B.stop_gradient(y)
-    if plan.optimistic:
-        ys = B.with_grad(ys)
-        state.checks.append((plan, ys, B.stop_gradient(y)))
-    return _compose(B, ys, groups, plan.rule.stabilizer, plan.optimistic)
+    if groups and isinstance(groups[0], _SharedGamma):
+        return _shared_gamma(B, y, ys, groups[0], plan.rule.stabilizer)
+    if not plan.optimistic:
+        return _compose(B, ys, groups, plan.rule.stabilizer)
+    if B.grad_node(y) is not None:
+        out = _compose(B, ys, groups, plan.rule.stabilizer, True)
+        state.watched.append((plan, B.grad_node(out)))
+        return out
+    negative = ys < 0  # before the replacement shares y's storage with in-place ReLUs
+    verdict: list[bool] = []
+    state.unused_negatives.append((plan, verdict))
+    out = _compose(B, ys, groups, plan.rule.stabilizer, True)
+    return B.observe_gradient(out, lambda g: verdict.append(B.all(B.where(negative, g, 0.0) == 0)))
+
+
+@dataclass(frozen=True)
+class _SharedGamma:
+    """γ on non-negative inputs with both output groups live: ``q = γ(a·W⁺ + b⁺)`` (≥ 0)."""
+
+    q: Any
+    gamma: float
+
+
+def _is_two_sided_gamma(rule: Rule) -> bool:
+    return (rule.name == "gamma" and rule.stabilizer > 0 and not rule.explicit
+            and {g.outputs for g in rule.groups} == {"positive", "negative"})
+
+
+def _shared_gamma(B: Any, y: Any, ys: Any, shared: _SharedGamma, eps: float) -> Any:
+    """γ for both output signs from the layer's own output ``y = a·W + b`` and one convolution
+    ``q = γ(a·W⁺ + b⁺)``, for inputs ``a ≥ 0`` (after a ReLU).
+
+    With ``a ≥ 0`` the two denominators are ``z⁺ = y + q`` and ``z⁻ = (1+γ)·y − q``
+    (``W⁻ = W − W⁺``), and ``W + γW⁻ = (1+γ)·W − γW⁺``, so the rule's backward
+    ``(W+γW⁺)ᵀ s⁺ + (W+γW⁻)ᵀ s⁻`` (``s±`` = output relevance over ``z±`` where ``y`` has that
+    sign) is ``Wᵀ(s⁺ + (1+γ)·s⁻) + γW⁺ᵀ(s⁺ − s⁻)``: a route through ``y``'s own graph and one
+    through ``q``. With ``u = max(y, −(1+γ)·y)`` (``|z±| = u + q`` on each side) and
+    ``D = u + q + ε``, the two scales are ``u/D`` and ``y/D``. One convolution forward and
+    backward less than evaluating ``z⁺`` and ``z⁻`` separately, and fewer element-wise passes.
+    """
+    through_y, through_q = B.gamma_ratios(ys, B.stop_gradient(shared.q), shared.gamma, eps)
+    return B.replace_gradient(ys, [(y, through_y), (shared.q, through_q)])
 
 
 def _compose(B: Any, ys: Any, groups: list[tuple[Any, float, str | None, bool]], eps: float,
@@ -308,14 +354,16 @@ def _compose(B: Any, ys: Any, groups: list[tuple[Any, float, str | None, bool]],
     routes = []
     yv = B.stop_gradient(ys)
     for z, coef, sign, z_nonneg in groups:
-        zs = B.stop_gradient(z)
+        zs = B.stop_gradient(z)  # z is needed only for its gradient route from here on
         if optimistic and sign == "positive" and eps > 0:
             # negative outputs get no gradient here (checked after the pass), so relu(y) = y
-            c = yv / (B.abs(zs) + eps)
+            c = B.stabilized_ratio(yv, zs, eps)
         elif sign is not None and eps > 0:
-            c = B.relu(yv if sign == "positive" else -yv) / (B.abs(zs) + eps)
+            c = B.stabilized_ratio(B.relu(yv if sign == "positive" else -yv), zs, eps)
+        elif z_nonneg and eps > 0:
+            c = B.stabilized_ratio(yv, zs, eps)
         else:
-            c = yv / (zs + eps if z_nonneg and eps > 0 else stabilize(B, zs, eps))
+            c = yv / stabilize(B, zs, eps)
             if sign == "positive":
                 c = B.where(yv > 0, c, 0.0)
             elif sign == "negative":
@@ -508,17 +556,20 @@ def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndar
                 targets = B.to_numpy(B.argmax(out, axis=1)).astype(np.int64)
                 used.append(targets)
             score = run.target_score(out, targets)
-            leaves = [leaf for _, ls in state.explicit for leaf, _ in ls]
-            probes = [e for e, _ in state.probes]
-            checks = [e for _, e, _ in state.checks]
-            grads = B.grad(score, [xg] + leaves + probes + checks)
+            wrong = []
+            if state.watched:  # optimistic γ: every reader of those outputs must be a ReLU
+                readers = B.node_readers(score, [node for _, node in state.watched])
+                wrong = [plan for (plan, _), kinds in zip(state.watched, readers)
+                         if not kinds <= {"relu"}]
+            if not wrong:
+                leaves = [leaf for _, ls in state.explicit for leaf, _ in ls]
+                probes = [e for e, _ in state.probes]
+                grads = B.grad(score, [xg] + leaves + probes)
+                wrong = [plan for plan, verdict in state.unused_negatives if not all(verdict)]
     finally:
         for h in handles:
             h.remove()
-    gchecks = grads[len(grads) - len(checks):] if checks else []
-    wrong = [plan for (plan, _, ys), g in zip(state.checks, gchecks)
-             if not B.all(B.minimum(ys, 0.0) * g == 0)]  # relevance y·g at negative outputs
-    if wrong:  # a negative output was used after all (not only by the ReLU): full rule there
+    if wrong:  # a negative output is used after all (not only by a ReLU): the full rule there
         for plan in wrong:
             plan.optimistic = False
             plan.found.feeds_relu.discard(plan.bn.name if plan.bn is not None else plan.info.name)
@@ -541,3 +592,4 @@ def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndar
     layer_maps = [y * grads[i + k] for k, (_, y) in enumerate(state.probes)]
     tout = B.stop_gradient(run.target_outputs(out, targets))
     return B.stop_gradient(rel), tout, [B.stop_gradient(m) for m in layer_maps]
+

@@ -39,7 +39,7 @@ RULE_NAMES = ("zero", "gradient", "epsilon", "pass", "gamma", "zplus", "alpha1be
               "alpha2beta1", "flat", "wsquare", "zbox")
 
 _INPUT_MODS = ("identity", "positive", "negative", "ones", "low", "high")
-_PARAM_MODS = ("identity", "positive", "negative", "gamma+", "gamma-", "ones", "square")
+_PARAM_MODS = ("identity", "positive", "negative", "gamma+", "gamma-", "gamma*positive", "ones", "square")
 
 
 @dataclass(frozen=True)
@@ -276,6 +276,8 @@ def modify_param(B: Any, name: str, p: Any, gamma_: float) -> Any:
         return p + B.maximum(p, 0.0) * gamma_
     if name == "gamma-":
         return p + B.minimum(p, 0.0) * gamma_
+    if name == "gamma*positive":
+        return B.maximum(p, 0.0) * gamma_
     if name == "ones":
         return B.ones_like(p)
     if name == "square":

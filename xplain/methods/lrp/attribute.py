@@ -55,7 +55,7 @@ class _Forward:
     """Per-forward bookkeeping filled by the hooks."""
 
     pending: dict[int, tuple[Any, list]] = field(default_factory=dict)
-    explicit: list[tuple[tuple[int, ...], list[tuple[Any, Any]]]] = field(default_factory=list)
+    explicit: list[tuple[tuple[int, ...], list[tuple[Any, int]]]] = field(default_factory=list)
     probes: list[tuple[Any, Any]] = field(default_factory=list)
     unused_negatives: list[tuple[LayerPlan, list[bool]]] = field(default_factory=list)
     watched: list[tuple[LayerPlan, Any]] = field(default_factory=list)
@@ -241,7 +241,8 @@ def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, 
         # z± = y ± ... from one extra convolution instead of two (see _shared_gamma)
         return [_SharedGamma(_apply(B, info, a, _params(B, plan, "gamma*positive", "weight"),
                                     _params(B, plan, "gamma*positive", "bias")), rule.gamma)]
-    leaves: list[tuple[Any, Any]] = []
+    if rule.explicit:
+        return _explicit_terms(B, plan, a, state)
     groups = []
     for group in rule.groups:
         if plan.optimistic and group.outputs == "negative":
@@ -249,22 +250,7 @@ def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, 
         z = None
         z_nonneg = True  # every term provably >= 0: stabilise with a plain + eps
         for term in group.terms:
-            if rule.explicit:
-                if term.inputs == "low":
-                    inp = _bound_tensor(B, rule.low, a, info, "low")
-                elif term.inputs == "high":
-                    inp = _bound_tensor(B, rule.high, a, info, "high")
-                elif term.inputs == "ones":
-                    inp = B.ones_like(a)
-                elif term.inputs == "positive":
-                    inp = B.relu(a)
-                elif term.inputs == "negative":
-                    inp = a - B.relu(a)
-                else:
-                    inp = a
-                inp = B.with_grad(inp)  # read the relevance of this modified input directly
-                leaves.append((inp, inp))
-            elif term.inputs == "positive":
+            if term.inputs == "positive":
                 inp = a if nonneg else B.relu(a)
             elif term.inputs == "negative":
                 if nonneg and term.bias is None:  # the term is exactly zero
@@ -283,8 +269,62 @@ def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, 
             z = zt if z is None else z + zt
         if z is not None:
             groups.append((z, group.coefficient, group.outputs, z_nonneg))
-    if rule.explicit:
+    return groups
+
+
+def _explicit_input(B: Any, inputs: str, a: Any, plan: LayerPlan) -> Any:
+    rule, info = plan.rule, plan.info
+    if inputs == "ones":
+        return B.ones_like(a)
+    if inputs == "identity-high":
+        return a - _bound_tensor(B, rule.high, a, info, "high")
+    if inputs == "high-low":
+        return _bound_tensor(B, rule.high, a, info, "high") - _bound_tensor(B, rule.low, a, info, "low")
+    if inputs == "positive":
+        return B.relu(a)
+    if inputs == "negative":
+        return a - B.relu(a)
+    return a
+
+
+def _explicit_terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, float, str | None, bool]]:
+    """Groups of an explicit rule (flat, w², z^B), whose relevance is read at leaf tensors
+    standing for the modified inputs (``Σ_k input_k ⊙ gradient_k``).
+
+    The terms of a conv/linear layer are evaluated as *one* call on their inputs stacked along
+    the channel axis, with the weights stacked alike: one convolution forward and one backward
+    instead of one per term. On a stem convolution (3 input channels, stride 2) the input
+    gradient of 3 or 9 channels costs the same."""
+    info = plan.info
+    groups = []
+    for group in plan.rule.groups:
+        inputs = [_explicit_input(B, t.inputs, a, plan) for t in group.terms]
+        weights = [_params(B, plan, t.weight, "weight") for t in group.terms]
+        biases = [None if t.bias is None else _params(B, plan, t.bias, "bias") for t in group.terms]
+        signs = [t.sign for t in group.terms]
+        stack = len(inputs) > 1 and (info.kind == "linear"
+                                     or (info.kind == "conv" and info.attrs["groups"] == 1))
+        if stack:
+            inputs = [B.concat(inputs, axis=1)]
+            weights = [B.concat([w if s > 0 else w * s for w, s in zip(weights, signs)], axis=1)]
+            bias = None
+            for b, s in zip(biases, signs):
+                if b is not None:
+                    b = b if s > 0 else b * s
+                    bias = b if bias is None else bias + b
+            biases, signs = [bias], [1.0]
+        z = None
+        leaves = []
+        for inp, w, b, s in zip(inputs, weights, biases, signs):
+            leaf = B.with_grad(inp)  # read the relevance of this modified input directly
+            leaves.append((leaf, len(group.terms) if stack else 1))
+            zt = _apply(B, info, leaf, w, b)
+            zt = zt if s > 0 else zt * s
+            z = zt if z is None else z + zt
         state.explicit.append((tuple(B.shape(a)), leaves))
+        z_nonneg = all(t.sign > 0 and t.weight in ("ones", "square") and t.bias in (None, "square")
+                       and t.inputs == "ones" for t in group.terms)
+        groups.append((z, group.coefficient, group.outputs, z_nonneg))
     return groups
 
 
@@ -579,8 +619,11 @@ def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndar
     i = 1
     for in_shape, ls in state.explicit:
         r = None
-        for _leaf, inp in ls:
-            part = B.stop_gradient(inp) * grads[i]
+        for leaf, stacked in ls:
+            part = B.stop_gradient(leaf) * grads[i]
+            if stacked > 1:  # Σ over the stacked inputs: (N, K·C, ...) -> (N, K, C, ...)
+                n, kc, *rest = B.shape(part)
+                part = B.sum(B.reshape(part, (n, stacked, kc // stacked, *rest)), axis=1)
             r = part if r is None else r + part
             i += 1
         if int(np.prod(in_shape)) != int(np.prod(shape)):

@@ -38,7 +38,7 @@ from ...errors import OptionError
 RULE_NAMES = ("zero", "gradient", "epsilon", "pass", "gamma", "zplus", "alpha1beta0", "alphabeta",
               "alpha2beta1", "flat", "wsquare", "zbox")
 
-_INPUT_MODS = ("identity", "positive", "negative", "ones", "low", "high")
+_INPUT_MODS = ("identity", "positive", "negative", "ones", "identity-high", "high-low")
 _PARAM_MODS = ("identity", "positive", "negative", "gamma+", "gamma-", "gamma*positive", "ones", "square")
 
 
@@ -48,7 +48,8 @@ class Term:
 
     Attributes:
         inputs: input modifier: ``identity`` / ``positive`` (a⁺) / ``negative`` (a⁻) for rules of
-            the ``a ⊙ c`` form; ``ones`` / ``low`` / ``high`` for explicit first-layer rules.
+            the ``a ⊙ c`` form; ``ones`` / ``identity-high`` (a − h) / ``high-low`` (h − l, the
+            z^B bounds) for explicit first-layer rules.
         weight: parameter modifier applied to the weight.
         bias: parameter modifier applied to the bias, or ``None`` for "no bias in this term".
         sign: ``+1`` or ``-1`` (z^B subtracts its bound terms).
@@ -192,15 +193,18 @@ def wsquare(stabilizer: float = 1e-6) -> Rule:
 def zbox(low: Any = None, high: Any = None, stabilizer: float = 1e-6) -> Rule:
     """z^B (Montavon et al. 2017) for inputs bounded by ``low <= x <= high`` (scalars or one value
     per channel, in the *model input's* units, i.e. after normalisation):
-    ``z = Wx + b − (W⁺l + b⁺) − (W⁻h + b⁻)``, ``R = x⊙Wᵀs − l⊙W⁺ᵀs − h⊙W⁻ᵀs``, ``s = R_y/z``."""
+    ``z = Wx + b − (W⁺l + b⁺) − (W⁻h + b⁻)``, ``R = x⊙Wᵀs − l⊙W⁺ᵀs − h⊙W⁻ᵀs``, ``s = R_y/z``.
+
+    Stored in the equal two-term form (``W⁻ = W − W⁺``, ``b − b⁺ − b⁻ = 0``)
+    ``z = W(x − h) + W⁺(h − l)``, ``R = (x − h)⊙Wᵀs + (h − l)⊙W⁺ᵀs``: two convolutions
+    forward and backward instead of three."""
     if low is None or high is None:
         raise OptionError("the zbox rule needs the input bounds: pass low= and high= (scalars or one "
                           "value per channel, in normalised input units, e.g. low=-2.12, high=2.64)")
     lo, hi = _bound("low", low), _bound("high", high)
     if lo.shape == hi.shape and np.any(lo > hi):
         raise OptionError(f"zbox needs low <= high, got low={low}, high={high}")
-    terms = (Term("identity", "identity", "identity"), Term("low", "positive", "positive", -1.0),
-             Term("high", "negative", "negative", -1.0))
+    terms = (Term("identity-high", "identity", None), Term("high-low", "positive", None))
     return Rule("zbox", "terms", (Group(terms),), stabilizer=_nonneg("stabilizer", stabilizer),
                 explicit=True, low=lo, high=hi, params={"low": _show(lo), "high": _show(hi)})
 

@@ -105,11 +105,12 @@ def _like(y: Any, x: paddle.Tensor) -> paddle.Tensor:
 
 
 def maximum(x, y, /):
-    return paddle.maximum(x, _like(y, x))
+    # a scalar bound: clip is one pass; maximum would first fill a tensor of x's shape
+    return paddle.maximum(x, y) if isinstance(y, paddle.Tensor) else paddle.clip(x, min=float(y))
 
 
 def minimum(x, y, /):
-    return paddle.minimum(x, _like(y, x))
+    return paddle.minimum(x, y) if isinstance(y, paddle.Tensor) else paddle.clip(x, max=float(y))
 
 
 def where(cond, x, y, /):

@@ -344,11 +344,14 @@ def _emit(B: Any, plan: LayerPlan, y: Any, groups: list, state: _Forward) -> Any
         out = _compose(B, ys, groups, plan.rule.stabilizer, True)
         state.watched.append((plan, B.grad_node(out)))
         return out
-    negative = ys < 0  # before the replacement shares y's storage with in-place ReLUs
+    # min(y, 0) before the replacement shares y's storage with in-place ReLUs; the relevance
+    # y·g that negative outputs would get must be zero: max |g·min(y, 0)| is one fused pass
+    # (and cannot cancel out, unlike a sum), several times cheaper than masking with where
+    negative = B.minimum(ys, 0.0)
     verdict: list[bool] = []
     state.unused_negatives.append((plan, verdict))
     out = _compose(B, ys, groups, plan.rule.stabilizer, True)
-    return B.observe_gradient(out, lambda g: verdict.append(B.all(B.where(negative, g, 0.0) == 0)))
+    return B.observe_gradient(out, lambda g: verdict.append(B.all(B.max(B.abs(g * negative)) == 0)))
 
 
 @dataclass(frozen=True)

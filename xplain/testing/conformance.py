@@ -178,6 +178,13 @@ def check_conv(B, T):
         close(got, _conv_ref(x, w, b, stride, padding, dilation, groups), B, rtol=1e-4, atol=1e-4)
         _check_conv_gradients(B, T, x, w, b, dict(stride=stride, padding=padding, dilation=dilation,
                                                     groups=groups), rng)
+    for stride in ((2, 2), (3, 1)):  # 1x1 strided kernels (ResNet downsample), which backends
+        w = rng.standard_normal((5, 4, 1, 1)).astype(np.float32)  # may evaluate subsampled
+        b = rng.standard_normal(5).astype(np.float32)
+        got = B.conv(T(x), T(w), T(b), stride=stride, padding=(0, 0))
+        close(got, _conv_ref(x, w, b, stride, (0, 0), (1, 1), 1), B, rtol=1e-4, atol=1e-4)
+        _check_conv_gradients(B, T, x, w, b, dict(stride=stride, padding=(0, 0), dilation=(1, 1),
+                                                    groups=1), rng)
 
 
 def _check_conv_gradients(B, T, x, w, b, attrs, rng) -> None:

@@ -404,6 +404,13 @@ def test_errors_name_problem_and_fix(fw):
         xplain.explain(model, x, method="lrp", rules={"relu": "gamma"})
     with pytest.raises(OptionError, match="epsilon"):
         xplain.explain(model, x, method="lrp", epsilon=-1.0, composite="epsilon")
+    from xplain.methods.lrp.rules import Group, Rule, Term
+    odd = Rule("odd", "terms", (Group((Term("ones", "identity", None),)),))  # explicit=False
+    with pytest.raises(OptionError, match="only a rule with explicit=True"):
+        xplain.explain(model, x, method="lrp", rules={"layer1.0.conv1": odd})
+    typo = Rule("typo", "terms", (Group((Term("hihg", "identity", None),)),), explicit=True)
+    with pytest.raises(OptionError, match="unknown input modifier 'hihg'"):
+        xplain.explain(model, x, method="lrp", rules={"conv1": typo})
 
 
 def test_unknown_layer_with_parameters_is_refused(fw):

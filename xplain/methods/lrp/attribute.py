@@ -29,7 +29,7 @@ from ...errors import LayerError, OptionError
 from ...run import MethodResult, Run
 from .canonize import Probe, batchnorm_affine, merge, probe
 from .composites import DEFAULT, Composite, lookup
-from .rules import Rule, make_rule, modify_param, stabilize
+from .rules import INPUT_MODIFIERS, Rule, make_rule, modify_param, stabilize
 
 #: Layer kinds whose gradient is already the LRP rule (LRP-0 / winner-take-all / identity).
 _GRADIENT_KINDS = ("relu", "maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool", "flatten",
@@ -256,8 +256,12 @@ def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, 
                 if nonneg and term.bias is None:  # the term is exactly zero
                     continue
                 inp = a - B.relu(a)
-            else:
+            elif term.inputs == "identity":
                 inp = a
+            else:
+                raise OptionError(f"LRP rule {rule.name!r} modifies its inputs with {term.inputs!r}, "
+                                  f"which only a rule with explicit=True (first layer) can; rules of "
+                                  f"the input×gradient form take 'identity', 'positive' or 'negative'")
             w = _params(B, plan, term.weight, "weight")
             bias = None if term.bias is None else _params(B, plan, term.bias, "bias")
             z_nonneg = z_nonneg and (term.sign > 0 and term.weight in ("positive", "ones", "square")
@@ -273,18 +277,26 @@ def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, 
 
 
 def _explicit_input(B: Any, inputs: str, a: Any, plan: LayerPlan) -> Any:
+    """The modified input ``inputs`` (a Term's input modifier) of layer input ``a``."""
     rule, info = plan.rule, plan.info
+    if inputs == "identity":
+        return a
     if inputs == "ones":
         return B.ones_like(a)
-    if inputs == "identity-high":
-        return a - _bound_tensor(B, rule.high, a, info, "high")
-    if inputs == "high-low":
-        return _bound_tensor(B, rule.high, a, info, "high") - _bound_tensor(B, rule.low, a, info, "low")
     if inputs == "positive":
         return B.relu(a)
     if inputs == "negative":
         return a - B.relu(a)
-    return a
+    if inputs == "low":
+        return _bound_tensor(B, rule.low, a, info, "low")
+    if inputs == "high":
+        return _bound_tensor(B, rule.high, a, info, "high")
+    if inputs == "identity-high":
+        return a - _bound_tensor(B, rule.high, a, info, "high")
+    if inputs == "high-low":
+        return _bound_tensor(B, rule.high, a, info, "high") - _bound_tensor(B, rule.low, a, info, "low")
+    raise OptionError(f"LRP rule {rule.name!r} has a term with unknown input modifier {inputs!r}; "
+                      f"known: {list(INPUT_MODIFIERS)}")
 
 
 def _explicit_terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, float, str | None, bool]]:
@@ -391,7 +403,7 @@ def _compose(B: Any, ys: Any, groups: list[tuple[Any, float, str | None, bool]],
     Sign-restricted groups (γ) have ``z ≥ y`` (positive group) / ``z ≤ y`` (negative group), so
     wherever the output has the group's sign, ``z`` has it too and ``y / stab(z)`` equals
     ``relu(±y) / (|z| + ε)``, which is also 0 elsewhere — no sign tests needed. In an
-    ``optimistic`` plan the gradient at negative outputs is zero (verified after the pass), so
+    ``optimistic`` plan the gradient at negative outputs is zero (verified, see ``_emit``), so
     the positive group's ``relu(y)`` is just ``y``: one element-wise pass less.
     """
     routes = []
@@ -399,7 +411,7 @@ def _compose(B: Any, ys: Any, groups: list[tuple[Any, float, str | None, bool]],
     for z, coef, sign, z_nonneg in groups:
         zs = B.stop_gradient(z)  # z is needed only for its gradient route from here on
         if optimistic and sign == "positive" and eps > 0:
-            # negative outputs get no gradient here (checked after the pass), so relu(y) = y
+            # negative outputs get no gradient here (verified, see _emit), so relu(y) = y
             c = B.stabilized_ratio(yv, zs, eps)
         elif sign is not None and eps > 0:
             c = B.stabilized_ratio(B.relu(yv if sign == "positive" else -yv), zs, eps)
@@ -638,4 +650,3 @@ def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndar
     layer_maps = [y * grads[i + k] for k, (_, y) in enumerate(state.probes)]
     tout = B.stop_gradient(run.target_outputs(out, targets))
     return B.stop_gradient(rel), tout, [B.stop_gradient(m) for m in layer_maps]
-

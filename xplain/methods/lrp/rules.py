@@ -38,7 +38,8 @@ from ...errors import OptionError
 RULE_NAMES = ("zero", "gradient", "epsilon", "pass", "gamma", "zplus", "alpha1beta0", "alphabeta",
               "alpha2beta1", "flat", "wsquare", "zbox")
 
-_INPUT_MODS = ("identity", "positive", "negative", "ones", "identity-high", "high-low")
+#: Term input modifiers; ``low`` / ``high`` / ``identity-high`` / ``high-low`` use the z^B bounds.
+INPUT_MODIFIERS = ("identity", "positive", "negative", "ones", "low", "high", "identity-high", "high-low")
 _PARAM_MODS = ("identity", "positive", "negative", "gamma+", "gamma-", "gamma*positive", "ones", "square")
 
 
@@ -48,8 +49,8 @@ class Term:
 
     Attributes:
         inputs: input modifier: ``identity`` / ``positive`` (a⁺) / ``negative`` (a⁻) for rules of
-            the ``a ⊙ c`` form; ``ones`` / ``identity-high`` (a − h) / ``high-low`` (h − l, the
-            z^B bounds) for explicit first-layer rules.
+            the ``a ⊙ c`` form; ``ones`` / ``low`` / ``high`` / ``identity-high`` (a − h) /
+            ``high-low`` (h − l, with the z^B bounds) for explicit first-layer rules.
         weight: parameter modifier applied to the weight.
         bias: parameter modifier applied to the bias, or ``None`` for "no bias in this term".
         sign: ``+1`` or ``-1`` (z^B subtracts its bound terms).

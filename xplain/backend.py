@@ -291,3 +291,14 @@ def iter_chunks(total: int, size: int) -> Iterator[slice]:
     size = max(1, int(size))
     for start in range(0, total, size):
         yield slice(start, min(total, start + size))
+
+
+def take_scales(ctx: Any) -> tuple[Sequence[Tensor], bool]:
+    """For backend implementations of :meth:`Backend.replace_gradient`: the scales kept on the
+    autograd context ``ctx.scales``, taken off it (they are handed over for one backward), and
+    whether they are distinct objects (only then may each be overwritten in place)."""
+    scales, ctx.scales = ctx.scales, None
+    if scales is None:
+        raise RuntimeError("replace_gradient's backward ran twice (retain_graph=True); its scales "
+                           "were consumed by the first backward")
+    return scales, len({id(s) for s in scales}) == len(scales)

@@ -14,7 +14,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from xplain.backend import LayerInfo
+from xplain.backend import LayerInfo, take_scales
 
 name = "paddle"
 
@@ -242,11 +242,7 @@ class _Replace(paddle.autograd.PyLayer):
 
     @staticmethod
     def backward(ctx, g):
-        scales, ctx.scales = ctx.scales, None
-        if scales is None:
-            raise RuntimeError("replace_gradient's backward ran twice (retain_graph=True); its scales "
-                               "were consumed by the first backward")
-        distinct = len({id(s) for s in scales}) == len(scales)
+        scales, distinct = take_scales(ctx)
         # one entry per input holding tensors (the scales list included), None where no
         # gradient is wanted
         return (g if ctx.value_grad else None, None,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xplain.backend import LayerInfo
+from xplain.backend import LayerInfo, take_scales
 
 name = "torch"
 
@@ -243,11 +243,7 @@ class _Replace(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        scales, ctx.scales = ctx.scales, None
-        if scales is None:
-            raise RuntimeError("replace_gradient's backward ran twice (retain_graph=True); its scales "
-                               "were consumed by the first backward")
-        distinct = len({id(s) for s in scales}) == len(scales)
+        scales, distinct = take_scales(ctx)
         return ((g if ctx.needs_input_grad[0] else None), None,
                 *((s.mul_(g) if distinct and s.shape == g.shape else g * s) if need else None
                   for s, need in zip(scales, ctx.needs_input_grad[2:])))

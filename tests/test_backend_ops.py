@@ -10,7 +10,7 @@ def test_conformance(fw, check):
     run_check(fw.B, check)
 
 
-@pytest.mark.parametrize("op", ["scale_gradient", "damp_gradient", "replace_gradient"])
+@pytest.mark.parametrize("op", ["scale_gradient", "damp_gradient", "replace_gradient", "route_to_input"])
 def test_gradient_ops_survive_in_place_ops(fw, op):
     """The rule's gradient applies at the value the op was given, also when the result is then
     changed in place, as torchvision's ``nn.ReLU(inplace=True)`` and ResNet's
@@ -29,9 +29,13 @@ def test_gradient_ops_survive_in_place_ops(fw, op):
         elif op == "damp_gradient":
             y = B.damp_gradient(x * 2.0, eps)
             scale = np.abs(2.0 * a) / (np.abs(2.0 * a) + eps) * 2.0
-        else:  # value 2a, gradient routed into x·x with scale s
+        elif op == "replace_gradient":  # value 2a, gradient routed into x·x with scale s
             y = B.replace_gradient(B.stop_gradient(x * 2.0), [(x * x, fw.tensor(s))])
             scale = s * 2.0 * a
+        else:  # value 2a, gradient routed into x through the linear map 3·I with scale s
+            eye = fw.tensor(3.0 * np.eye(4, dtype=np.float32))
+            y = B.route_to_input(B.stop_gradient(x * 2.0), x, [(eye, fw.tensor(s))], None)
+            scale = 3.0 * s
         y.add_(fw.tensor(r))  # out += identity
         if fw.name == "torch":
             y.relu_()

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from contextlib import AbstractContextManager as ContextManager
 from typing import Any, Protocol, runtime_checkable
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -209,11 +209,32 @@ class Backend(Protocol):
         afterwards (LRP passes a modified layer output, which is needed only for its gradient
         route). Saves the temporaries of three element-wise ops on the largest activations."""
 
+    def floored_ratio(self, num: Tensor, den: Tensor, floor: float | None) -> Tensor:
+        """``num / max(den, floor)`` (``floor=None``: ``num / den``), shaped like ``den``.
+
+        ``den`` is handed over as in :meth:`stabilized_ratio`. LRP folds the stabiliser ε into
+        a denominator known to be ``>= 0`` (through the layer's bias): one pass instead of
+        three."""
+
     def gamma_ratios(self, y: Tensor, q: Tensor, gamma: float, eps: float) -> tuple[Tensor, Tensor]:
         """``(u / D, y / D)`` with ``u = max(y, −(1+γ)·y)`` and ``D = u + q + eps``, for
         ``q ≥ 0``: the two gradient scales of LRP-γ on non-negative inputs (derivation in
-        ``xplain.methods.lrp.attribute._shared_gamma``). ``q`` is handed over as in
-        :meth:`stabilized_ratio`."""
+        ``xplain.methods.lrp.attribute._shared_gamma``). ``eps`` may be 0 where ``q`` already
+        includes it (``q > 0``). ``q`` is handed over as in :meth:`stabilized_ratio`."""
+
+    def route_to_input(self, value: Tensor, x: Tensor, routes: Sequence[tuple[Tensor, Tensor]],
+                       conv: Mapping[str, Any] | None) -> Tensor:
+        """A tensor with the value of ``value`` (which needs no gradient) whose incoming gradient
+        ``g`` flows only into ``x``, as ``Σ_k W_kᵀ (s_k ⊙ g)`` for ``routes = [(W_k, s_k), ...]``.
+
+        ``W_kᵀ`` is the input gradient (vector-Jacobian product) at ``x`` of the convolution
+        with weight ``W_k`` and ``conv``'s ``stride``, ``padding`` and ``dilation`` (``groups``
+        must be 1), or, with ``conv=None``, of the linear map ``x @ W_kᵀ`` (neutral layouts);
+        ``s_k`` has ``value``'s shape. The same as
+        ``replace_gradient(value, [(layer(x, W_k), s_k), ...])`` without those forwards and
+        without a graph behind them: LRP's two-sided γ rule (``_shared_gamma``) routes both of
+        its products straight into the layer input this way. ``value`` and the scales are
+        handed over as in :meth:`replace_gradient`."""
 
     def observe_gradient(self, x: Tensor, fn: Callable[[Tensor], None]) -> Tensor:
         """``x`` (or an equal tensor) such that the backward pass calls ``fn(g)`` with the

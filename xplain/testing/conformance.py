@@ -334,8 +334,65 @@ def check_gamma_ratios(B, T):
     d = u + q + eps
     with B.no_grad():
         first, second = B.gamma_ratios(T(y), T(q.copy()), gamma, eps)
-    close(first, u / d, B, rtol=1e-6)
-    close(second, y / d, B, rtol=1e-6)
+        close(first, u / d, B, rtol=1e-6)
+        close(second, y / d, B, rtol=1e-6)
+        first, second = B.gamma_ratios(T(y), T(q + eps), gamma, 0.0)  # ε already in q
+        close(first, u / d, B, rtol=1e-6)
+        close(second, y / d, B, rtol=1e-6)
+
+
+@check
+def check_floored_ratio(B, T):
+    num = np.array([[1.0, -2.0, 0.0, 3.0, 4.0]], dtype=np.float32)
+    den = np.array([[2.0, 4.0, 1e-7, -1.0, 0.5]], dtype=np.float32)
+    with B.no_grad():  # den is handed over: fresh copies
+        close(B.floored_ratio(T(num), T(den.copy()), 1e-3), num / np.maximum(den, 1e-3), B, rtol=1e-6)
+        close(B.floored_ratio(T(num[:, :3]), T(den[:, :3].copy()), None), num[:, :3] / den[:, :3], B,
+              rtol=1e-6)
+
+
+@check
+def check_route_to_input(B, T):
+    """``Σ_k W_kᵀ(s_k ⊙ g)`` by its adjoint: ``<gx, x'> = Σ_k <s_k ⊙ g, layer(x', W_k)>`` for
+    any ``x'`` (numpy reference convolution), for 3x3, 1x1 and strided 1x1 kernels and linear."""
+    rng = np.random.default_rng(5)
+    cases = [((2, 3, 6, 5), (4, 3, 3, 3), {"stride": (2, 1), "padding": (1, 1), "dilation": (1, 1),
+                                          "groups": 1}),
+             ((2, 3, 4, 4), (5, 3, 1, 1), {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1),
+                                          "groups": 1}),
+             ((2, 3, 5, 4), (5, 3, 1, 1), {"stride": (2, 2), "padding": (0, 0), "dilation": (1, 1),
+                                          "groups": 1}),
+             ((3, 6), (4, 6), None)]
+    for x_shape, w_shape, conv in cases:
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        ws = [rng.standard_normal(w_shape).astype(np.float32) for _ in range(2)]
+
+        def layer(inp, w, conv=conv):
+            if conv is None:
+                return inp @ w.T
+            return _conv_ref(inp, w, np.zeros(w.shape[0], np.float32), conv["stride"], conv["padding"],
+                             conv["dilation"], 1)
+
+        out_shape = layer(x, ws[0]).shape
+        value = rng.standard_normal(out_shape).astype(np.float32)
+        scales = [rng.standard_normal(out_shape).astype(np.float32) for _ in ws]
+        up = rng.standard_normal(out_shape).astype(np.float32)
+        with B.enable_grad():
+            xt = B.with_grad(T(x))
+            y = B.route_to_input(T(value), xt, [(T(w), T(s.copy())) for w, s in zip(ws, scales)], conv)
+            (gx,) = B.grad(B.sum(y * T(up)), xt)
+        close(B.stop_gradient(y), value, B)
+        gx = B.to_numpy(gx)
+        for _ in range(3):
+            other = rng.standard_normal(x_shape).astype(np.float32)
+            want = sum(float(np.sum(s * up * layer(other, w))) for w, s in zip(ws, scales))
+            got = float(np.sum(gx * other))
+            assert abs(got - want) <= 1e-4 * max(1.0, abs(want)), (conv, got, want)
+    with B.no_grad():
+        x = T(np.ones((1, 3), np.float32))
+        close(B.route_to_input(T(np.ones((1, 2), np.float32)), x, [(T(np.ones((2, 3), np.float32)),
+                                                                      T(np.ones((1, 2), np.float32)))],
+                               None), np.ones((1, 2)), B)
 
 
 @check

@@ -17,10 +17,11 @@ in the backward pass instead of costing element-wise ops forward.
 from __future__ import annotations
 
 import difflib
+from contextlib import nullcontext
 import fnmatch
 from dataclasses import dataclass, field
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -229,8 +230,9 @@ def _bound_tensor(B: Any, value: np.ndarray, a: Any, info: LayerInfo, which: str
     return B.zeros_like(a) + B.asarray(value.astype(np.float32), like=a)
 
 
-def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, float, str | None, bool]]:
-    """``[(z_g, c_g, output sign, z_g >= 0 known)]`` for one call of a ``terms`` rule on input ``a``."""
+def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list:
+    """The :class:`_Group` list (or one :class:`_SharedGamma`) of one call of a ``terms`` rule
+    on input ``a``."""
     rule, info = plan.rule, plan.info
     nonneg = False
     if not rule.explicit and any(t.inputs in ("positive", "negative") for g in rule.groups for t in g.terms):
@@ -239,15 +241,28 @@ def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, 
         nonneg = B.all(B.min(B.stop_gradient(a)) >= 0)
     if nonneg and not plan.optimistic and _is_two_sided_gamma(rule):
         # z± = y ± ... from one extra convolution instead of two (see _shared_gamma)
-        return [_SharedGamma(_apply(B, info, a, _params(B, plan, "gamma*positive", "weight"),
-                                    _params(B, plan, "gamma*positive", "bias")), rule.gamma)]
+        direct = _routes_directly(info)
+        w = _params(B, plan, "gamma*positive", "weight")
+        bias = _plus_eps(B, plan, "gamma*positive", w, rule.stabilizer,  # D's ε, for free
+                         _params(B, plan, "gamma*positive", "bias"))
+        with B.no_grad() if direct else nullcontext():  # then q is only a denominator
+            q = _apply(B, info, a, w, bias)
+        return [_SharedGamma(q, rule.gamma, a, direct)]
     if rule.explicit:
         return _explicit_terms(B, plan, a, state)
+    # every term reads ``a`` itself: each group is one linear map of ``a``, whose gradient route
+    # the backend takes straight into ``a`` (no graph behind z, see Backend.route_to_input):
+    # for matrix products (linear, 1x1 kernels), where that beats the framework's own conv
+    # backward; a larger kernel's input gradient is a transposed convolution, slower on paddle
+    direct = _routes_directly(info) and _pointwise(B, info) and all(
+        t.inputs == "identity" or (nonneg and (t.inputs == "positive"
+                                               or (t.inputs == "negative" and t.bias is None)))
+        for g in rule.groups for t in g.terms)
     groups = []
-    for group in rule.groups:
+    for index, group in enumerate(rule.groups):
         if plan.optimistic and group.outputs == "negative":
             continue
-        z = None
+        parts = []  # (input, term) of every term that is not exactly zero
         z_nonneg = True  # every term provably >= 0: stabilise with a plain + eps
         for term in group.terms:
             if term.inputs == "positive":
@@ -262,18 +277,85 @@ def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, 
                 raise OptionError(f"LRP rule {rule.name!r} modifies its inputs with {term.inputs!r}, "
                                   f"which only a rule with explicit=True (first layer) can; rules of "
                                   f"the input×gradient form take 'identity', 'positive' or 'negative'")
-            w = _params(B, plan, term.weight, "weight")
-            bias = None if term.bias is None else _params(B, plan, term.bias, "bias")
             z_nonneg = z_nonneg and (term.sign > 0 and term.weight in ("positive", "ones", "square")
                                      and term.bias in (None, "positive", "square")
                                      and (term.inputs in ("ones", "positive") or nonneg))
+            parts.append((inp, term))
+        if not parts:
+            continue
+        # a denominator known to be >= 0 where it matters gets its ε as part of the bias, which
+        # the layer adds anyway: the scale is then y / z (see _compose)
+        fold = rule.stabilizer > 0 and ((z_nonneg and group.outputs is None) or (
+            plan.optimistic and group.outputs == "positive"))
+        if direct:
+            key = f"group{index}:" + ",".join(f"{t.sign}{t.weight}/{t.bias}" for _, t in parts)
+            w, bias = _group_params(B, plan, key, [t for _, t in parts])
+            if fold:
+                bias = _plus_eps(B, plan, key, w, rule.stabilizer, bias)
+            with B.no_grad():  # z is only a denominator: its route is (w, scale)
+                z = _apply(B, info, a, w, bias)
+            groups.append(_Group(z, group.coefficient, group.outputs, z_nonneg, fold, w, a))
+            continue
+        z = None
+        folded = False
+        for inp, term in parts:
+            w = _params(B, plan, term.weight, "weight")
+            bias = None if term.bias is None else _params(B, plan, term.bias, "bias")
+            if fold and not folded and term.sign > 0:
+                bias = _plus_eps(B, plan, f"{term.weight}/{term.bias}", w, rule.stabilizer, bias)
+                folded = True
             zt = _apply(B, info, inp, w, bias)
             if term.sign < 0:
                 zt = zt * term.sign
             z = zt if z is None else z + zt
-        if z is not None:
-            groups.append((z, group.coefficient, group.outputs, z_nonneg))
+        groups.append(_Group(z, group.coefficient, group.outputs, z_nonneg, folded))
     return groups
+
+
+class _Group(NamedTuple):
+    """One group of a rule on one layer call: ``R = c · a ⊙ ∂z/∂a · R_y / z`` where ``y`` has
+    the group's output sign."""
+
+    z: Any  # the group's modified output (with its graph unless ``weight`` is set)
+    coefficient: float
+    outputs: str | None  # "positive" / "negative": the output sign the group is restricted to
+    nonneg: bool  # z >= 0 is known
+    folded: bool = False  # z includes the stabiliser ε (through the bias)
+    weight: Any = None  # z = layer(source, weight, bias): routed directly into source
+    source: Any = None
+
+
+def _pointwise(B: Any, info: LayerInfo) -> bool:
+    """A linear layer, or a convolution with a 1x1 kernel."""
+    return info.kind == "linear" or all(k == 1 for k in B.shape(info.params["weight"])[2:])
+
+
+def _plus_eps(B: Any, plan: LayerPlan, key: str, weight: Any, eps: float, bias: Any) -> Any:
+    """``bias + eps`` for each output of a layer with ``weight`` (``bias=None``: ``eps``);
+    cached per call under ``key``."""
+    cached = f"eps:{key}"
+    if cached not in plan.cache:
+        shift = B.asarray(np.full(B.shape(weight)[0], eps, np.float32), like=weight)
+        plan.cache[cached] = shift if bias is None else bias + shift
+    return plan.cache[cached]
+
+
+def _group_params(B: Any, plan: LayerPlan, key: str, terms: list) -> tuple[Any, Any]:
+    """Weight and bias of a group whose (non-zero) terms all read the layer input itself: the
+    sums over its terms (signs included); cached per call under ``key``."""
+    if key not in plan.cache:
+        w = b = None
+        for term in terms:
+            wt = _params(B, plan, term.weight, "weight")
+            bt = None if term.bias is None else _params(B, plan, term.bias, "bias")
+            if term.sign < 0:
+                wt = wt * term.sign
+                bt = None if bt is None else bt * term.sign
+            w = wt if w is None else w + wt
+            if bt is not None:
+                b = bt if b is None else b + bt
+        plan.cache[key] = (w, b)
+    return plan.cache[key]
 
 
 def _explicit_input(B: Any, inputs: str, a: Any, plan: LayerPlan) -> Any:
@@ -299,7 +381,7 @@ def _explicit_input(B: Any, inputs: str, a: Any, plan: LayerPlan) -> Any:
                       f"known: {list(INPUT_MODIFIERS)}")
 
 
-def _explicit_terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tuple[Any, float, str | None, bool]]:
+def _explicit_terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[_Group]:
     """Groups of an explicit rule (flat, w², z^B), whose relevance is read at leaf tensors
     standing for the modified inputs (``Σ_k input_k ⊙ gradient_k``).
 
@@ -336,7 +418,7 @@ def _explicit_terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[tu
         state.explicit.append((tuple(B.shape(a)), leaves))
         z_nonneg = all(t.sign > 0 and t.weight in ("ones", "square") and t.bias in (None, "square")
                        and t.inputs == "ones" for t in group.terms)
-        groups.append((z, group.coefficient, group.outputs, z_nonneg))
+        groups.append(_Group(z, group.coefficient, group.outputs, z_nonneg))
     return groups
 
 
@@ -349,29 +431,34 @@ def _emit(B: Any, plan: LayerPlan, y: Any, groups: list, state: _Forward) -> Any
     replacement, which must vanish wherever ``y < 0``."""
     ys = B.stop_gradient(y)
     if groups and isinstance(groups[0], _SharedGamma):
-        return _shared_gamma(B, y, ys, groups[0], plan.rule.stabilizer)
+        return _shared_gamma(B, plan, y, ys, groups[0])
     if not plan.optimistic:
-        return _compose(B, ys, groups, plan.rule.stabilizer)
+        return _compose(B, plan, ys, groups)
     if B.grad_node(y) is not None:
-        out = _compose(B, ys, groups, plan.rule.stabilizer, True)
+        out = _compose(B, plan, ys, groups, True)
         state.watched.append((plan, B.grad_node(out)))
         return out
     # min(y, 0) before the replacement shares y's storage with in-place ReLUs; the relevance
-    # y·g that negative outputs would get must be zero: max |g·min(y, 0)| is one fused pass
-    # (and cannot cancel out, unlike a sum), several times cheaper than masking with where
+    # y·g that negative outputs would get must be zero: Σ |g|·min(y, 0) has no terms > 0, so
+    # it cannot cancel out and is 0 exactly when each term is; several times cheaper than
+    # masking with where
     negative = B.minimum(ys, 0.0)
     verdict: list[bool] = []
     state.unused_negatives.append((plan, verdict))
-    out = _compose(B, ys, groups, plan.rule.stabilizer, True)
-    return B.observe_gradient(out, lambda g: verdict.append(B.all(B.max(B.abs(g * negative)) == 0)))
+    out = _compose(B, plan, ys, groups, True)
+    return B.observe_gradient(out, lambda g: verdict.append(B.all(B.sum(B.abs(g) * negative) == 0)))
 
 
 @dataclass(frozen=True)
 class _SharedGamma:
-    """γ on non-negative inputs with both output groups live: ``q = γ(a·W⁺ + b⁺)`` (≥ 0)."""
+    """γ on non-negative inputs ``a`` with both output groups live: ``q = γ(a·W⁺ + b⁺)`` (≥ 0);
+    ``direct``: the layer is a convolution or linear map whose gradient routes the backend can
+    take straight into ``a`` (see ``_shared_gamma``)."""
 
     q: Any
     gamma: float
+    a: Any = None
+    direct: bool = False
 
 
 def _is_two_sided_gamma(rule: Rule) -> bool:
@@ -379,24 +466,38 @@ def _is_two_sided_gamma(rule: Rule) -> bool:
             and {g.outputs for g in rule.groups} == {"positive", "negative"})
 
 
-def _shared_gamma(B: Any, y: Any, ys: Any, shared: _SharedGamma, eps: float) -> Any:
+def _routes_directly(info: LayerInfo) -> bool:
+    """Whether :meth:`Backend.route_to_input` covers the layer (not grouped convolutions nor
+    BatchNorm alone, which route through their own graph instead)."""
+    return info.kind == "linear" or (info.kind == "conv" and info.attrs["groups"] == 1)
+
+
+def _shared_gamma(B: Any, plan: LayerPlan, y: Any, ys: Any, shared: _SharedGamma) -> Any:
     """γ for both output signs from the layer's own output ``y = a·W + b`` and one convolution
     ``q = γ(a·W⁺ + b⁺)``, for inputs ``a ≥ 0`` (after a ReLU).
 
     With ``a ≥ 0`` the two denominators are ``z⁺ = y + q`` and ``z⁻ = (1+γ)·y − q``
     (``W⁻ = W − W⁺``), and ``W + γW⁻ = (1+γ)·W − γW⁺``, so the rule's backward
     ``(W+γW⁺)ᵀ s⁺ + (W+γW⁻)ᵀ s⁻`` (``s±`` = output relevance over ``z±`` where ``y`` has that
-    sign) is ``Wᵀ(s⁺ + (1+γ)·s⁻) + γW⁺ᵀ(s⁺ − s⁻)``: a route through ``y``'s own graph and one
-    through ``q``. With ``u = max(y, −(1+γ)·y)`` (``|z±| = u + q`` on each side) and
-    ``D = u + q + ε``, the two scales are ``u/D`` and ``y/D``. One convolution forward and
-    backward less than evaluating ``z⁺`` and ``z⁻`` separately, and fewer element-wise passes.
+    sign) is ``Wᵀ(s⁺ + (1+γ)·s⁻) + γW⁺ᵀ(s⁺ − s⁻)``. With ``u = max(y, −(1+γ)·y)``
+    (``|z±| = u + q`` on each side) and ``D = u + q + ε``, the two scales are ``u/D`` (on
+    ``W``) and ``y/D`` (on ``γW⁺``). One convolution forward less than evaluating ``z⁺`` and
+    ``z⁻`` separately, and fewer element-wise passes. For a convolution or linear layer the
+    backend takes both products straight into ``a`` (:meth:`Backend.route_to_input`: no
+    backward through the layer's own graph or its BatchNorm, and ``q`` needs no graph); other
+    layers route ``u/D`` through ``y``'s graph and ``y/D`` through ``q``'s.
     """
-    through_y, through_q = B.gamma_ratios(ys, B.stop_gradient(shared.q), shared.gamma, eps)
-    return B.replace_gradient(ys, [(y, through_y), (shared.q, through_q)])
+    # q includes the stabiliser (see _terms): D = u + q
+    through_w, through_q = B.gamma_ratios(ys, B.stop_gradient(shared.q), shared.gamma, 0.0)
+    if shared.direct:
+        info = plan.info
+        return B.route_to_input(ys, shared.a, [(_params(B, plan, "identity", "weight"), through_w),
+                                               (_params(B, plan, "gamma*positive", "weight"), through_q)],
+                                info.attrs if info.kind == "conv" else None)
+    return B.replace_gradient(ys, [(y, through_w), (shared.q, through_q)])
 
 
-def _compose(B: Any, ys: Any, groups: list[tuple[Any, float, str | None, bool]], eps: float,
-             optimistic: bool = False) -> Any:
+def _compose(B: Any, plan: LayerPlan, ys: Any, groups: list[_Group], optimistic: bool = False) -> Any:
     """``ys + Σ (z − sg z) ⊙ sg(c · y / stab(z))`` with ``ys`` = sg(y): value ``y``, gradient the
     rule.
 
@@ -407,10 +508,15 @@ def _compose(B: Any, ys: Any, groups: list[tuple[Any, float, str | None, bool]],
     the positive group's ``relu(y)`` is just ``y``: one element-wise pass less.
     """
     routes = []
+    eps = plan.rule.stabilizer
     yv = B.stop_gradient(ys)
-    for z, coef, sign, z_nonneg in groups:
+    for z, coef, sign, z_nonneg, folded, _, _ in groups:
         zs = B.stop_gradient(z)  # z is needed only for its gradient route from here on
-        if optimistic and sign == "positive" and eps > 0:
+        if folded:  # z includes ε: z >= ε where it matters (see _terms)
+            # an optimistic group's z may be < ε where y <= 0 (no gradient there, verified):
+            # the floor keeps that scale finite
+            c = B.floored_ratio(yv, zs, eps if optimistic and sign == "positive" else None)
+        elif optimistic and sign == "positive" and eps > 0:
             # negative outputs get no gradient here (verified, see _emit), so relu(y) = y
             c = B.stabilized_ratio(yv, zs, eps)
         elif sign is not None and eps > 0:
@@ -426,6 +532,10 @@ def _compose(B: Any, ys: Any, groups: list[tuple[Any, float, str | None, bool]],
         if coef != 1.0:
             c = c * coef
         routes.append((z, c))
+    if groups and groups[0].weight is not None:  # all direct (see _terms)
+        info = plan.info
+        return B.route_to_input(ys, groups[0].source, [(g.weight, c) for g, (_, c) in zip(groups, routes)],
+                                info.attrs if info.kind == "conv" else None)
     return B.replace_gradient(ys, routes)
 
 

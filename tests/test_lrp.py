@@ -337,6 +337,24 @@ def test_layer_relevance_conserved(fw):
     assert fw.numpy(exp.layer_relevance).shape == (2, 512, 1, 1)
 
 
+@pytest.mark.parametrize("composite", ["epsilon_gamma_box", "epsilon_plus_flat"])
+def test_pass_leaves_nothing_alive(fw, composite):
+    """After a call, no per-pass state survives: a reference cycle through the framework's
+    autograd nodes (e.g. a backward callback reaching the pass state, which holds the graph)
+    is invisible to Python's collector in paddle and kept a ResNet-50's whole graph alive per
+    call."""
+    import gc
+
+    from xplain.methods.lrp.attribute import _Forward
+
+    model = zoo(fw, "resnet18")
+    for _ in range(2):
+        xplain.explain(model, _input(fw, 64), method="lrp", composite=composite, low=-3.0, high=3.0)
+    gc.collect()
+    alive = [o for o in gc.get_objects() if type(o) is _Forward]
+    assert not alive, f"{len(alive)} LRP pass states are still alive after the calls"
+
+
 def test_batch_chunking_gives_same_relevance(fw):
     model = zoo(fw, "resnet18")
     x = _input(fw, 32, batch=3)
@@ -510,3 +528,54 @@ def test_gamma_negative_output_group_skipped_only_when_dead(fw, shared):
     ref = reference("gamma", M, np.repeat(b1, Ho * Wo), x[0].reshape(-1), Ry, gamma=0.5)
     assert (np.abs(ref) > 0).any()
     np.testing.assert_allclose(exp.numpy()[0].reshape(-1), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def _relu_then_shift(fw, conv1, conv2, fc, shift):
+    """``fc(conv2(relu(conv1(x)) − shift))`` (no subtraction for ``shift=0``)."""
+    nn = fw.nn()
+    relu = fw.relu()
+
+    class Net(nn.Module if fw.name == "torch" else nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.relu, self.conv2, self.fc = conv1, relu, conv2, fc
+
+        def forward(self, x):
+            a = self.relu(self.conv1(x))
+            if shift:
+                a = a - shift
+            return self.fc(self.conv2(a).flatten(1))
+    return Net()
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.3])
+def test_relu_output_known_non_negative_without_a_pass(fw, monkeypatch, shift):
+    """A rule's input that a ReLU layer returned (unchanged: an in-place change would also fail
+    the ReLU's own backward) is known to be >= 0 without a min-reduction over it; any other input
+    is checked, and here, shifted, has both signs (z⁺ keeps its a⁻·W⁻ part)."""
+    cin, cmid, H, classes = 2, 3, 5, 2
+    W1 = RNG.standard_normal((cmid, cin, 3, 3)).astype(np.float32)
+    W2 = RNG.standard_normal((cmid, cmid, 3, 3)).astype(np.float32)
+    Wf = RNG.standard_normal((classes, cmid * H * H)).astype(np.float32)
+    x = RNG.standard_normal((1, cin, H, H)).astype(np.float32)
+    conv1 = fw.conv2d(cin, cmid, 3, padding=1, weight=W1, bias=np.zeros(cmid))
+    conv2 = fw.conv2d(cmid, cmid, 3, padding=1, weight=W2, bias=np.zeros(cmid))
+    fc = fw.linear(cmid * H * H, classes, weight=Wf, bias=np.zeros(classes))
+    model = _relu_then_shift(fw, conv1, conv2, fc, shift)
+    reductions = []
+    real_min = fw.B.min
+    monkeypatch.setattr(fw.B, "min", lambda t, *a, **k: reductions.append(1) or real_min(t, *a, **k))
+    exp = xplain.explain(model, fw.tensor(x), method="lrp", target=1, composite=None,
+                         rules={"conv2": "zplus", "conv1": "zplus"})
+    # per pass (probe excluded): conv1 reads the model input, conv2 a ReLU's output unless shifted
+    assert len(reductions) == (2 if shift else 1)
+    M1, _, _ = conv_matrix(W1, cin, H, H, 1, 1)
+    M2, _, _ = conv_matrix(W2, cmid, H, H, 1, 1)
+    h = M1 @ x[0].reshape(-1)
+    a = np.maximum(h, 0) - shift
+    assert (a < 0).any() == bool(shift)
+    # slow reference: z⁺ at conv2, the ReLU's gradient, z⁺ at conv1 (mixed-sign input)
+    Ra = reference("zplus", M2, np.zeros(M2.shape[0]), a, (M2 @ a) * Wf[1])
+    Rh = h * (h > 0) * np.divide(Ra, a, out=np.zeros_like(Ra), where=a != 0)
+    Rx = reference("zplus", M1, np.zeros(M1.shape[0]), x[0].reshape(-1), Rh)
+    np.testing.assert_allclose(exp.numpy().reshape(-1), Rx, rtol=1e-4, atol=1e-5 * np.abs(Rx).max())

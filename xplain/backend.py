@@ -113,6 +113,9 @@ class Backend(Protocol):
     def shape(self, x: Tensor) -> tuple[int, ...]:
         """The shape as a tuple of Python ints."""
 
+    def version(self, x: Tensor) -> int:
+        """A counter that changes whenever ``x`` is modified in place (``x.add_(...)``)."""
+
     def dtype_name(self, x: Tensor) -> str:
         """The dtype as a numpy-style name: ``"float32"``, ``"int64"``, ``"bool"`` ..."""
 
@@ -236,21 +239,12 @@ class Backend(Protocol):
         its products straight into the layer input this way. ``value`` and the scales are
         handed over as in :meth:`replace_gradient`."""
 
-    def observe_gradient(self, x: Tensor, fn: Callable[[Tensor], None]) -> Tensor:
-        """``x`` (or an equal tensor) such that the backward pass calls ``fn(g)`` with the
-        gradient at ``x``'s value at the time of the call (in-place ops on the result later are
-        differentiated first, as for :meth:`scale_gradient`); the gradient is not changed."""
-
-    def grad_node(self, x: Tensor) -> Any:
-        """An opaque handle of the autograd node that produced ``x`` (compare handles only
-        through :meth:`node_readers`), or None if ``x`` has no history or the backend cannot
-        inspect its graphs."""
-
-    def node_readers(self, root: Tensor, nodes: Sequence[Any]) -> list[frozenset[str]]:
-        """For each node (from :meth:`grad_node`), the kinds of the nodes in ``root``'s graph
-        that take its output as an input: ``"relu"`` for a ReLU, else the framework's node name.
-        An empty set: nothing on the way from ``root`` reads it. LRP uses this to prove that a
-        layer output's negative entries get zero gradient (every reader is a ReLU)."""
+    def tripwire(self, x: Tensor, on_use: Callable[[], None]) -> Tensor:
+        """A tensor with ``x``'s value (it may share ``x``'s storage) whose backward calls
+        ``on_use()`` and passes no gradient on (zero, where the framework needs one): any
+        differentiable use of it shows up as a call, any other use as none. LRP hands a tripwire
+        of a layer output to everything but the ReLU after it, to prove that nothing else reads
+        that output."""
 
     def custom_vjp(self, forward: Callable[..., Tensor],
                    backward: Callable[[tuple, Tensor, Tensor], tuple]) -> Callable[..., Tensor]:

@@ -51,6 +51,10 @@ def shape(x: paddle.Tensor) -> tuple[int, ...]:
     return tuple(int(s) for s in x.shape)
 
 
+def version(x) -> int:
+    return x._inplace_version()
+
+
 def dtype_name(x: paddle.Tensor) -> str:
     return str(x.dtype).replace("paddle.", "")
 
@@ -341,25 +345,22 @@ def route_to_input(value, x, routes, conv):
                                                           [s.detach() for _, s in routes], conv))
 
 
-def grad_node(x):
-    # Reading ``Tensor.grad_fn`` in paddle 3.3 keeps the whole graph of that tensor alive for the
-    # rest of the process (resnet18, batch 8: +170 MB per call, not freed by gc). So the graph is
-    # not inspected, and LRP verifies its optimistic γ layers with observe_gradient instead.
-    return None
+class _Tripwire(paddle.autograd.PyLayer):
+    """Value of ``x`` (a view, no copy); the backward reports that it ran."""
+
+    @staticmethod
+    def forward(ctx, x, on_use):
+        ctx.on_use = on_use
+        return x.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        ctx.on_use()
+        return paddle.zeros_like(g)  # paddle wants a gradient for x; only on a tripped wire
 
 
-def node_readers(root, nodes):
-    raise NotImplementedError("the paddle backend does not inspect graphs (grad_node returns None)")
-
-
-def observe_gradient(x, fn):
-    if x.stop_gradient:
-        return x
-
-    def hook(g):
-        fn(g)  # returns None: the gradient passes unchanged
-    x.register_hook(hook)
-    return x
+def tripwire(x, on_use):
+    return x if x.stop_gradient else _Tripwire.apply(x, on_use)
 
 
 def custom_vjp(forward: Callable[..., paddle.Tensor], backward: Callable) -> Callable[..., paddle.Tensor]:

@@ -50,6 +50,10 @@ def shape(x: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(s) for s in x.shape)
 
 
+def version(x) -> int:
+    return x._version
+
+
 def dtype_name(x: torch.Tensor) -> str:
     return str(x.dtype).replace("torch.", "")
 
@@ -344,43 +348,22 @@ def route_to_input(value, x, routes, conv):
                                tuple(s.detach() for _, s in routes), conv)
 
 
-def observe_gradient(x, fn):
-    if not x.requires_grad:
-        return x
+class _Tripwire(torch.autograd.Function):
+    """Value of ``x`` (an alias, no copy); the backward reports that it ran."""
 
-    def hook(g):
-        fn(g)  # returns None: the gradient passes unchanged
-    x.register_hook(hook)
-    return x
+    @staticmethod
+    def forward(ctx, x, on_use):
+        ctx.on_use = on_use
+        return x.detach()
 
-
-def grad_node(x):
-    return x.grad_fn
-
-
-_RELU_NODES = frozenset({"ReluBackward0", "ReluBackward1"})
+    @staticmethod
+    def backward(ctx, g):
+        ctx.on_use()
+        return None, None
 
 
-def node_readers(root, nodes):
-    wanted = {id(n): i for i, n in enumerate(nodes)}  # the caller holds the nodes: ids are stable
-    readers: list[set[str]] = [set() for _ in nodes]
-    start = root.grad_fn
-    if start is None:
-        return [frozenset() for _ in nodes]
-    stack, seen = [start], {id(start)}
-    while stack:
-        node = stack.pop()
-        for child, _ in node.next_functions:
-            if child is None:
-                continue
-            i = wanted.get(id(child))
-            if i is not None:
-                name = type(node).__name__
-                readers[i].add("relu" if name in _RELU_NODES else name)
-            if id(child) not in seen:
-                seen.add(id(child))
-                stack.append(child)
-    return [frozenset(r) for r in readers]
+def tripwire(x, on_use):
+    return _Tripwire.apply(x, on_use) if x.requires_grad else x
 
 
 def custom_vjp(forward: Callable[..., torch.Tensor], backward: Callable) -> Callable[..., torch.Tensor]:

@@ -58,8 +58,10 @@ class _Forward:
     pending: dict[int, tuple[Any, list]] = field(default_factory=dict)
     explicit: list[tuple[tuple[int, ...], list[tuple[Any, int]]]] = field(default_factory=list)
     probes: list[tuple[Any, Any]] = field(default_factory=list)
-    unused_negatives: list[tuple[LayerPlan, list[bool]]] = field(default_factory=list)
-    watched: list[tuple[LayerPlan, Any]] = field(default_factory=list)
+    relu_inputs: dict[int, tuple[Any, Any]] = field(default_factory=dict)  # id(wire) -> (wire, out)
+    tripped: list[tuple[LayerPlan, list[bool]]] = field(default_factory=list)  # (plan, [True] if
+    # its output was used by more than a ReLU)
+    relu_outputs: dict[int, tuple[Any, int]] = field(default_factory=dict)  # id -> (tensor, version)
 
 
 # ---- rule assignment ---------------------------------------------------------------------------
@@ -236,9 +238,12 @@ def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list:
     rule, info = plan.rule, plan.info
     nonneg = False
     if not rule.explicit and any(t.inputs in ("positive", "negative") for g in rule.groups for t in g.terms):
-        # post-ReLU inputs: a⁺ = a and a⁻ = 0 (saves convolutions); a min-reduction is one
-        # pass and no allocation, unlike all(a >= 0)
-        nonneg = B.all(B.min(B.stop_gradient(a)) >= 0)
+        # post-ReLU inputs: a⁺ = a and a⁻ = 0 (saves convolutions). Known without a pass over
+        # ``a`` where ``a`` is what a ReLU layer returned, unchanged since; else a min-reduction
+        # (one pass, no allocation, unlike all(a >= 0))
+        seen = state.relu_outputs.get(id(a))
+        nonneg = ((seen is not None and seen[0] is a and B.version(a) == seen[1])
+                  or B.all(B.min(B.stop_gradient(a)) >= 0))
     if nonneg and not plan.optimistic and _is_two_sided_gamma(rule):
         # z± = y ± ... from one extra convolution instead of two (see _shared_gamma)
         direct = _routes_directly(info)
@@ -425,28 +430,24 @@ def _explicit_terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[_G
 def _emit(B: Any, plan: LayerPlan, y: Any, groups: list, state: _Forward) -> Any:
     """The replacement of ``y``.
 
-    An optimistic plan (γ without its negative-output group) is verified during the pass:
-    structurally where the backend can inspect graphs (every reader of the replacement is a
-    ReLU, checked before the backward), else by observing the gradient arriving at the
-    replacement, which must vanish wherever ``y < 0``."""
+    An optimistic plan (γ without its negative-output group) is right only if nothing but a
+    ReLU reads ``y``. Its replacement goes to the ReLU alone, swapped in for a tripwire of the
+    same value by the ReLU's pre-hook (see ``_install``); any other use of ``y`` is a use of the
+    tripwire, whose backward then marks the plan wrong and the pass is run again with the full
+    rule. No tensor passes, and it works the same on every backend."""
     ys = B.stop_gradient(y)
     if groups and isinstance(groups[0], _SharedGamma):
         return _shared_gamma(B, plan, y, ys, groups[0])
     if not plan.optimistic:
         return _compose(B, plan, ys, groups)
-    if B.grad_node(y) is not None:
-        out = _compose(B, plan, ys, groups, True)
-        state.watched.append((plan, B.grad_node(out)))
-        return out
-    # min(y, 0) before the replacement shares y's storage with in-place ReLUs; the relevance
-    # y·g that negative outputs would get must be zero: Σ |g|·min(y, 0) has no terms > 0, so
-    # it cannot cancel out and is 0 exactly when each term is; several times cheaper than
-    # masking with where
-    negative = B.minimum(ys, 0.0)
-    verdict: list[bool] = []
-    state.unused_negatives.append((plan, verdict))
     out = _compose(B, plan, ys, groups, True)
-    return B.observe_gradient(out, lambda g: verdict.append(B.all(B.sum(B.abs(g) * negative) == 0)))
+    # the callback must not reach ``state``, which holds the wire: a cycle through paddle's
+    # autograd nodes is never collected (the whole graph leaked, +600 MB per ResNet-50 call)
+    flag: list[bool] = []
+    state.tripped.append((plan, flag))
+    wire = B.tripwire(out, lambda: flag.append(True))
+    state.relu_inputs[id(wire)] = (wire, out)
+    return wire
 
 
 @dataclass(frozen=True)
@@ -556,8 +557,20 @@ def _pass(B: Any, a: Any, y: Any, eps: float, info: LayerInfo) -> Any:
     return ys + (a - as_) * (ys / stabilize(B, as_, eps))
 
 
-def _install(B: Any, plans: Mapping[str, LayerPlan], state: _Forward) -> list:
+def _install(B: Any, plans: Mapping[str, LayerPlan], state: _Forward, relus: list) -> list:
     handles = []
+
+    def relu_hook(_layer: Any, _inputs: tuple, output: Any) -> None:
+        # held until the pass ends (the ReLU's own backward keeps it anyway), so ids stay unique
+        if B.is_tensor(output):
+            state.relu_outputs[id(output)] = (output, B.version(output))
+
+    def relu_pre_hook(_layer: Any, inputs: tuple) -> tuple | None:
+        # an optimistic plan's replacement goes to its ReLU instead of the tripwire (see _emit)
+        entry = state.relu_inputs.get(id(inputs[0])) if inputs else None
+        if entry is None or entry[0] is not inputs[0]:
+            return None
+        return (entry[1], *inputs[1:])
 
     def layer_hook(plan: LayerPlan):
         rule = plan.rule
@@ -594,6 +607,9 @@ def _install(B: Any, plans: Mapping[str, LayerPlan], state: _Forward) -> list:
                 handles.append(B.add_forward_hook(plan.info.module, layer_hook(plan)))
             if plan.bn is not None and plan.rule.kind in ("epsilon", "terms"):
                 handles.append(B.add_forward_hook(plan.bn.module, bn_hook(plan)))
+        for module in relus:
+            handles.append(B.add_forward_pre_hook(module, relu_pre_hook))
+            handles.append(B.add_forward_hook(module, relu_hook))
     except BaseException:
         for h in handles:
             h.remove()
@@ -669,6 +685,9 @@ def lrp(run: Run, *, composite: Any = DEFAULT, rules: Mapping[str, Any] | None =
         if target.name in found.merged:  # its output's relevance lives after the merged BN
             probe_module = run.layer(found.merged[target.name]).module
 
+    # ReLU layers: their outputs prove a rule's input non-negative (see _terms), and they take
+    # the optimistic plans' replacements (see _emit)
+    relus = [info.module for info in run.layers() if info.kind == "relu"]
     n = run.batch_size
     # Peak memory of a modified forward+backward is 1.15x (LRP-ε) to 1.55x (epsilon_gamma_box)
     # the probe's activation estimate (resnet50, batch 8). Budgeting 4x keeps chunks small
@@ -682,7 +701,7 @@ def lrp(run: Run, *, composite: Any = DEFAULT, rules: Mapping[str, Any] | None =
     used: list[np.ndarray] = []
     for sl in iter_chunks(n, size):
         t = None if given is None else given[sl]
-        parts.append(_one_pass(run, plans, run.inputs[sl], t, probe_module, used))
+        parts.append(_one_pass(run, plans, run.inputs[sl], t, probe_module, used, relus))
     if given is None:
         run.record_argmax_targets(np.concatenate(used))
     rel = parts[0][0] if len(parts) == 1 else B.concat([p[0] for p in parts], axis=0)
@@ -705,12 +724,12 @@ def lrp(run: Run, *, composite: Any = DEFAULT, rules: Mapping[str, Any] | None =
 
 
 def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndarray | None,
-              probe_module: Any, used: list[np.ndarray]) -> tuple[Any, Any, list]:
+              probe_module: Any, used: list[np.ndarray], relus: list) -> tuple[Any, Any, list]:
     """One modified forward+backward on batch ``x``: (relevance, target outputs, layer maps).
     ``targets=None`` explains each sample's argmax, appended to ``used``."""
     B = run.backend
     state = _Forward()
-    handles = _install(B, plans, state)
+    handles = _install(B, plans, state, relus)
     try:
         if probe_module is not None:
             handles.append(B.add_forward_hook(probe_module, _layer_probe(B, state)))
@@ -721,24 +740,20 @@ def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndar
                 targets = B.to_numpy(B.argmax(out, axis=1)).astype(np.int64)
                 used.append(targets)
             score = run.target_score(out, targets)
-            wrong = []
-            if state.watched:  # optimistic γ: every reader of those outputs must be a ReLU
-                readers = B.node_readers(score, [node for _, node in state.watched])
-                wrong = [plan for (plan, _), kinds in zip(state.watched, readers)
-                         if not kinds <= {"relu"}]
-            if not wrong:
-                leaves = [leaf for _, ls in state.explicit for leaf, _ in ls]
-                probes = [e for e, _ in state.probes]
-                grads = B.grad(score, [xg] + leaves + probes)
-                wrong = [plan for plan, verdict in state.unused_negatives if not all(verdict)]
+            leaves = [leaf for _, ls in state.explicit for leaf, _ in ls]
+            probes = [e for e, _ in state.probes]
+            grads = B.grad(score, [xg] + leaves + probes)
+            wrong = [plan for plan, flag in state.tripped if flag]
     finally:
         for h in handles:
             h.remove()
+        state.relu_inputs.clear()
+        state.relu_outputs.clear()
     if wrong:  # a negative output is used after all (not only by a ReLU): the full rule there
         for plan in wrong:
             plan.optimistic = False
             plan.found.feeds_relu.discard(plan.bn.name if plan.bn is not None else plan.info.name)
-        return _one_pass(run, plans, x, targets, probe_module, used)
+        return _one_pass(run, plans, x, targets, probe_module, used, relus)
     rel = x * grads[0]
     shape = B.shape(x)
     i = 1

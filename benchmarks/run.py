@@ -1,18 +1,26 @@
-"""Run every ``benchmarks/bench_*.py`` in one process and collect one table of ratios.
+"""Run every ``benchmarks/bench_*.py`` and collect one table of ratios.
 
     python benchmarks/run.py [--quick] [--only core,lrp] [--readme]
 
-Each bench module exposes ``main(quick: bool) -> Table``. Results go to
-``benchmarks/RESULTS.md``; ``--readme`` also replaces the table between the
-``<!-- BENCHMARK TABLE -->`` markers in README.md. Threads are pinned (``XPLAIN_BENCH_THREADS``,
-default 2) for torch and paddle alike.
+Each bench module exposes ``main(quick: bool) -> Table`` (and, if it covers both frameworks,
+a ``frameworks`` parameter). Each module, and each framework of such a module, runs in a fresh
+worker process: a case and its raw baseline (and the peer libraries it is compared with) share
+a process, but no bench inherits the allocator state another left behind. In one process the
+paddle LRP ratios read up to 0.09 higher after the torch and Zennit runs than alone, and a user
+runs one framework per process. Results go to ``benchmarks/RESULTS.md``; ``--readme`` also
+replaces the table between the ``<!-- BENCHMARK TABLE -->`` markers in README.md. Threads are
+pinned (``XPLAIN_BENCH_THREADS``, default 2) for torch and paddle alike.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
+import json
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,23 +37,50 @@ def discover() -> list[str]:
     return sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
 
 
+def _worker(name: str, framework: str | None, quick: bool, out: str) -> None:
+    """Run one bench module (one framework of it) and write its rows to ``out`` as JSON."""
+    module = importlib.import_module(f"bench_{name}")
+    kwargs = {"frameworks": (framework,)} if framework else {}
+    rows = module.main(quick=quick, **kwargs).rows
+    Path(out).write_text(json.dumps(rows))
+
+
+def _jobs(name: str) -> list[str | None]:
+    """The frameworks to run ``bench_<name>`` for, one process each (``[None]``: one process)."""
+    main = importlib.import_module(f"bench_{name}").main
+    param = inspect.signature(main).parameters.get("frameworks")
+    return list(param.default) if param is not None else [None]
+
+
 def main(argv: list[str] | None = None) -> Table:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats / smaller batches")
     p.add_argument("--only", default="", help="comma-separated bench names (default: all)")
     p.add_argument("--readme", action="store_true", help="write the table into README.md")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one bench in this process
+    p.add_argument("--framework", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.worker:
+        _worker(args.worker, args.framework, args.quick, args.out)
+        return Table()
     names = [n for n in args.only.split(",") if n] or discover()
     combined = Table()
     started = time.time()
     for name in names:
-        print(f"== bench_{name}", flush=True)
-        module = importlib.import_module(f"bench_{name}")
-        combined.rows.extend(module.main(quick=args.quick).rows)
+        for framework in _jobs(name):
+            print(f"== bench_{name}" + (f" ({framework})" if framework else ""), flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "rows.json"
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--out", str(out)]
+                cmd += (["--framework", framework] if framework else []) + (["--quick"] if args.quick else [])
+                subprocess.run(cmd, check=True)
+                combined.rows.extend(tuple(row) for row in json.loads(out.read_text()))
     header = (f"CPU: {platform.processor() or platform.machine()}, {THREADS} threads, "
               f"{'quick' if args.quick else 'full'} run, {time.time() - started:.0f} s, "
               f"{time.strftime('%Y-%m-%d')}. Ratios are against a raw forward+backward of the "
-              f"same model and batch, timed in the same process (median of repeats; Grad-CAM, "
+              f"same model and batch, timed in the same process (a fresh process per bench and "
+              f"framework; median of repeats; Grad-CAM, "
               f"Score-/Ablation-CAM, saliency and LRP cases interleaved round-robin with their "
               f"baseline; Zennit's LRP rows in their own round-robin with their own baseline).")
     text = header + "\n\n" + combined.markdown() + "\n"

@@ -386,14 +386,20 @@ def _explicit_input(B: Any, inputs: str, a: Any, plan: LayerPlan) -> Any:
                       f"known: {list(INPUT_MODIFIERS)}")
 
 
+#: Input modifiers whose value is the same for every sample (the z^B bounds, flat's ones).
+_CONSTANT_INPUTS = ("ones", "low", "high", "high-low")
+
+
 def _explicit_terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[_Group]:
     """Groups of an explicit rule (flat, w², z^B), whose relevance is read at leaf tensors
     standing for the modified inputs (``Σ_k input_k ⊙ gradient_k``).
 
-    The terms of a conv/linear layer are evaluated as *one* call on their inputs stacked along
-    the channel axis, with the weights stacked alike: one convolution forward and one backward
-    instead of one per term. On a stem convolution (3 input channels, stride 2) the input
-    gradient of 3 or 9 channels costs the same."""
+    On a conv/linear layer the terms' inputs are stacked along the channel axis into *one* leaf,
+    with the weights stacked alike, and the backend routes the gradient straight into it (one
+    input gradient of K·C channels; on a stem convolution, 3 or 9 channels cost the same). The
+    value of ``z`` then needs no graph: terms whose input is the same for every sample (the
+    bounds, ones) are evaluated on one sample and broadcast, so flat costs no batch convolution
+    forward and z^B one of 3 channels instead of 6."""
     info = plan.info
     groups = []
     for group in plan.rule.groups:
@@ -401,30 +407,53 @@ def _explicit_terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[_G
         weights = [_params(B, plan, t.weight, "weight") for t in group.terms]
         biases = [None if t.bias is None else _params(B, plan, t.bias, "bias") for t in group.terms]
         signs = [t.sign for t in group.terms]
-        stack = len(inputs) > 1 and (info.kind == "linear"
-                                     or (info.kind == "conv" and info.attrs["groups"] == 1))
-        if stack:
-            inputs = [B.concat(inputs, axis=1)]
-            weights = [B.concat([w if s > 0 else w * s for w, s in zip(weights, signs)], axis=1)]
+        z_nonneg = all(t.sign > 0 and t.weight in ("ones", "square") and t.bias in (None, "square")
+                       and t.inputs == "ones" for t in group.terms)
+        if _routes_directly(info):
+            weights = [w if s > 0 else w * s for w, s in zip(weights, signs)]
             bias = None
             for b, s in zip(biases, signs):
                 if b is not None:
-                    b = b if s > 0 else b * s
-                    bias = b if bias is None else bias + b
-            biases, signs = [bias], [1.0]
+                    bias = (b if s > 0 else b * s) if bias is None else bias + (b if s > 0 else b * s)
+            constant = [t.inputs in _CONSTANT_INPUTS for t in group.terms]
+            with B.no_grad():
+                z = _stacked_value(B, info, inputs, weights, bias, constant)
+            leaf = B.with_grad(B.concat(inputs, axis=1) if len(inputs) > 1 else inputs[0])
+            state.explicit.append((tuple(B.shape(a)), [(leaf, len(inputs))]))
+            weight = B.concat(weights, axis=1) if len(weights) > 1 else weights[0]
+            groups.append(_Group(z, group.coefficient, group.outputs, z_nonneg, False, weight, leaf))
+            continue
         z = None
         leaves = []
         for inp, w, b, s in zip(inputs, weights, biases, signs):
             leaf = B.with_grad(inp)  # read the relevance of this modified input directly
-            leaves.append((leaf, len(group.terms) if stack else 1))
+            leaves.append((leaf, 1))
             zt = _apply(B, info, leaf, w, b)
             zt = zt if s > 0 else zt * s
             z = zt if z is None else z + zt
         state.explicit.append((tuple(B.shape(a)), leaves))
-        z_nonneg = all(t.sign > 0 and t.weight in ("ones", "square") and t.bias in (None, "square")
-                       and t.inputs == "ones" for t in group.terms)
         groups.append(_Group(z, group.coefficient, group.outputs, z_nonneg))
     return groups
+
+
+def _stacked_value(B: Any, info: LayerInfo, inputs: list, weights: list, bias: Any,
+                   constant: list[bool]) -> Any:
+    """``Σ_k layer(input_k, W_k) + bias``: one call on the per-sample inputs stacked, plus one on
+    the first sample of the constant ones, broadcast (batch 1 when all are constant)."""
+    def part(keep: bool, b: Any) -> Any:
+        ins = [i for i, c in zip(inputs, constant) if c == keep]
+        ws = [w for w, c in zip(weights, constant) if c == keep]
+        if not ins:
+            return None
+        x = B.concat(ins, axis=1) if len(ins) > 1 else ins[0]
+        return _apply(B, info, x if not keep else x[:1], B.concat(ws, axis=1) if len(ws) > 1 else ws[0], b)
+
+    varying = part(False, bias)
+    fixed = part(True, None if varying is not None else bias)
+    if varying is None:
+        return fixed
+    # broadcast explicitly: paddle's implicit broadcast add costs 10x (25 ms on a ResNet stem)
+    return varying if fixed is None else varying + B.broadcast_to(fixed, B.shape(varying))
 
 
 def _emit(B: Any, plan: LayerPlan, y: Any, groups: list, state: _Forward) -> Any:

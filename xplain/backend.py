@@ -212,6 +212,11 @@ class Backend(Protocol):
         afterwards (LRP passes a modified layer output, which is needed only for its gradient
         route). Saves the temporaries of three element-wise ops on the largest activations."""
 
+    def signed_ratio(self, num: Tensor, den: Tensor, eps: float) -> Tensor:
+        """``num / (den + eps·sign(den))`` with ``sign(0) = +1`` (``eps > 0``), shaped like
+        ``den``: LRP's sign-preserving stabiliser for a denominator of either sign. ``den`` is
+        handed over as in :meth:`stabilized_ratio`."""
+
     def floored_ratio(self, num: Tensor, den: Tensor, floor: float | None) -> Tensor:
         """``num / max(den, floor)`` (``floor=None``: ``num / den``), shaped like ``den``.
 

@@ -267,6 +267,15 @@ def stabilized_ratio(num, den, eps):
     return paddle.divide(num, d)
 
 
+def signed_ratio(num, den, eps):
+    d = den.detach()
+    d.scale_(1.0, 0.0)  # handed over; −0 becomes +0, so sign(0) = +1
+    out = paddle.abs(d)
+    out.scale_(1.0, eps)
+    out.copysign_(d)
+    return paddle.divide(num, out)
+
+
 def floored_ratio(num, den, floor):
     d = den.detach()
     if floor is not None:

@@ -267,6 +267,14 @@ def stabilized_ratio(num, den, eps):
     return torch.div(num, d, out=d)
 
 
+def signed_ratio(num, den, eps):
+    d = den.detach().add_(0.0)  # handed over; −0 becomes +0, so sign(0) = +1
+    out = torch.abs(d).add_(eps).copysign_(d)
+    if out.shape != torch.broadcast_shapes(num.shape, out.shape) or out.dtype != num.dtype:
+        return num / out
+    return torch.div(num, out, out=out)
+
+
 def floored_ratio(num, den, floor):
     d = den.detach()  # handed over: its storage holds the result
     if floor is not None:

@@ -351,6 +351,16 @@ def check_version(B, T):
 
 
 @check
+def check_signed_ratio(B, T):
+    num = np.array([[1.0, -2.0, 3.0, 3.0, -1.0, 2.0]], dtype=np.float32)
+    den = np.array([[2.0, -4.0, 0.0, -0.0, -1e-7, 1e-7]], dtype=np.float32)
+    eps = 1e-3
+    want = num / (den + eps * np.where(den >= 0, 1.0, -1.0))  # sign(±0) = +1
+    with B.no_grad():  # den is handed over: a fresh copy
+        close(B.signed_ratio(T(num), T(den.copy()), eps), want, B, rtol=1e-6)
+
+
+@check
 def check_floored_ratio(B, T):
     num = np.array([[1.0, -2.0, 0.0, 3.0, 4.0]], dtype=np.float32)
     den = np.array([[2.0, 4.0, 1e-7, -1.0, 0.5]], dtype=np.float32)

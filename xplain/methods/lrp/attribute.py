@@ -12,7 +12,10 @@ code: the gradient of a sum is exactly LRP-0 at that node. Rules whose relevance
 ``input ⊙ c`` form (flat, w², z^B) read the gradient at fresh leaf tensors standing for their
 modified inputs, which is possible at the first layer. Where the rule is "the gradient times an
 element-wise factor" (ε; the ``(z − sg(z))`` parts), ``Backend.scale_gradient`` applies the factor
-in the backward pass instead of costing element-wise ops forward.
+in the backward pass instead of costing element-wise ops forward. Where ``z`` is one linear map
+of the layer input (1x1 and linear layers, two-sided γ, the first layer's stacked terms),
+``Backend.route_to_input`` takes ``Wᵀ(c ⊙ g)`` straight into the input, so ``z`` itself is
+evaluated without a graph.
 """
 from __future__ import annotations
 
@@ -59,8 +62,8 @@ class _Forward:
     explicit: list[tuple[tuple[int, ...], list[tuple[Any, int]]]] = field(default_factory=list)
     probes: list[tuple[Any, Any]] = field(default_factory=list)
     relu_inputs: dict[int, tuple[Any, Any]] = field(default_factory=dict)  # id(wire) -> (wire, out)
-    tripped: list[tuple[LayerPlan, list[bool]]] = field(default_factory=list)  # (plan, [True] if
-    # its output was used by more than a ReLU)
+    # (optimistic plan, flag): the flag is set when the plan's output was read by more than a ReLU
+    tripped: list[tuple[LayerPlan, list[bool]]] = field(default_factory=list)
     relu_outputs: dict[int, tuple[Any, int]] = field(default_factory=dict)  # id -> (tensor, version)
 
 
@@ -554,7 +557,7 @@ def _compose(B: Any, plan: LayerPlan, ys: Any, groups: list[_Group], optimistic:
         elif z_nonneg and eps > 0:
             c = B.stabilized_ratio(yv, zs, eps)
         else:
-            c = yv / stabilize(B, zs, eps)
+            c = B.signed_ratio(yv, zs, eps) if eps > 0 else yv / stabilize(B, zs, eps)
             if sign == "positive":
                 c = B.where(yv > 0, c, 0.0)
             elif sign == "negative":

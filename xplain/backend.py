@@ -314,11 +314,25 @@ def iter_chunks(total: int, size: int) -> Iterator[slice]:
 
 
 def take_scales(ctx: Any) -> tuple[Sequence[Tensor], bool]:
-    """For backend implementations of :meth:`Backend.replace_gradient`: the scales kept on the
-    autograd context ``ctx.scales``, taken off it (they are handed over for one backward), and
-    whether they are distinct objects (only then may each be overwritten in place)."""
+    """For backend implementations of :meth:`Backend.replace_gradient` and
+    :meth:`Backend.route_to_input`: the scales kept on the autograd context ``ctx.scales``,
+    taken off it (they are handed over for one backward), and whether they are distinct objects
+    (only then may each be overwritten in place)."""
     scales, ctx.scales = ctx.scales, None
     if scales is None:
-        raise RuntimeError("replace_gradient's backward ran twice (retain_graph=True); its scales "
-                           "were consumed by the first backward")
+        raise RuntimeError("the backward of replace_gradient / route_to_input ran twice "
+                           "(retain_graph=True); its scales were consumed by the first backward")
     return scales, len({id(s) for s in scales}) == len(scales)
+
+
+def sum_routes(ctx: Any, g: Tensor, input_gradient: Callable[[Tensor, Tensor], Tensor],
+               multiply_: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """For backend implementations of :meth:`Backend.route_to_input`: ``Σ_k
+    input_gradient(W_k, s_k ⊙ g)`` over ``ctx.weights`` and the scales (see :func:`take_scales`;
+    ``multiply_(s, g)`` multiplies in place), accumulated in place."""
+    scales, distinct = take_scales(ctx)
+    total = None
+    for w, s in zip(ctx.weights, scales):
+        part = input_gradient(w, multiply_(s, g) if distinct else s * g)
+        total = part if total is None else total.add_(part)
+    return total

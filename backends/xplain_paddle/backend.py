@@ -14,7 +14,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from xplain.backend import LayerInfo, take_scales
+from xplain.backend import LayerInfo, sum_routes, take_scales
 
 name = "paddle"
 
@@ -330,12 +330,8 @@ class _RouteToInput(paddle.autograd.PyLayer):
 
     @staticmethod
     def backward(ctx, g):
-        scales, distinct = take_scales(ctx)
-        gx = None
-        for w, s in zip(ctx.weights, scales):
-            part = _input_gradient(ctx.shape, w, s.multiply_(g) if distinct else s * g, ctx.conv)
-            gx = part if gx is None else gx.add_(part)
-        return None, gx
+        return None, sum_routes(ctx, g, lambda w, s: _input_gradient(ctx.shape, w, s, ctx.conv),
+                                paddle.Tensor.multiply_)
 
 
 class _Routes:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xplain.backend import LayerInfo, take_scales
+from xplain.backend import LayerInfo, sum_routes, take_scales
 
 name = "torch"
 
@@ -339,11 +339,7 @@ class _RouteToInput(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        scales, distinct = take_scales(ctx)
-        gx = None
-        for w, s in zip(ctx.weights, scales):
-            part = _input_gradient(ctx.shape, w, s.mul_(g) if distinct else s * g, ctx.conv)
-            gx = part if gx is None else gx.add_(part)
+        gx = sum_routes(ctx, g, lambda w, s: _input_gradient(ctx.shape, w, s, ctx.conv), torch.Tensor.mul_)
         return None, gx, None, None, None
 
 

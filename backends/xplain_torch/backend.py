@@ -260,28 +260,25 @@ def replace_gradient(value, routes):
     return _Replace.apply(value, tuple(s.detach() for _, s in routes), *(t for t, _ in routes))
 
 
-def stabilized_ratio(num, den, eps):
-    d = den.detach().abs_().add_(eps)  # den is handed over: its storage holds the result
+def _divide_into(num, d):
+    """``num / d``, written into ``d`` (handed over) where the shapes and dtypes allow."""
     if d.shape != torch.broadcast_shapes(num.shape, d.shape) or d.dtype != num.dtype:
         return num / d
     return torch.div(num, d, out=d)
+
+
+def stabilized_ratio(num, den, eps):
+    return _divide_into(num, den.detach().abs_().add_(eps))  # den is handed over
 
 
 def signed_ratio(num, den, eps):
     d = den.detach().add_(0.0)  # handed over; −0 becomes +0, so sign(0) = +1
-    out = torch.abs(d).add_(eps).copysign_(d)
-    if out.shape != torch.broadcast_shapes(num.shape, out.shape) or out.dtype != num.dtype:
-        return num / out
-    return torch.div(num, out, out=out)
+    return _divide_into(num, torch.abs(d).add_(eps).copysign_(d))
 
 
 def floored_ratio(num, den, floor):
     d = den.detach()  # handed over: its storage holds the result
-    if floor is not None:
-        d.clamp_min_(floor)
-    if d.shape != torch.broadcast_shapes(num.shape, d.shape) or d.dtype != num.dtype:
-        return num / d
-    return torch.div(num, d, out=d)
+    return _divide_into(num, d if floor is None else d.clamp_min_(floor))
 
 
 def gamma_ratios(y, q, gamma, eps):

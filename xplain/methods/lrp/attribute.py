@@ -348,21 +348,30 @@ def _plus_eps(B: Any, plan: LayerPlan, key: str, weight: Any, eps: float, bias: 
     return plan.cache[cached]
 
 
+def _signed_params(B: Any, plan: LayerPlan, term: Any) -> tuple[Any, Any]:
+    """A term's weight and bias (``None`` without one) under its modifiers, times its sign."""
+    w = _params(B, plan, term.weight, "weight")
+    b = None if term.bias is None else _params(B, plan, term.bias, "bias")
+    if term.sign < 0:
+        w, b = w * term.sign, (None if b is None else b * term.sign)
+    return w, b
+
+
+def _total(values: Any) -> Any:
+    """The sum of the values that are not ``None`` (``None`` if there are none)."""
+    total = None
+    for v in values:
+        if v is not None:
+            total = v if total is None else total + v
+    return total
+
+
 def _group_params(B: Any, plan: LayerPlan, key: str, terms: list) -> tuple[Any, Any]:
     """Weight and bias of a group whose (non-zero) terms all read the layer input itself: the
     sums over its terms (signs included); cached per call under ``key``."""
     if key not in plan.cache:
-        w = b = None
-        for term in terms:
-            wt = _params(B, plan, term.weight, "weight")
-            bt = None if term.bias is None else _params(B, plan, term.bias, "bias")
-            if term.sign < 0:
-                wt = wt * term.sign
-                bt = None if bt is None else bt * term.sign
-            w = wt if w is None else w + wt
-            if bt is not None:
-                b = bt if b is None else b + bt
-        plan.cache[key] = (w, b)
+        pairs = [_signed_params(B, plan, t) for t in terms]
+        plan.cache[key] = (_total(w for w, _ in pairs), _total(b for _, b in pairs))
     return plan.cache[key]
 
 
@@ -407,17 +416,11 @@ def _explicit_terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[_G
     groups = []
     for group in plan.rule.groups:
         inputs = [_explicit_input(B, t.inputs, a, plan) for t in group.terms]
-        weights = [_params(B, plan, t.weight, "weight") for t in group.terms]
-        biases = [None if t.bias is None else _params(B, plan, t.bias, "bias") for t in group.terms]
-        signs = [t.sign for t in group.terms]
         z_nonneg = all(t.sign > 0 and t.weight in ("ones", "square") and t.bias in (None, "square")
                        and t.inputs == "ones" for t in group.terms)
         if _routes_directly(info):
-            weights = [w if s > 0 else w * s for w, s in zip(weights, signs)]
-            bias = None
-            for b, s in zip(biases, signs):
-                if b is not None:
-                    bias = (b if s > 0 else b * s) if bias is None else bias + (b if s > 0 else b * s)
+            pairs = [_signed_params(B, plan, t) for t in group.terms]
+            weights, bias = [w for w, _ in pairs], _total(b for _, b in pairs)
             constant = [t.inputs in _CONSTANT_INPUTS for t in group.terms]
             with B.no_grad():
                 z = _stacked_value(B, info, inputs, weights, bias, constant)
@@ -428,11 +431,11 @@ def _explicit_terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[_G
             continue
         z = None
         leaves = []
-        for inp, w, b, s in zip(inputs, weights, biases, signs):
+        for inp, term in zip(inputs, group.terms):
             leaf = B.with_grad(inp)  # read the relevance of this modified input directly
             leaves.append((leaf, 1))
+            w, b = _signed_params(B, plan, term)
             zt = _apply(B, info, leaf, w, b)
-            zt = zt if s > 0 else zt * s
             z = zt if z is None else z + zt
         state.explicit.append((tuple(B.shape(a)), leaves))
         groups.append(_Group(z, group.coefficient, group.outputs, z_nonneg))
@@ -499,6 +502,11 @@ def _is_two_sided_gamma(rule: Rule) -> bool:
             and {g.outputs for g in rule.groups} == {"positive", "negative"})
 
 
+def _conv_attrs(info: LayerInfo) -> Mapping[str, Any] | None:
+    """The ``conv`` argument of :meth:`Backend.route_to_input` for layer ``info``."""
+    return info.attrs if info.kind == "conv" else None
+
+
 def _routes_directly(info: LayerInfo) -> bool:
     """Whether :meth:`Backend.route_to_input` covers the layer (not grouped convolutions nor
     BatchNorm alone, which route through their own graph instead)."""
@@ -523,10 +531,9 @@ def _shared_gamma(B: Any, plan: LayerPlan, y: Any, ys: Any, shared: _SharedGamma
     # q includes the stabiliser (see _terms): D = u + q
     through_w, through_q = B.gamma_ratios(ys, B.stop_gradient(shared.q), shared.gamma, 0.0)
     if shared.direct:
-        info = plan.info
         return B.route_to_input(ys, shared.a, [(_params(B, plan, "identity", "weight"), through_w),
                                                (_params(B, plan, "gamma*positive", "weight"), through_q)],
-                                info.attrs if info.kind == "conv" else None)
+                                _conv_attrs(plan.info))
     return B.replace_gradient(ys, [(y, through_w), (shared.q, through_q)])
 
 
@@ -566,9 +573,8 @@ def _compose(B: Any, plan: LayerPlan, ys: Any, groups: list[_Group], optimistic:
             c = c * coef
         routes.append((z, c))
     if groups and groups[0].weight is not None:  # all direct (see _terms)
-        info = plan.info
         return B.route_to_input(ys, groups[0].source, [(g.weight, c) for g, (_, c) in zip(groups, routes)],
-                                info.attrs if info.kind == "conv" else None)
+                                _conv_attrs(plan.info))
     return B.replace_gradient(ys, routes)
 
 

@@ -171,6 +171,55 @@ def test_rule_matches_reference_conv(fw, rule, params, nonneg):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("relu", [True, False], ids=["relu-after", "bn-out"])
+@pytest.mark.parametrize("nonneg", [False, True], ids=["mixed", "nonneg"])
+@pytest.mark.parametrize("rule,params", [("gamma", {"gamma": 0.25}), ("zplus", {}), ("epsilon", {"epsilon": 0.1}),
+                                         ("alphabeta", {"alpha": 2.0, "beta": 1.0})])
+def test_rule_matches_reference_with_batchnorm_merged(fw, rule, params, nonneg, relu):
+    """conv → BatchNorm (scales of both signs) [→ ReLU]: the rule sees the merged affine map
+    (modified weights are one scaled leaky ReLU of the conv weight, see attribute._params).
+    With the ReLU, γ takes the optimistic plan; without, the two-sided one on non-negative input."""
+    cin, cout, H, classes = 2, 4, 5, 3
+    W1 = RNG.standard_normal((cout, cin, 3, 3)).astype(np.float32)
+    b1 = (RNG.standard_normal(cout) * 0.5).astype(np.float32)
+    gamma_bn = np.array([1.5, -0.7, 0.4, -2.0], np.float32)
+    beta_bn = (RNG.standard_normal(cout) * 0.3).astype(np.float32)
+    mean, var = (RNG.standard_normal(cout) * 0.2).astype(np.float32), np.array([0.5, 2.0, 1.0, 0.8], np.float32)
+    M, _, (Ho, Wo) = conv_matrix(W1, cin, H, H, 1, 1)
+    W2 = RNG.standard_normal((classes, cout * Ho * Wo)).astype(np.float32)
+    nn = fw.nn()
+    bn = nn.BatchNorm2d(cout) if fw.name == "torch" else nn.BatchNorm2D(cout)
+    mod = fw.module
+    for name, value in (("weight", gamma_bn), ("bias", beta_bn)):
+        getattr(bn, name).set_value(value) if fw.name == "paddle" else getattr(bn, name).data.copy_(
+            mod.tensor(value))
+    stats = (("running_mean", "_mean"), ("running_var", "_variance"))
+    for (tname, pname), value in zip(stats, (mean, var)):
+        getattr(bn, pname).set_value(value) if fw.name == "paddle" else getattr(bn, tname).copy_(
+            mod.tensor(value))
+    eps_bn = 1e-5
+    layers = [fw.conv2d(cin, cout, 3, padding=1, weight=W1, bias=b1), bn] + ([fw.relu()] if relu else [])
+    model = fw.sequential(*layers, fw.flatten(),
+                          fw.linear(cout * Ho * Wo, classes, weight=W2, bias=np.zeros(classes)))
+    x = RNG.standard_normal((2, cin, H, H)).astype(np.float32)
+    if nonneg:
+        x = np.abs(x)
+    targets = [0, 2]
+    exp = xplain.explain(model, fw.tensor(x), method="lrp", target=targets, composite=None,
+                         rules={"0": (rule, params)})
+    assert "merged" in exp.rules["0"]
+    scale = gamma_bn.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps_bn)
+    Mm = M * np.repeat(scale, Ho * Wo)[:, None]
+    bm = np.repeat(b1 * scale + beta_bn - mean * scale, Ho * Wo)
+    for n, t in enumerate(targets):
+        xf = x[n].reshape(-1).astype(np.float64)
+        y = Mm @ xf + bm
+        Ry = (np.maximum(y, 0) if relu else y) * W2[t]  # LRP-0 at the last layer, ReLU's gradient
+        ref = reference(rule, Mm, bm, xf, Ry, **params)
+        got = exp.numpy()[n].reshape(-1)
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
 def test_pass_rule_on_activation(fw):
     W1, W2 = RNG.standard_normal((5, 4)), RNG.standard_normal((3, 5))
     nn = fw.nn()

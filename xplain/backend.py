@@ -153,6 +153,13 @@ class Backend(Protocol):
         ``S`` descending. Signs of singular vectors are arbitrary (callers fix them)."""
     def take_along_axis(self, x: Tensor, indices: Tensor, /, *, axis: int) -> Tensor: ...
     def relu(self, x: Tensor, /) -> Tensor: ...
+    def scaled_leaky_relu(self, x: Tensor, scale: Tensor | float, slope: float, /) -> Tensor:
+        """``leaky_relu(x ⊙ scale, slope)``: ``x·scale`` where that is ``> 0``, ``slope·x·scale``
+        elsewhere (``scale`` broadcasts against ``x``, e.g. one value per output channel of a
+        weight), as one new tensor without gradient, in two passes over ``x``. LRP's parameter
+        modifiers with a merged BatchNorm (``γ``, ``z⁺``: ``p ↦ α·p⁺ + β·p⁻``) are one such call
+        on the layer's own weight, instead of four element-wise ops."""
+
     def softmax(self, x: Tensor, /, *, axis: int = -1) -> Tensor: ...
     def interpolate(self, x: Tensor, /, size: Sequence[int], *, mode: str = "bilinear") -> Tensor:
         """Resize the trailing spatial dims of an ``NC...`` tensor (``align_corners=False``)."""

@@ -176,6 +176,12 @@ def relu(x, /):
     return F.relu(x)
 
 
+def scaled_leaky_relu(x, scale, slope, /):
+    with torch.no_grad():
+        out = x * scale
+        return out if slope == 1.0 else F.leaky_relu_(out, slope)  # out is new: in place
+
+
 def softmax(x, /, *, axis=-1):
     return F.softmax(x, dim=axis)
 

@@ -371,6 +371,18 @@ def check_floored_ratio(B, T):
 
 
 @check
+def check_scaled_leaky_relu(B, T):
+    w = np.array([[[-1.5, 2.0], [0.0, 3.0]], [[4.0, -0.5], [-2.0, 1.0]]], dtype=np.float32)
+    scale = np.array([2.0, -0.5], dtype=np.float32).reshape(2, 1, 1)  # one per output channel
+    x = T(w)
+    for slope in (0.0, 0.8, 1.0, 1.25):
+        ws = w * scale
+        close(B.scaled_leaky_relu(x, T(scale), slope), np.where(ws > 0, ws, slope * ws), B, rtol=1e-6)
+    close(B.scaled_leaky_relu(x, 1.25, 0.8), np.where(w > 0, 1.25 * w, w), B, rtol=1e-6)
+    close(x, w, B, rtol=0)  # the input is left as it was
+
+
+@check
 def check_route_to_input(B, T):
     """``Σ_k W_kᵀ(s_k ⊙ g)`` by its adjoint: ``<gx, x'> = Σ_k <s_k ⊙ g, layer(x', W_k)>`` for
     any ``x'`` (numpy reference convolution), for 3x3, 1x1 and strided 1x1 kernels and linear."""

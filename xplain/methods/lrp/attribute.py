@@ -31,9 +31,9 @@ import numpy as np
 from ...backend import LAYER_KINDS, LayerInfo, iter_chunks
 from ...errors import LayerError, OptionError
 from ...run import MethodResult, Run
-from .canonize import Probe, batchnorm_affine, merge, probe
+from .canonize import Probe, batchnorm_affine, channel_scale, merged_bias, probe
 from .composites import DEFAULT, Composite, lookup
-from .rules import INPUT_MODIFIERS, Rule, make_rule, modify_param, stabilize
+from .rules import INPUT_MODIFIERS, Rule, make_rule, modify_param, piecewise_slopes, stabilize
 
 #: Layer kinds whose gradient is already the LRP rule (LRP-0 / winner-take-all / identity).
 _GRADIENT_KINDS = ("relu", "maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool", "flatten",
@@ -197,18 +197,45 @@ def _params(B: Any, plan: LayerPlan, modifier: str, part: str) -> Any:
     """Weight or bias of ``plan``'s layer (BatchNorm merged in), under ``modifier``; cached."""
     key = f"{part}:{modifier}"
     if key not in plan.cache:
-        if "base" not in plan.cache:
-            info = plan.info
-            if info.kind == "batchnorm":
-                w, b = batchnorm_affine(B, info)
-            else:
-                w, b = info.params["weight"], info.params.get("bias")
-                if plan.bn is not None:
-                    w, b = merge(B, info.kind, w, b, plan.bn)
-            plan.cache["base"] = (w, b)
-        w, b = plan.cache["base"]
-        p = w if part == "weight" else b
-        plan.cache[key] = None if p is None else modify_param(B, modifier, p, plan.rule.gamma)
+        info = plan.info
+        slopes = piecewise_slopes(modifier, plan.rule.gamma)
+        if part == "weight" and info.kind != "batchnorm" and slopes is not None:
+            # BatchNorm's scale and the modifier in one scaled leaky ReLU of the layer's own
+            # weight: two passes over it instead of up to four (~0.05 of a raw ResNet-50 pass
+            # per call)
+            alpha, beta = slopes
+            w = info.params["weight"]
+            scale = alpha if plan.bn is None else channel_scale(B, _affine(B, plan)[0] * alpha, w)
+            plan.cache[key] = (w if plan.bn is None and alpha == beta == 1.0
+                               else B.scaled_leaky_relu(w, scale, beta / alpha))
+        else:
+            p = _base(B, plan, part)
+            plan.cache[key] = None if p is None else modify_param(B, modifier, p, plan.rule.gamma)
+    return plan.cache[key]
+
+
+def _affine(B: Any, plan: LayerPlan) -> tuple[Any, Any]:
+    """``(scale, shift)`` per channel of the BatchNorm merged into ``plan``'s layer, or of the
+    layer itself if it is a BatchNorm; cached per call."""
+    if "affine" not in plan.cache:
+        plan.cache["affine"] = batchnorm_affine(B, plan.info if plan.bn is None else plan.bn)
+    return plan.cache["affine"]
+
+
+def _base(B: Any, plan: LayerPlan, part: str) -> Any:
+    """The unmodified weight or bias of ``plan``'s layer with BatchNorm merged in; cached."""
+    key = f"base:{part}"
+    if key not in plan.cache:
+        info = plan.info
+        if info.kind == "batchnorm":
+            p = _affine(B, plan)[0 if part == "weight" else 1]
+        else:
+            p = info.params[part] if part == "weight" else info.params.get("bias")
+            if plan.bn is not None:
+                scale, shift = _affine(B, plan)
+                p = (p * channel_scale(B, scale, p) if part == "weight"
+                     else merged_bias(p, scale, shift))
+        plan.cache[key] = p
     return plan.cache[key]
 
 

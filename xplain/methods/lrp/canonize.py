@@ -187,10 +187,12 @@ def batchnorm_affine(B: Any, bn: LayerInfo) -> tuple[Any, Any]:
     return scale, shift
 
 
-def merge(B: Any, kind: str, weight: Any, bias: Any, bn: LayerInfo) -> tuple[Any, Any]:
-    """Weight and bias of ``layer → bn`` as one conv/linear layer (neutral layouts)."""
-    scale, shift = batchnorm_affine(B, bn)
-    nd = len(B.shape(weight))
-    w = weight * B.reshape(scale, (-1,) + (1,) * (nd - 1))
-    b = shift if bias is None else bias * scale + shift
-    return w, b
+def channel_scale(B: Any, scale: Any, weight: Any) -> Any:
+    """Per-output-channel ``scale`` shaped to broadcast against a conv/linear ``weight``."""
+    return B.reshape(scale, (-1,) + (1,) * (len(B.shape(weight)) - 1))
+
+
+def merged_bias(bias: Any, scale: Any, shift: Any) -> Any:
+    """The bias of a conv/linear layer (``None``: without one) with BatchNorm ``(scale, shift)``
+    merged in."""
+    return shift if bias is None else bias * scale + shift

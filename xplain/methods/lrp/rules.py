@@ -290,6 +290,15 @@ def modify_param(B: Any, name: str, p: Any, gamma_: float) -> Any:
     raise ValueError(f"unknown parameter modifier {name!r}; known: {_PARAM_MODS}")
 
 
+def piecewise_slopes(name: str, gamma_: float) -> tuple[float, float] | None:
+    """``(α, β)`` for a parameter modifier that maps ``p`` to ``α·p`` where ``p > 0`` and ``β·p``
+    where ``p < 0`` with ``α > 0`` (``modify_param``'s value is then
+    ``Backend.scaled_leaky_relu(p, α, β/α)``), or ``None`` for the other modifiers."""
+    slopes = {"identity": (1.0, 1.0), "positive": (1.0, 0.0), "gamma+": (1.0 + gamma_, 1.0),
+              "gamma-": (1.0, 1.0 + gamma_), "gamma*positive": (gamma_, 0.0)}.get(name)
+    return slopes if slopes is not None and slopes[0] > 0 else None
+
+
 def stabilize(B: Any, z: Any, eps: float) -> Any:
     """``z + eps·sign(z)`` with sign(0) := +1, so the result is never zero for ``eps > 0``."""
     if eps == 0:

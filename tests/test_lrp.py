@@ -534,9 +534,11 @@ def test_user_composite_through_plugin_hook(fw):
         unregister(name="lrp-test-pack")
 
 
-def _relu_and_linear_use(fw, conv, fc):
+def _relu_and_linear_use(fw, conv, fc, twice=False):
     """``fc(flatten(relu(y)) + 0.5·flatten(y))`` with ``y = conv(x)``: the conv output feeds a ReLU
-    module *and* a functional use, so γ's negative-output group must not be skipped."""
+    module *and* a functional use, so γ's negative-output group must not be skipped. ``twice``:
+    ``fc(flatten(relu(y)) + 0.5·flatten(relu(y)))``, the same ReLU module twice (the optimistic
+    plan takes one ReLU call; the second one trips the wire)."""
     nn = fw.nn()
     relu = fw.relu()
 
@@ -547,11 +549,12 @@ def _relu_and_linear_use(fw, conv, fc):
 
         def forward(self, x):
             y = self.conv(x)
-            return self.fc(self.relu(y).flatten(1) + 0.5 * y.flatten(1))
+            return self.fc(self.relu(y).flatten(1) + 0.5 * (self.relu(y) if twice else y).flatten(1))
     return Net()
 
 
-@pytest.mark.parametrize("shared", [False, True], ids=["relu-only", "relu-and-functional"])
+@pytest.mark.parametrize("shared", [False, True, "twice"], ids=["relu-only", "relu-and-functional",
+                                                               "relu-twice"])
 def test_gamma_negative_output_group_skipped_only_when_dead(fw, shared):
     cin, cout, H, classes = 2, 3, 4, 2
     W1 = RNG.standard_normal((cout, cin, 3, 3)).astype(np.float32)
@@ -560,7 +563,7 @@ def test_gamma_negative_output_group_skipped_only_when_dead(fw, shared):
     W2 = RNG.standard_normal((classes, cout * Ho * Wo)).astype(np.float32)
     conv = fw.conv2d(cin, cout, 3, padding=1, weight=W1, bias=b1)
     fc = fw.linear(cout * Ho * Wo, classes, weight=W2, bias=np.zeros(classes))
-    model = (_relu_and_linear_use(fw, conv, fc) if shared
+    model = (_relu_and_linear_use(fw, conv, fc, twice=shared == "twice") if shared
              else fw.sequential(conv, fw.relu(), fw.flatten(), fc))
     x = np.abs(RNG.standard_normal((1, cin, H, H))).astype(np.float32)
     calls = []
@@ -573,7 +576,7 @@ def test_gamma_negative_output_group_skipped_only_when_dead(fw, shared):
     # probe + one pass; where the guess fails the pass runs again with the full rule
     assert len(calls) == (3 if shared else 2)
     y = M @ x[0].reshape(-1) + np.repeat(b1, Ho * Wo)
-    Ry = y * W2[1] * ((y > 0) + (0.5 if shared else 0.0))
+    Ry = y * W2[1] * ((y > 0) * (1.5 if shared == "twice" else 1.0) + (0.5 if shared is True else 0.0))
     ref = reference("gamma", M, np.repeat(b1, Ho * Wo), x[0].reshape(-1), Ry, gamma=0.5)
     assert (np.abs(ref) > 0).any()
     np.testing.assert_allclose(exp.numpy()[0].reshape(-1), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

@@ -251,12 +251,13 @@ class Backend(Protocol):
         its products straight into the layer input this way. ``value`` and the scales are
         handed over as in :meth:`replace_gradient`."""
 
-    def tripwire(self, x: Tensor, on_use: Callable[[], None]) -> Tensor:
-        """A tensor with ``x``'s value (it may share ``x``'s storage) whose backward calls
-        ``on_use()`` and passes no gradient on (zero, where the framework needs one): any
-        differentiable use of it shows up as a call, any other use as none. LRP hands a tripwire
-        of a layer output to everything but the ReLU after it, to prove that nothing else reads
-        that output."""
+    def tripwire(self, value: Tensor, anchor: Tensor, on_use: Callable[[], None]) -> Tensor:
+        """A tensor with the value of ``value`` (it may share its storage; ``value`` needs no
+        gradient) that autograd sees as computed from ``anchor``: its backward calls ``on_use()``
+        and passes no gradient into ``anchor`` (zero, where the framework needs one). Any
+        differentiable use of it shows up as a call, any other use as none; with an ``anchor``
+        that needs no gradient it is ``value`` itself. LRP hands a tripwire of a layer output to
+        everything but the ReLU after it, to prove that nothing else reads that output."""
 
     def custom_vjp(self, forward: Callable[..., Tensor],
                    backward: Callable[[tuple, Tensor, Tensor], tuple]) -> Callable[..., Tensor]:

@@ -357,21 +357,23 @@ def route_to_input(value, x, routes, conv):
 
 
 class _Tripwire(paddle.autograd.PyLayer):
-    """Value of ``x`` (a view, no copy); the backward reports that it ran."""
+    """Value of ``value`` (a view, no copy), computed from ``anchor`` as far as autograd knows;
+    the backward reports that it ran."""
 
     @staticmethod
-    def forward(ctx, x, on_use):
-        ctx.on_use = on_use
-        return x.view(x.shape)
+    def forward(ctx, value, anchor, on_use):
+        ctx.on_use, ctx.shape, ctx.dtype = on_use, anchor.shape, anchor.dtype
+        return value.view(value.shape)
 
     @staticmethod
     def backward(ctx, g):
         ctx.on_use()
-        return paddle.zeros_like(g)  # paddle wants a gradient for x; only on a tripped wire
+        # paddle wants a gradient for the anchor; only on a tripped wire
+        return None, paddle.zeros(ctx.shape, dtype=ctx.dtype)
 
 
-def tripwire(x, on_use):
-    return x if x.stop_gradient else _Tripwire.apply(x, on_use)
+def tripwire(value, anchor, on_use):
+    return value if anchor.stop_gradient else _Tripwire.apply(value.detach(), anchor, on_use)
 
 
 def custom_vjp(forward: Callable[..., paddle.Tensor], backward: Callable) -> Callable[..., paddle.Tensor]:

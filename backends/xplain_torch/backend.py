@@ -356,21 +356,22 @@ def route_to_input(value, x, routes, conv):
 
 
 class _Tripwire(torch.autograd.Function):
-    """Value of ``x`` (an alias, no copy); the backward reports that it ran."""
+    """Value of ``value`` (an alias, no copy), computed from ``anchor`` as far as autograd
+    knows; the backward reports that it ran."""
 
     @staticmethod
-    def forward(ctx, x, on_use):
+    def forward(ctx, value, anchor, on_use):
         ctx.on_use = on_use
-        return x.detach()
+        return value.detach()
 
     @staticmethod
     def backward(ctx, g):
         ctx.on_use()
-        return None, None
+        return None, None, None
 
 
-def tripwire(x, on_use):
-    return _Tripwire.apply(x, on_use) if x.requires_grad else x
+def tripwire(value, anchor, on_use):
+    return _Tripwire.apply(value, anchor, on_use) if anchor.requires_grad else value
 
 
 def custom_vjp(forward: Callable[..., torch.Tensor], backward: Callable) -> Callable[..., torch.Tensor]:

@@ -434,12 +434,15 @@ def check_tripwire(B, T):
         calls = []
         with B.enable_grad():
             x = B.with_grad(T(a))
-            wire = B.tripwire(x * 2.0, lambda calls=calls: calls.append(1))
+            wire = B.tripwire(B.stop_gradient(x * 2.0), x, lambda calls=calls: calls.append(1))
             close(B.stop_gradient(wire), 2.0 * a, B)
             loss = B.sum(x * T(w)) + (B.sum(wire * T(w)) if used else 0.0)
             (g,) = B.grad(loss, x)
         assert len(calls) == int(used), f"tripwire called {len(calls)} times, used={used}"
         close(g, w, B)  # no gradient through the wire
+    with B.no_grad():  # an anchor that needs no gradient: the value itself
+        v = T(a)
+        close(B.tripwire(v, T(a), lambda: None), a, B)
 
 
 @check

@@ -323,24 +323,52 @@ def iter_chunks(total: int, size: int) -> Iterator[slice]:
 
 def take_scales(ctx: Any) -> tuple[Sequence[Tensor], bool]:
     """For backend implementations of :meth:`Backend.replace_gradient` and
-    :meth:`Backend.route_to_input`: the scales kept on the autograd context ``ctx.scales``,
-    taken off it (they are handed over for one backward), and whether they are distinct objects
-    (only then may each be overwritten in place)."""
+    :meth:`Backend.route_to_input`: the scales kept on ``ctx.scales``, taken off it (they are
+    handed over for one backward), and ``ctx.distinct``: whether the caller passed distinct
+    tensors (only then may each be overwritten in place; see :func:`distinct`)."""
     scales, ctx.scales = ctx.scales, None
     if scales is None:
         raise RuntimeError("the backward of replace_gradient / route_to_input ran twice "
                            "(retain_graph=True); its scales were consumed by the first backward")
-    return scales, len({id(s) for s in scales}) == len(scales)
+    return scales, ctx.distinct
 
 
-def sum_routes(ctx: Any, g: Tensor, input_gradient: Callable[[Tensor, Tensor], Tensor],
+def distinct(tensors: Sequence[Tensor]) -> bool:
+    """Whether no tensor object occurs twice (checked on the caller's objects: detached copies
+    are new objects even where they share storage)."""
+    return len({id(t) for t in tensors}) == len(tensors)
+
+
+@dataclass
+class Routes:
+    """For backend implementations of :meth:`Backend.route_to_input`: its arguments, kept on
+    the autograd node for the backward (weights and scales detached, see :func:`make_routes`)."""
+
+    weights: tuple
+    scales: list | None  # handed over: taken by the backward (see take_scales)
+    distinct: bool
+    conv: Mapping[str, Any] | None
+    shape: tuple  # of x
+
+
+def make_routes(x: Tensor, routes: Sequence[tuple[Tensor, Tensor]], conv: Mapping[str, Any] | None,
+                detach: Callable[[Tensor], Tensor]) -> Routes:
+    """The :class:`Routes` of a :meth:`Backend.route_to_input` call (``detach`` of the backend)."""
+    if conv is not None and conv.get("groups", 1) != 1:
+        raise ValueError("route_to_input needs an ungrouped convolution (groups=1)")
+    scales = [s for _, s in routes]
+    return Routes(tuple(detach(w) for w, _ in routes), [detach(s) for s in scales], distinct(scales),
+                  conv, tuple(x.shape))
+
+
+def sum_routes(routes: Routes, g: Tensor, input_gradient: Callable[[Tensor, Tensor], Tensor],
                multiply_: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
     """For backend implementations of :meth:`Backend.route_to_input`: ``Σ_k
-    input_gradient(W_k, s_k ⊙ g)`` over ``ctx.weights`` and the scales (see :func:`take_scales`;
-    ``multiply_(s, g)`` multiplies in place), accumulated in place."""
-    scales, distinct = take_scales(ctx)
+    input_gradient(W_k, s_k ⊙ g)`` over the routes (see :func:`take_scales`; ``multiply_(s, g)``
+    multiplies in place), accumulated in place."""
+    scales, unique = take_scales(routes)
     total = None
-    for w, s in zip(ctx.weights, scales):
-        part = input_gradient(w, multiply_(s, g) if distinct else s * g)
+    for w, s in zip(routes.weights, scales):
+        part = input_gradient(w, multiply_(s, g) if unique else s * g)
         total = part if total is None else total.add_(part)
     return total

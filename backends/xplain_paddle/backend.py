@@ -14,7 +14,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from xplain.backend import LayerInfo, sum_routes, take_scales
+from xplain.backend import LayerInfo, distinct, make_routes, sum_routes, take_scales
 
 name = "paddle"
 
@@ -245,8 +245,8 @@ class _Replace(paddle.autograd.PyLayer):
     they were handed over for this one backward."""
 
     @staticmethod
-    def forward(ctx, value, scales, *throughs):
-        ctx.scales = scales
+    def forward(ctx, value, scales, unique, *throughs):
+        ctx.scales, ctx.distinct = scales, unique
         ctx.value_grad = not value.stop_gradient
         return value.clone() if ctx.value_grad else value.view(value.shape)
 
@@ -263,7 +263,8 @@ def replace_gradient(value, routes):
     routes = [(t, s) for t, s in routes if not t.stop_gradient]
     if not routes:
         return value
-    return _Replace.apply(value, [s.detach() for _, s in routes], *(t for t, _ in routes))
+    return _Replace.apply(value, [s.detach() for _, s in routes], distinct([s for _, s in routes]),
+                          *(t for t, _ in routes))
 
 
 def stabilized_ratio(num, den, eps):
@@ -327,33 +328,26 @@ def _input_gradient(shape, weight, g, conv):
 
 class _RouteToInput(paddle.autograd.PyLayer):
     """Value of the first input; gradient ``Σ_k W_kᵀ(s_k ⊙ g)`` into ``x``, without a forward
-    graph (see Backend.route_to_input)."""
+    graph (see Backend.route_to_input). ``routes`` is a plain object: tensors in it are not
+    inputs."""
 
     @staticmethod
-    def forward(ctx, value, x, layer):
-        ctx.scales, ctx.weights, ctx.conv, ctx.shape = layer.scales, layer.weights, layer.conv, x.shape
+    def forward(ctx, value, x, routes):
+        ctx.routes = routes
         return value.view(value.shape)
 
     @staticmethod
     def backward(ctx, g):
-        return None, sum_routes(ctx, g, lambda w, s: _input_gradient(ctx.shape, w, s, ctx.conv),
+        r = ctx.routes
+        return None, sum_routes(r, g, lambda w, s: _input_gradient(r.shape, w, s, r.conv),
                                 paddle.Tensor.multiply_)
-
-
-class _Routes:
-    """The non-tensor argument of _RouteToInput (tensors in a plain object are not inputs)."""
-
-    def __init__(self, weights, scales, conv):
-        self.weights, self.scales, self.conv = weights, scales, conv
 
 
 def route_to_input(value, x, routes, conv):
     if x.stop_gradient:
         return value
-    if conv is not None and conv.get("groups", 1) != 1:
-        raise ValueError("route_to_input needs an ungrouped convolution (groups=1)")
-    return _RouteToInput.apply(value.detach(), x, _Routes([w.detach() for w, _ in routes],
-                                                          [s.detach() for _, s in routes], conv))
+    return _RouteToInput.apply(value.detach(), x,
+                               make_routes(x, routes, conv, paddle.Tensor.detach))
 
 
 class _Tripwire(paddle.autograd.PyLayer):

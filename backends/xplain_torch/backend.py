@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xplain.backend import LayerInfo, sum_routes, take_scales
+from xplain.backend import LayerInfo, distinct, make_routes, sum_routes, take_scales
 
 name = "torch"
 
@@ -244,8 +244,9 @@ class _Replace(torch.autograd.Function):
     were handed over for this one backward."""
 
     @staticmethod
-    def forward(ctx, value, scales, *throughs):
-        ctx.scales = scales  # constants: kept as attributes, no saved-tensor version checks
+    def forward(ctx, value, scales, unique, *throughs):
+        # constants: kept as attributes, no saved-tensor version checks
+        ctx.scales, ctx.distinct = scales, unique
         if ctx.needs_input_grad[0] or value._is_view():
             return value.clone()  # a view of / a leaf needing grad cannot be marked dirty
         ctx.mark_dirty(value)
@@ -254,16 +255,17 @@ class _Replace(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         scales, distinct = take_scales(ctx)
-        return ((g if ctx.needs_input_grad[0] else None), None,
+        return ((g if ctx.needs_input_grad[0] else None), None, None,
                 *((s.mul_(g) if distinct and s.shape == g.shape else g * s) if need else None
-                  for s, need in zip(scales, ctx.needs_input_grad[2:])))
+                  for s, need in zip(scales, ctx.needs_input_grad[3:])))
 
 
 def replace_gradient(value, routes):
     routes = [(t, s) for t, s in routes if t.requires_grad]
     if not routes:
         return value
-    return _Replace.apply(value, tuple(s.detach() for _, s in routes), *(t for t, _ in routes))
+    return _Replace.apply(value, tuple(s.detach() for _, s in routes), distinct([s for _, s in routes]),
+                          *(t for t, _ in routes))
 
 
 def _divide_into(num, d):
@@ -333,8 +335,8 @@ class _RouteToInput(torch.autograd.Function):
     graph (see Backend.route_to_input)."""
 
     @staticmethod
-    def forward(ctx, value, x, weights, scales, conv):
-        ctx.scales, ctx.weights, ctx.conv, ctx.shape = scales, weights, conv, x.shape
+    def forward(ctx, value, x, routes):
+        ctx.routes = routes
         if value._is_view():
             return value.clone()
         ctx.mark_dirty(value)
@@ -342,17 +344,15 @@ class _RouteToInput(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        gx = sum_routes(ctx, g, lambda w, s: _input_gradient(ctx.shape, w, s, ctx.conv), torch.Tensor.mul_)
-        return None, gx, None, None, None
+        r = ctx.routes
+        return None, sum_routes(r, g, lambda w, s: _input_gradient(r.shape, w, s, r.conv), torch.Tensor.mul_), None
 
 
 def route_to_input(value, x, routes, conv):
     if not x.requires_grad:
         return value
-    if conv is not None and conv.get("groups", 1) != 1:
-        raise ValueError("route_to_input needs an ungrouped convolution (groups=1)")
-    return _RouteToInput.apply(value.detach(), x, tuple(w.detach() for w, _ in routes),
-                               tuple(s.detach() for _, s in routes), conv)
+    return _RouteToInput.apply(value.detach(), x,
+                               make_routes(x, routes, conv, torch.Tensor.detach))
 
 
 class _Tripwire(torch.autograd.Function):

@@ -312,6 +312,12 @@ def check_replace_gradient(B, T):
     g = w * (v > 0)
     close(gv, g, B)
     close(gx, g * s1 * 2.0 + g * s2 * 2.0 * a, B)
+    with B.enable_grad():  # one scale tensor for two routes: not overwritten by the first
+        x = B.with_grad(T(a))
+        st = T(s1.copy())
+        y = B.replace_gradient(T(v), [(x * 2.0, st), (x * x, st)])
+        (gx,) = B.grad(B.sum(y * T(w)), x)
+    close(gx, w * s1 * 2.0 + w * s1 * 2.0 * a, B)
     with B.no_grad():
         close(B.replace_gradient(T(v), [(T(a), T(s1))]), v, B)
 
@@ -408,17 +414,26 @@ def check_route_to_input(B, T):
         value = rng.standard_normal(out_shape).astype(np.float32)
         scales = [rng.standard_normal(out_shape).astype(np.float32) for _ in ws]
         up = rng.standard_normal(out_shape).astype(np.float32)
-        with B.enable_grad():
-            xt = B.with_grad(T(x))
-            y = B.route_to_input(T(value), xt, [(T(w), T(s.copy())) for w, s in zip(ws, scales)], conv)
-            (gx,) = B.grad(B.sum(y * T(up)), xt)
-        close(B.stop_gradient(y), value, B)
-        gx = B.to_numpy(gx)
-        for _ in range(3):
-            other = rng.standard_normal(x_shape).astype(np.float32)
-            want = sum(float(np.sum(s * up * layer(other, w))) for w, s in zip(ws, scales))
-            got = float(np.sum(gx * other))
-            assert abs(got - want) <= 1e-4 * max(1.0, abs(want)), (conv, got, want)
+        # distinct scales; one scale tensor passed twice (not overwritten by the first route)
+        for variant in ("plain", "shared"):
+            with B.enable_grad():
+                xt = B.with_grad(T(x))
+                vt = T(value)
+                if variant == "plain":
+                    routes, want_scales = [(T(w), T(s.copy())) for w, s in zip(ws, scales)], scales
+                else:
+                    st = T(scales[0].copy())
+                    routes, want_scales = [(T(w), st) for w in ws], [scales[0]] * 2
+                y = B.route_to_input(vt, xt, routes, conv)
+                (gx,) = B.grad(B.sum(y * T(up)), xt)
+            close(B.stop_gradient(y), value, B)
+            close(vt, value, B)
+            gx = B.to_numpy(gx)
+            for _ in range(3):
+                other = rng.standard_normal(x_shape).astype(np.float32)
+                want = sum(float(np.sum(s * up * layer(other, w))) for w, s in zip(ws, want_scales))
+                got = float(np.sum(gx * other))
+                assert abs(got - want) <= 1e-4 * max(1.0, abs(want)), (conv, variant, got, want)
     with B.no_grad():
         x = T(np.ones((1, 3), np.float32))
         close(B.route_to_input(T(np.ones((1, 2), np.float32)), x, [(T(np.ones((2, 3), np.float32)),

@@ -116,17 +116,22 @@ def test_ig_chunking_does_not_change_result_and_batches(fw):
 
 def test_memory_budget_gives_large_batches_at_224(fw):
     """The plan for IG with 200 steps on a 224² ImageNet model under 2 GB: many samples per
-    pass (ResNet-18 here to keep the suite fast; VGG16's plan is checked in the benchmark)."""
+    pass, as many as keep each layer output under CPU_TENSOR_BYTES on CPU (ResNet-18 here to
+    keep the suite fast; VGG16's plan is checked in the benchmark)."""
     from xplain.backends import load_backend
-    from xplain.run import Run
+    from xplain.run import CPU_TENSOR_BYTES, Run
 
     model = fw.model("resnet18", num_classes=10)
     x = fw.tensor(np.zeros((1, 3, 224, 224)))
     run = Run(load_backend(fw.name), model, x, np.zeros(1, np.int64), memory_budget="2GB")
     need = run.per_sample_bytes()
     assert 20e6 < need < 500e6  # activations + their gradients of one 224² sample
-    assert run.chunk_size() == 2**31 // need >= 4
-    assert run.chunk_size(backward=False) >= 2 * run.chunk_size() - 1
+    largest = 64 * 112 * 112 * 4  # the stem's output, per sample
+    assert run._largest_bytes == largest
+    assert 2**31 // need > CPU_TENSOR_BYTES // largest  # the budget alone would allow more
+    assert run.chunk_size() == run.chunk_size(backward=False) == CPU_TENSOR_BYTES // largest == 10
+    roomy = Run(load_backend(fw.name), model, x, np.zeros(1, np.int64), memory_budget="200MB")
+    assert roomy.chunk_size() == 200 * 2**20 // need < 10  # the budget binds first
 
 
 def test_baselines_named_and_invalid(fw):

@@ -99,6 +99,9 @@ class Backend(Protocol):
     def is_tensor(self, obj: Any) -> bool:
         """True if ``obj`` is a tensor of this framework."""
 
+    def is_cpu(self, x: Tensor) -> bool:
+        """Whether ``x`` lives in host memory (chunk sizes follow the CPU allocator there)."""
+
     def is_model(self, obj: Any) -> bool:
         """True if ``obj`` is a model/layer of this framework."""
 

@@ -28,6 +28,10 @@ def is_tensor(obj: Any) -> bool:
     return isinstance(obj, paddle.Tensor)
 
 
+def is_cpu(x) -> bool:
+    return x.place.is_cpu_place()
+
+
 def is_model(obj: Any) -> bool:
     return isinstance(obj, nn.Layer)
 

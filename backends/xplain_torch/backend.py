@@ -27,6 +27,10 @@ def is_tensor(obj: Any) -> bool:
     return isinstance(obj, torch.Tensor)
 
 
+def is_cpu(x) -> bool:
+    return x.device.type == "cpu"
+
+
 def is_model(obj: Any) -> bool:
     return isinstance(obj, nn.Module)
 

@@ -123,6 +123,11 @@ def check_shapes(B, T):
 
 
 @check
+def check_is_cpu(B, T):
+    assert B.is_cpu(T(np.zeros(2, np.float32))) is True  # T makes host tensors
+
+
+@check
 def check_linear_algebra(B, T):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((4, 5)).astype(np.float32)

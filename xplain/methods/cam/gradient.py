@@ -24,14 +24,17 @@ MapRule = Callable[[Any, Tensor, Tensor], Tensor]
 
 @contextmanager
 def _bytes_counted(run: Run) -> Iterator[list[int]]:
-    """Count the bytes of every leaf layer's output during the block (the estimate of
-    :meth:`Run.per_sample_bytes`, taken from a pass the method needs anyway)."""
+    """Count the bytes of every leaf layer's output during the block, their sum and the
+    largest (the estimates of :meth:`Run.per_sample_bytes`, taken from a pass the method needs
+    anyway)."""
     B = run.backend
-    total = [0]
+    total = [0, 0]
 
     def count(_layer: Any, _inputs: tuple, out: Any) -> None:
         if B.is_tensor(out):
-            total[0] += 4 * int(np.prod(B.shape(out)))
+            size = 4 * int(np.prod(B.shape(out)))
+            total[0] += size
+            total[1] = max(total[1], size)
 
     handles = [B.add_forward_hook(i.module, count) for i in run.layers() if not i.has_children]
     try:
@@ -62,7 +65,7 @@ def activations_and_gradients(run: Run, layer: Any) -> tuple[list[str], dict, di
     start = 0
     while start < n:
         sl = slice(start, min(n, start + size))
-        counter = nullcontext([0]) if known else _bytes_counted(run)
+        counter = nullcontext([0, 0]) if known else _bytes_counted(run)
         with B.enable_grad(), captured(run, infos, grad=True) as rec, counter as nbytes:
             out = run.forward(run.inputs[sl])
         if explicit is None:
@@ -78,7 +81,7 @@ def activations_and_gradients(run: Run, layer: Any) -> tuple[list[str], dict, di
         outs.append(B.stop_gradient(out))
         start = sl.stop
         if not known:
-            run.set_per_sample_bytes(nbytes[0])
+            run.set_per_sample_bytes(nbytes[0], nbytes[1])
             known = True
             size = run.chunk_size()
     names = [i.name for i in infos]

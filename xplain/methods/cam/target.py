@@ -33,9 +33,9 @@ def _probe(run: Run) -> dict[str, LayerSummary]:
             # the same estimate as Run.per_sample_bytes (leaf outputs), from this probe instead
             # of a second batch-1 forward pass
             leaves = {i.name for i in run.layers() if not i.has_children}
-            run.set_per_sample_bytes(sum(4 * s.calls * int(np.prod(s.output_shape))
-                                         for s in cache.values()
-                                         if s.name in leaves and s.output_shape is not None))
+            sizes = [(s.calls, 4 * int(np.prod(s.output_shape))) for s in cache.values()
+                     if s.name in leaves and s.output_shape is not None]
+            run.set_per_sample_bytes(sum(c * b for c, b in sizes), max((b for _, b in sizes), default=0))
     return cache
 
 

@@ -257,9 +257,14 @@ class Run:
         if self.max_batch is not None:
             return max(1, int(self.max_batch))
         need = self.per_sample_bytes() // (1 if backward else 2)
-        size = max(1, self.memory_budget // max(1, need))
-        if self._largest_bytes and self.backend.is_cpu(self.inputs):
-            size = min(size, max(1, CPU_TENSOR_BYTES // self._largest_bytes))
+        return self.within_cpu_tensor_bytes(max(1, self.memory_budget // max(1, need)),
+                                            self._largest_bytes)
+
+    def within_cpu_tensor_bytes(self, size: int, largest_bytes: int | None) -> int:
+        """``size`` samples per pass, fewer on CPU where one layer output of ``largest_bytes``
+        per sample would exceed :data:`CPU_TENSOR_BYTES` (``None``: not known, no cap)."""
+        if largest_bytes and self.backend.is_cpu(self.inputs):
+            return min(size, max(1, CPU_TENSOR_BYTES // largest_bytes))
         return size
 
     def chunks(self, total: int, *, backward: bool = True) -> Iterator[slice]:

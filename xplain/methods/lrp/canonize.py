@@ -43,6 +43,7 @@ class Probe:
         feeds_relu: layers whose output is read by a ReLU module (so the gradient at their
             negative outputs is zero — verified at run time where it matters, see attribute.py).
         per_sample_bytes: bytes of all layer outputs for one sample (for chunking).
+        largest_bytes: bytes of the largest layer output for one sample (for chunking on CPU).
     """
 
     order: list[str] = field(default_factory=list)
@@ -54,6 +55,7 @@ class Probe:
     input_users: set[str] = field(default_factory=set)
     feeds_relu: set[str] = field(default_factory=set)
     per_sample_bytes: int = 0
+    largest_bytes: int = 0
 
 
 _CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
@@ -123,7 +125,9 @@ def _probe(run: Run, merge_batchnorm: bool) -> Probe:
         if result.calls[info.name] == 1:
             result.order.append(info.name)
         if B.is_tensor(output):
-            result.per_sample_bytes += int(np.prod(B.shape(output))) * 4
+            size = int(np.prod(B.shape(output))) * 4
+            result.per_sample_bytes += size
+            result.largest_bytes = max(result.largest_bytes, size)
         if info.kind in _AFFINE:
             if result.first is None:
                 result.first = info.name

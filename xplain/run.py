@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import sys
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Iterable, Iterator
@@ -230,25 +231,31 @@ class Run:
         output size (activations kept for backward) plus the input, times two (their
         gradients). Measured by one batch-1 no-grad probe, once per model and input shape."""
         if not self.per_sample_bytes_known:
-            B = self.backend
-            total = [0, 0]  # sum, largest
-
-            def count(_layer: Any, _inputs: tuple, out: Any) -> None:
-                if B.is_tensor(out):
-                    size = int(np.prod(B.shape(out))) * 4
-                    total[0] += size
-                    total[1] = max(total[1], size)
-
-            handles = [B.add_forward_hook(i.module, count) for i in self.layers()
-                       if not i.has_children]
-            try:
-                with B.no_grad():
-                    B.forward(self.model, self.inputs[:1])
-            finally:
-                for h in handles:
-                    h.remove()
-            self.set_per_sample_bytes(total[0], total[1])
+            with self.counting_output_bytes() as total, self.backend.no_grad():
+                self.backend.forward(self.model, self.inputs[:1])
+            self.set_per_sample_bytes(*total)
         return self._per_sample_bytes
+
+    @contextmanager
+    def counting_output_bytes(self) -> Iterator[list[int]]:
+        """Within the block, count the bytes of every leaf layer's output: ``[sum, largest]``
+        (the estimates :meth:`set_per_sample_bytes` takes), e.g. from a pass a method needs
+        anyway instead of :meth:`per_sample_bytes`' own probe."""
+        B = self.backend
+        total = [0, 0]
+
+        def count(_layer: Any, _inputs: tuple, out: Any) -> None:
+            if B.is_tensor(out):
+                size = int(np.prod(B.shape(out))) * 4
+                total[0] += size
+                total[1] = max(total[1], size)
+
+        handles = [B.add_forward_hook(i.module, count) for i in self.layers() if not i.has_children]
+        try:
+            yield total
+        finally:
+            for h in handles:
+                h.remove()
 
     def chunk_size(self, *, backward: bool = True) -> int:
         """How many samples to push through the model at once: ``max_batch`` if given, else as

@@ -5,9 +5,9 @@ target scores down to the (earliest) target layer only — nothing before it rec
 """
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Any
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 
@@ -20,28 +20,6 @@ from .target import captured, resolve_layers
 ChannelRule = Callable[[Any, Tensor, Tensor], Tensor]
 #: ``(B, A, G) -> (N, h, w)`` map directly (element-wise methods).
 MapRule = Callable[[Any, Tensor, Tensor], Tensor]
-
-
-@contextmanager
-def _bytes_counted(run: Run) -> Iterator[list[int]]:
-    """Count the bytes of every leaf layer's output during the block, their sum and the
-    largest (the estimates of :meth:`Run.per_sample_bytes`, taken from a pass the method needs
-    anyway)."""
-    B = run.backend
-    total = [0, 0]
-
-    def count(_layer: Any, _inputs: tuple, out: Any) -> None:
-        if B.is_tensor(out):
-            size = 4 * int(np.prod(B.shape(out)))
-            total[0] += size
-            total[1] = max(total[1], size)
-
-    handles = [B.add_forward_hook(i.module, count) for i in run.layers() if not i.has_children]
-    try:
-        yield total
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def activations_and_gradients(run: Run, layer: Any) -> tuple[list[str], dict, dict, np.ndarray]:
@@ -65,7 +43,7 @@ def activations_and_gradients(run: Run, layer: Any) -> tuple[list[str], dict, di
     start = 0
     while start < n:
         sl = slice(start, min(n, start + size))
-        counter = nullcontext([0, 0]) if known else _bytes_counted(run)
+        counter = nullcontext([0, 0]) if known else run.counting_output_bytes()
         with B.enable_grad(), captured(run, infos, grad=True) as rec, counter as nbytes:
             out = run.forward(run.inputs[sl])
         if explicit is None:
@@ -81,7 +59,7 @@ def activations_and_gradients(run: Run, layer: Any) -> tuple[list[str], dict, di
         outs.append(B.stop_gradient(out))
         start = sl.stop
         if not known:
-            run.set_per_sample_bytes(nbytes[0], nbytes[1])
+            run.set_per_sample_bytes(*nbytes)
             known = True
             size = run.chunk_size()
     names = [i.name for i in infos]

@@ -22,7 +22,7 @@ from xplain.testing.zoo import build  # noqa: E402
 CASES = (
     ("LRP-ε (composite epsilon)", {"composite": "epsilon"}),
     ("epsilon_plus_flat", {"composite": "epsilon_plus_flat"}),
-    ("epsilon_gamma_box", {"composite": "epsilon_gamma_box", "low": -3.0, "high": 3.0}),
+    ("epsilon_gamma_box", {"composite": "epsilon_gamma_box", "low": -6.0, "high": 6.0}),
 )
 
 
@@ -42,7 +42,7 @@ def _zennit(name: str, case: str):
                                  canonizers=canon)
     if case == "epsilon_plus_flat":
         return EpsilonPlusFlat(canonizers=canon)
-    return EpsilonGammaBox(low=-3.0, high=3.0, canonizers=canon)
+    return EpsilonGammaBox(low=-6.0, high=6.0, canonizers=canon)
 
 
 def _zennit_call(model, x, composite):

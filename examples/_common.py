@@ -6,12 +6,13 @@ touches a framework is imported inside the functions.
 from __future__ import annotations
 
 import argparse
+import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xplain import io, viz
+from xplain import viz, weights
 
 
 def add_common_args(p: argparse.ArgumentParser, *, framework: str = "torch") -> None:
@@ -38,31 +39,39 @@ def zoo(name: str, framework: str, *, seed: int = 0, num_classes: int | None = N
 
 
 def load_checkpoint(path: str | Path, framework: str) -> dict[str, np.ndarray]:
-    """A state dict from a ``.pth`` (torch) / ``.pdparams`` (paddle) file, as numpy, with the
-    ``module.`` prefix of DataParallel checkpoints removed."""
-    if framework == "torch":
-        import torch
+    """A state dict as numpy, with the ``module.`` prefix of DataParallel checkpoints removed.
 
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-        arrays = {k: v.detach().cpu().numpy() for k, v in state.items()}
+    Files are data, never code: ``.safetensors``, ``.npz`` and PaddlePaddle ``.pdparams`` are
+    read by :func:`xplain.weights.load_arrays` (recognised by content; paddle's pickle through
+    an unpickler that admits arrays only), any other file of a torch model by
+    ``torch.load(weights_only=True)``.
+    """
+    kind = weights.file_kind(path)
+    paddle_pickle = kind == "pickle" and str(path).endswith((".pdparams", ".pdopt"))
+    if framework == "torch" and kind in ("zip", "pickle") and not paddle_pickle:  # torch.save's
+        import torch  # PyTorch's own restricted unpickler: tensors and containers only
+
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # a pickled model object or code: refused unread
+            raise weights.CheckpointError(f"{path} is not a plain state dict: {e}") from e
+        arrays = weights.state_arrays(
+            state, convert=lambda v: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else None)
     else:
-        import paddle
-
-        arrays = {k: np.asarray(v) for k, v in paddle.load(str(path)).items()}
-    return io.strip_prefix(arrays, "module.")
+        arrays = weights.load_arrays(path)
+    return weights.strip_prefix(arrays, "module.")
 
 
 def load_into(model: Any, state: dict[str, np.ndarray], framework: str) -> Any:
-    """Load a (prefix-stripped) numpy state dict into ``model``; strict about missing keys."""
+    """Load a (prefix-stripped) numpy state dict into ``model``: names and shapes must match the
+    model's exactly (:func:`xplain.weights.check_state` says what is missing or extra)."""
+    own = model_state_numpy(model, framework)
+    weights.check_state({k: v.shape for k, v in own.items()}, state)
     if framework == "torch":
         import torch
 
         model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()}, strict=True)
     else:
-        missing = set(model.state_dict()) - set(state)
-        if missing:
-            raise KeyError(f"checkpoint lacks {sorted(missing)[:5]}")
         model.set_state_dict(state)
     model.eval()
     return model

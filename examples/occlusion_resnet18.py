@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> dict:
         exp = xplain.explain(model, x, method=method, target=targets, **opts)
         attr = exp.numpy()
         results[method] = attr
+        maps = viz.heatmap(exp, sign="all", clip_percentile=1.0)  # (N, H, W): layout from exp
         for i, t in enumerate(targets):
-            m = viz.heatmap(attr[i], sign="all", clip_percentile=1.0)
-            fig = viz.figure([viz.Panel(m, f"{method}: {LABELS.get(t, t)}", cmap="bwr",
+            fig = viz.figure([viz.Panel(maps[i], f"{method}: {LABELS.get(t, t)}", cmap="bwr",
                                         colorbar=True, vmin=-1, vmax=1),
                               viz.Panel(picture, "original image")], cell=224)
             files.append(str(viz.save(out / f"{method}_{t}.png", fig)))

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
             res = metrics.deletion(model, x, exp, target=exp.targets, steps=args.steps,
                                    baseline=args.baseline)
             aucs[method] = res.auc
-            maps.append(viz.Panel(viz.heatmap(exp.numpy()[0], sign="absolute"), method))
+            maps.append(viz.Panel(viz.heatmap(exp, sign="absolute")[0], method))
             print(f"{method:18s} deletion AUC {res.mean_auc:.4f}  (lower is better)")
         path = viz.save(out / "plugin_methods.png",
                         viz.figure([viz.Panel(images[0], "image"), *maps], cell=128))

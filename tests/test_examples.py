@@ -55,7 +55,7 @@ def test_story1_lrp_tutorial_cnn(fw, tmp_path):
     assert r["relevance"].shape == (2, 3, 32, 32)
     np.testing.assert_allclose(logits(fw, r["model"], r["inputs"]),
                                logits(fw, fw.model("tutorial_cnn", seed=7), r["inputs"]), rtol=1e-5)
-    # LRP-0 on a ReLU network is input x gradient (ARCHITECTURE.md, decision 3)
+    # LRP-0 on a ReLU network is input x gradient (docs/architecture.md §3)
     ixg = xplain.explain(r["model"], r["inputs"], method="input_x_gradient", target=5).numpy()
     rel_close(r["relevance"], ixg, 1e-4)
     maps = r["maps"]

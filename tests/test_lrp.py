@@ -110,8 +110,9 @@ RULES = [
 
 def _rule_spec(rule, params, cin):
     if rule == "zbox":
-        low = -1.0 - 0.5 * np.arange(cin)
-        high = 1.0 + 0.25 * np.arange(cin)
+        # the box must hold the standard-normal inputs: z^B refuses inputs outside it
+        low = -5.0 - 0.5 * np.arange(cin)
+        high = 5.0 + 0.25 * np.arange(cin)
         return ("zbox", {"low": low, "high": high}), low, high
     return (rule, params), None, None
 
@@ -284,7 +285,7 @@ def test_conservation_composites_bias_free_vgg(fw, composite):
     (z⁺, αβ with α−β=1, γ, flat and z^B are all conservative without biases)."""
     model = zoo(fw, "vgg16", bias_free=True)
     x = _input(fw, 32)
-    exp = xplain.explain(model, x, method="lrp", target=[0, 5], composite=composite, low=-4.0, high=4.0)
+    exp = xplain.explain(model, x, method="lrp", target=[0, 5], composite=composite, low=-6.0, high=6.0)
     rs, out = fw.numpy(exp.relevance_sum), fw.numpy(exp.target_output)
     np.testing.assert_allclose(rs, out, rtol=1e-3)
 
@@ -353,11 +354,11 @@ def test_default_and_documented_calls(fw):
     assert exp.rules["conv1"].startswith("flat") and "merged with bn1" in exp.rules["conv1"]
     assert exp.rules["layer1.0.conv1"].startswith("zplus") and exp.rules["fc"].startswith("epsilon")
     assert fw.numpy(exp.relevance_sum).shape == (2,) and fw.numpy(exp.target_output).shape == (2,)
-    exp = xplain.explain(model, x, method="lrp", composite="epsilon_gamma_box", low=-3.0, high=3.0)
+    exp = xplain.explain(model, x, method="lrp", composite="epsilon_gamma_box", low=-6.0, high=6.0)
     assert exp.rules["conv1"].startswith("zbox") and exp.rules["layer2.0.conv2"].startswith("gamma")
     assert np.all(np.isfinite(exp.numpy()))
     exp = xplain.explain(model, x, method="lrp", rules={"conv1": "zbox", "conv": "gamma", "linear": "epsilon"},
-                         low=[-2.0, -2.1, -1.8], high=[2.2, 2.4, 2.6], gamma=0.5)
+                         low=[-6.0, -6.1, -5.8], high=[6.2, 6.4, 6.6], gamma=0.5)
     assert exp.rules["conv1"].startswith("zbox") and exp.rules["layer3.1.conv1"] == "gamma(gamma=0.5) (merged with layer3.1.bn1)"
     exp = xplain.explain(model, x, method="lrp", rules={"layer4.*": ("epsilon", {"epsilon": 0.5})})
     assert exp.rules["layer4.0.conv1"].startswith("epsilon(epsilon=0.5)")
@@ -398,7 +399,7 @@ def test_pass_leaves_nothing_alive(fw, composite):
 
     model = zoo(fw, "resnet18")
     for _ in range(2):
-        xplain.explain(model, _input(fw, 64), method="lrp", composite=composite, low=-3.0, high=3.0)
+        xplain.explain(model, _input(fw, 64), method="lrp", composite=composite, low=-6.0, high=6.0)
     gc.collect()
     alive = [o for o in gc.get_objects() if type(o) is _Forward]
     assert not alive, f"{len(alive)} LRP pass states are still alive after the calls"
@@ -407,8 +408,8 @@ def test_pass_leaves_nothing_alive(fw, composite):
 def test_batch_chunking_gives_same_relevance(fw):
     model = zoo(fw, "resnet18")
     x = _input(fw, 32, batch=3)
-    a = xplain.explain(model, x, method="lrp", composite="epsilon_gamma_box", low=-3, high=3).numpy()
-    b = xplain.explain(model, x, method="lrp", composite="epsilon_gamma_box", low=-3, high=3,
+    a = xplain.explain(model, x, method="lrp", composite="epsilon_gamma_box", low=-6, high=6).numpy()
+    b = xplain.explain(model, x, method="lrp", composite="epsilon_gamma_box", low=-6, high=6,
                        max_batch=2)
     np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-6 * np.abs(a).max())
     # each chunk explained its own argmax, and reports it without another forward pass
@@ -440,7 +441,7 @@ def test_model_unchanged_also_when_a_rule_raises(fw):
     model = zoo(fw, "vgg16_bn")
     before = fw.model_state(model)
     x = _input(fw, 32)
-    xplain.explain(model, x, method="lrp", composite="epsilon_gamma_box", low=-3, high=3, layer="features.10")
+    xplain.explain(model, x, method="lrp", composite="epsilon_gamma_box", low=-6, high=6, layer="features.10")
     with pytest.raises(LayerError, match="pass"):  # pass on a max-pool: raises inside the forward
         xplain.explain(model, x, method="lrp", rules={"maxpool": "pass"})
     fw.assert_same_state(before, fw.model_state(model))

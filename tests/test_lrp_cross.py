@@ -25,7 +25,7 @@ def test_every_composite_same_in_torch_and_paddle(both, name, composite):
     # ε = 1e-6 on every conv of a ResNet is at the float32 rounding level of pre-activations that
     # feed the residual stream, where |y|/(|y|+ε) then differs between frameworks (up to 1.6e-4
     # of the max at 4 of 6144 pixels here); a ε of 0.01 is a usual LRP-ε value and stable.
-    kw = {"target": [2, 9], "composite": composite, "low": -3.0, "high": 3.0, "epsilon": 0.01}
+    kw = {"target": [2, 9], "composite": composite, "low": -6.0, "high": 6.0, "epsilon": 0.01}
     rt = xplain.explain(_model(tfw, name), tfw.tensor(x), method="lrp", **kw)
     rp = xplain.explain(_model(pfw, name), pfw.tensor(x), method="lrp", **kw)
     a, b = rt.numpy(), rp.numpy()
@@ -38,7 +38,7 @@ def test_every_composite_same_in_torch_and_paddle(both, name, composite):
 def test_layer_relevance_same_in_torch_and_paddle(both):
     tfw, pfw = both
     x = np.random.default_rng(4).standard_normal((1, 3, 32, 32)).astype(np.float32)
-    kw = {"target": 1, "composite": "epsilon_gamma_box", "low": -3.0, "high": 3.0, "layer": "layer3"}
+    kw = {"target": 1, "composite": "epsilon_gamma_box", "low": -6.0, "high": 6.0, "layer": "layer3"}
     a = tfw.numpy(xplain.explain(_model(tfw, "resnet18"), tfw.tensor(x), method="lrp", **kw).layer_relevance)
     b = pfw.numpy(xplain.explain(_model(pfw, "resnet18"), pfw.tensor(x), method="lrp", **kw).layer_relevance)
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * np.abs(a).max())

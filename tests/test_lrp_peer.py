@@ -22,7 +22,7 @@ def _zennit(model, x, targets, name, composite):
 
     canonizers = [ResNetCanonizer() if name.startswith("resnet") else VGGCanonizer()]
     composite = (EpsilonPlusFlat(canonizers=canonizers) if composite == "epsilon_plus_flat"
-                 else EpsilonGammaBox(low=-3.0, high=3.0, canonizers=canonizers))
+                 else EpsilonGammaBox(low=-6.0, high=6.0, canonizers=canonizers))
 
     def start(out):  # relevance at the output = the target logit, as in xplain
         onehot = torch.zeros_like(out)
@@ -47,7 +47,7 @@ def test_composite_matches_zennit(fw, name, composite):
     x = fw.tensor(np.random.default_rng(5).standard_normal((2, 3, 64, 64)))
     targets = [3, 11]
     ours = xplain.explain(model, x, method="lrp", target=targets, composite=composite,
-                          low=-3.0, high=3.0).numpy()
+                          low=-6.0, high=6.0).numpy()
     theirs = _zennit(model, x, targets, name, composite)
     for n in range(2):
         a, b = ours[n].ravel(), theirs[n].ravel()

@@ -18,7 +18,7 @@ def test_heatmap_signs_clipping_and_channel_sum():
     np.testing.assert_allclose(pos[0], np.maximum(s, 0) / s.max(), rtol=1e-6)
     neg = viz.heatmap(a, sign="negative", clip_percentile=0.0)
     np.testing.assert_allclose(neg[0], np.maximum(-s, 0) / 49.0, rtol=1e-6)
-    both = viz.heatmap(a[0], sign="all", clip_percentile=0.0)   # (C, H, W) -> (H, W)
+    both = viz.heatmap(a[0], sign="all", clip_percentile=0.0, batched=False)  # (C, H, W) -> (H, W)
     assert both.shape == (10, 10) and both.min() == pytest.approx(-49 / 50) and both.max() == 1.0
     # 1 % clipping: the top percentile of positive values saturates at 1
     clipped = viz.heatmap(a, sign="positive", clip_percentile=10.0)
@@ -26,13 +26,79 @@ def test_heatmap_signs_clipping_and_channel_sum():
     scale = np.percentile(vals, 90)
     np.testing.assert_allclose(clipped[0], np.clip(np.maximum(s, 0) / scale, 0, 1), rtol=1e-6)
     assert (clipped[0] == 1.0).sum() == (s >= scale).sum()
-    assert viz.heatmap(np.zeros((2, 5, 5))).max() == 0.0     # zeros stay zeros, no NaN
-    three_cams = np.random.default_rng(0).random((3, 8, 8))
-    assert viz.heatmap(three_cams).shape == (8, 8)           # read as (C, H, W) ...
-    np.testing.assert_allclose(viz.heatmap(three_cams, batched=True, clip_percentile=0.0),
-                               three_cams / three_cams.max(axis=(1, 2), keepdims=True), rtol=1e-6)
+    assert viz.heatmap(np.zeros((2, 5, 5)), batched=True).max() == 0.0   # zeros stay zeros, no NaN
     with pytest.raises(xplain.OptionError, match="sign"):
         viz.heatmap(a, sign="pos")
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 5])
+def test_heatmap_never_guesses_the_layout_of_a_3d_array(n):
+    cams = np.random.default_rng(n).random((n, 8, 8))      # n CAM maps, or one n-channel image?
+    with pytest.raises(xplain.InputError, match=r"batched=True.*batched=False"):
+        viz.heatmap(cams)
+    np.testing.assert_allclose(viz.heatmap(cams, batched=True, clip_percentile=0.0),
+                               cams / cams.max(axis=(1, 2), keepdims=True), rtol=1e-6)
+    one = viz.heatmap(cams, batched=False, clip_percentile=0.0)
+    np.testing.assert_allclose(one, cams.sum(0) / cams.sum(0).max(), rtol=1e-6)
+    assert viz.heatmap(cams[None]).shape == (1, 8, 8)       # 4-D is always (N, C, H, W)
+    with pytest.raises(xplain.InputError, match="batch"):
+        viz.heatmap(cams[None], batched=False)
+    with pytest.raises(xplain.InputError, match="one"):
+        viz.heatmap(cams[0], batched=True)                  # 2-D is one (H, W) map
+    with pytest.raises(xplain.InputError, match="not an image"):
+        viz.heatmap(np.zeros(5))
+
+
+class FakeExplanation:
+    """What viz reads of an :class:`xplain.Explanation` (duck-typed; no framework needed)."""
+
+    def __init__(self, a, method="gradcam"):
+        self.attributions, self.method, self.targets = a, method, np.zeros(len(a), np.int64)
+
+    def numpy(self):
+        return self.attributions
+
+
+def test_heatmap_of_an_explanation_knows_its_layout():
+    cams = np.random.default_rng(0).random((3, 8, 8))
+    np.testing.assert_allclose(viz.heatmap(FakeExplanation(cams), clip_percentile=0.0),
+                               viz.heatmap(cams, batched=True, clip_percentile=0.0))
+    rgb = np.random.default_rng(1).random((3, 3, 8, 8))
+    assert viz.heatmap(FakeExplanation(rgb, "lrp")).shape == (3, 8, 8)
+    with pytest.raises(xplain.OptionError, match="batch"):
+        viz.heatmap(FakeExplanation(cams), batched=False)
+    with pytest.raises(xplain.InputError, match="reshape"):
+        viz.heatmap(FakeExplanation(np.zeros((3, 784)), "saliency"))
+
+
+def test_to_uint8_overlay_and_figure_refuse_ambiguous_layouts():
+    rng = np.random.default_rng(0)
+    chw = rng.random((3, 5, 7))
+    np.testing.assert_array_equal(viz.to_uint8(chw), viz.to_uint8(chw.transpose(1, 2, 0)))
+    assert viz.to_uint8(np.zeros((5, 7))).shape == (5, 7, 3)       # grey
+    square = rng.random((3, 5, 3))                                 # (C, H, W) or (H, W, C)?
+    with pytest.raises(xplain.InputError, match="channels_first=True"):
+        viz.to_uint8(square)
+    np.testing.assert_array_equal(viz.to_uint8(square, channels_first=True),
+                                  viz.to_uint8(square.transpose(1, 2, 0), channels_first=False))
+    assert viz.to_uint8(square, channels_first=False).shape == (3, 5, 3)
+    with pytest.raises(xplain.InputError, match="1, 3|grey"):
+        viz.to_uint8(rng.random((5, 7, 4)), channels_first=False)
+    with pytest.raises(xplain.InputError, match="one image"):
+        viz.to_uint8(np.zeros(64))                                 # a row of a map, not an image
+    with pytest.raises(xplain.InputError, match="one image"):
+        viz.to_uint8(np.zeros((2, 3, 8, 8)))
+    img = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(xplain.InputError, match=r"maps?\[i\]|one 2-D map"):
+        viz.overlay(img, rng.random((3, 8, 8)))                    # three CAM maps, not a colour
+    with pytest.raises(xplain.InputError, match="Panel 'row'"):
+        viz.figure([viz.Panel(np.zeros(8), "row")])                # a row of a map
+    with pytest.raises(xplain.InputError, match=r"maps\[i\]"):
+        viz.figure([viz.Panel(rng.random((3, 8, 8)), "cams")])     # three maps, or an image?
+    assert viz.figure([viz.Panel(np.zeros((3, 9, 1)), "grey")], cell=32).shape == (22 + 32 + 4, 40, 3)
+    # to_image knows its input is (C, H, W): no ambiguity even for a 3-pixel-high image
+    x = rng.random((3, 3, 6)).astype(np.float32)
+    np.testing.assert_array_equal(viz.to_image(x), viz.to_uint8(x, channels_first=True))
 
 
 def test_colorize_maps_and_overlay_formula():

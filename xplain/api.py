@@ -1,19 +1,23 @@
 """The public entry point: :func:`explain` and the :class:`Explanation` it returns."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .backends import backend_for
+from .checks import FLOAT_DTYPES, check_model_dtype, check_parameters, check_result, nonfinite_rows
 from .errors import InputError, OptionError
 from .guard import borrowed
-from .plugins import registry
+from .options import NonNegativeInt, PositiveInt, check_options, describe, problem
+from .plugins import DISABLE_ENV, registry
 from .run import MethodResult, Run
 from .targets import parse_targets
 
 _RUN_OPTIONS = ("seed", "max_batch", "memory_budget", "progress")
+BUILTIN_METHODS = "builtin_methods"  # the entry-point name of the built-in methods plugin
 
 
 @dataclass
@@ -54,14 +58,22 @@ def methods() -> list[str]:
     return sorted(registry().methods)
 
 
-def validate_inputs(backend: Any, inputs: Any) -> None:
-    """Refuse inputs that would give meaningless attributions (see ARCHITECTURE decision 7)."""
+def validate_inputs(backend: Any, inputs: Any, model: Any = None) -> None:
+    """Refuse inputs that would give meaningless attributions (docs/architecture.md §7, "right or
+    refused"): wrong type, rank, dtype or device, an empty batch, NaN/Inf, tensors that cannot
+    take gradients."""
     if not backend.is_tensor(inputs):
         raise InputError(f"inputs must be a {backend.name} tensor, got {type(inputs).__name__}; "
                          f"convert it first (e.g. torch.as_tensor / paddle.to_tensor)")
+    why = backend.gradients_unavailable(inputs)
+    if why is not None:
+        raise InputError(why)
+    device = backend.device(inputs)
+    if device == "meta" or "meta" in device.lower().split("("):
+        raise InputError("inputs are on the 'meta' device and hold no values; pass real tensors")
     shape = backend.shape(inputs)
     if len(shape) < 2:
-        raise InputError(f"inputs have shape {shape}; xplain needs a batch dimension first "
+        raise InputError(f"inputs have shape {shape}; add a batch dimension first "
                          f"(e.g. x[None] / x.unsqueeze(0) for a single image)")
     if shape[0] == 0:
         raise InputError("inputs hold an empty batch; pass at least one sample")
@@ -69,9 +81,47 @@ def validate_inputs(backend: Any, inputs: Any) -> None:
     if not dtype.startswith(("float", "bfloat")):
         raise InputError(f"inputs have dtype {dtype}; gradients need floating point — convert "
                          f"with .float() / .astype('float32') (and normalise as in training)")
+    if dtype not in FLOAT_DTYPES:
+        raise InputError(f"inputs have dtype {dtype}; xplain computes attributions in float32 or "
+                         f"float64 (half precision loses the small terms an attribution sums) — "
+                         f"explain a float32 copy of the model on x.float() / x.astype('float32')")
+    if model is not None:
+        check_model_dtype(backend, model, inputs)
     if not backend.all(backend.isfinite(inputs)):
-        raise InputError("inputs contain NaN or Inf; clean them (e.g. nan_to_num) before "
-                         "explaining — attributions of non-finite inputs are meaningless")
+        raise InputError(f"inputs contain NaN or Inf (samples {nonfinite_rows(backend, inputs)[:8]});"
+                         f" clean them (e.g. nan_to_num) before explaining — attributions of "
+                         f"non-finite inputs are meaningless")
+
+
+#: The run options of :func:`explain` and what each accepts (checked like method options).
+_RUN_OPTION_HINTS: dict[str, Any] = {
+    "seed": NonNegativeInt | None,
+    "max_batch": PositiveInt | None,
+    "progress": bool | None,
+    "backend": str | None,
+}
+
+
+def _check_run_options(values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        why = problem(value, _RUN_OPTION_HINTS[name])
+        if why is not None:
+            raise OptionError(f"{name}={value!r} {why}; pass {describe(_RUN_OPTION_HINTS[name])}")
+
+
+def _method_entry(method: Any) -> Any:
+    reg = registry()
+    if not isinstance(method, str):
+        raise OptionError(f"method must be a method name (str), got {type(method).__name__}; "
+                          f"pass one of xplain.methods()")
+    if method not in reg.methods:
+        if not reg.methods:
+            raise OptionError(f"unknown method {method!r}: no methods are registered — are all "
+                              f"plugins blocked by {DISABLE_ENV}={os.environ.get(DISABLE_ENV, '')!r}? "
+                              f"unset it (the built-ins are the plugin 'builtin_methods')")
+        raise OptionError(f"unknown method {method!r}; use one of the available methods: "
+                          f"{', '.join(sorted(reg.methods))}")
+    return reg.methods[method]
 
 
 def explain(model: Any, inputs: Any, method: str = "saliency", target: Any = None, *,
@@ -82,38 +132,52 @@ def explain(model: Any, inputs: Any, method: str = "saliency", target: Any = Non
 
     Args:
         model: ``torch.nn.Module`` or ``paddle.nn.Layer`` (any registered backend's model)
-            returning class scores of shape ``(N, classes)``. Borrowed: left exactly as found.
-        inputs: float tensor ``(N, ...)`` of the same framework, typically ``(N, C, H, W)``.
+            returning class scores of shape ``(N, classes)``. Borrowed: left exactly as found,
+            also when the call raises; calls on one model from several threads are serialised.
+        inputs: float32/float64 tensor ``(N, ...)`` of the model's framework, dtype and device,
+            typically ``(N, C, H, W)``.
         method: a name from :func:`methods`.
         target: class to explain: ``None`` (each sample's argmax), an int, or one int per sample.
         backend: force a backend by name instead of detecting it from the model's type.
-        seed: seed of the numpy generator that draws all randomness (noise, masks, baselines).
+        seed: seed (an int ``>= 0``) of the numpy generator that draws all randomness (noise,
+            masks, baselines).
         max_batch / memory_budget: bound on samples per forward pass for multi-pass methods.
         progress: show a progress bar (default: only when stderr is a terminal).
-        **options: method options; unknown names are an error, never ignored.
+        **options: method options, checked against the method's signature and type hints;
+            unknown names and values of the wrong type or range are an error, never ignored.
 
     Returns:
         An :class:`Explanation` whose ``attributions`` are a tensor of the model's framework.
+
+    Raises:
+        XplainError: a subclass naming the problem and the fix, for every bad input, option,
+            target, model or plugin result; never a silently wrong map.
     """
-    reg = registry()
-    if method not in reg.methods:
-        raise OptionError(f"unknown method {method!r}; available: {', '.join(sorted(reg.methods))}")
-    entry = reg.methods[method]
+    entry = _method_entry(method)
     if not entry.accepts_any_option:
         unknown = sorted(set(options) - set(entry.options))
         if unknown:
-            raise OptionError(f"method {method!r} has no option(s) {unknown}; its options are "
-                              f"{list(entry.options) or 'none'} (plus {list(_RUN_OPTIONS)})")
+            raise OptionError(f"method {method!r} has no option(s) {unknown}; use its options "
+                              f"{list(entry.options) or '(none)'} (plus {list(_RUN_OPTIONS)})")
+    check_options(method, entry.fn, options)
+    _check_run_options({"seed": seed, "max_batch": max_batch, "progress": progress,
+                        "backend": backend})
     B = backend_for(model, name=backend)
     if not B.is_model(model):
         raise InputError(f"model must be a {B.name} model, got {type(model).__name__}")
-    validate_inputs(B, inputs)
+    validate_inputs(B, inputs, model)
+    check_parameters(B, model)
     targets = parse_targets(target, B.shape(inputs)[0], B)
-    run = Run(B, model, inputs, targets, seed=seed, max_batch=max_batch,
-              memory_budget=memory_budget, progress=progress, method=method)
-    with borrowed(B, model):
+    builtin = entry.plugin == BUILTIN_METHODS
+    who = f"method {method!r}" + ("" if builtin else f" of plugin {entry.plugin!r}")
+    with B.gradient_lock(), borrowed(B, model, deep=not builtin, who=who,
+                                     run_forward=lambda m: B.forward(m, inputs[:1])):
+        run = Run(B, model, inputs, targets, seed=seed, max_batch=max_batch,
+                  memory_budget=memory_budget, progress=progress, method=method)
         result = entry.fn(run, **options)
+        if not isinstance(result, MethodResult):
+            result = MethodResult(result)
+        check_result(B, inputs, result.attributions, method=method, plugin=entry.plugin,
+                     builtin=builtin)
         resolved = run.resolve_targets()
-    if not isinstance(result, MethodResult):
-        result = MethodResult(result)
     return Explanation(result.attributions, method, resolved, B.name, dict(result.extras), B)

@@ -170,9 +170,12 @@ class Backend(Protocol):
     # ---- autodiff ---------------------------------------------------------------------------
     def grad(self, outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
              grad_outputs: Tensor | Sequence[Tensor] | None = None, *,
-             retain_graph: bool = False, create_graph: bool = False) -> list[Tensor]:
+             retain_graph: bool = False, create_graph: bool = False, required: int = 0) -> list[Tensor]:
         """d(outputs)/d(inputs) contracted with ``grad_outputs`` (ones if None), one per input.
-        Inputs that do not influence the outputs get zeros, never None."""
+        Inputs that do not influence the outputs get zeros, never None — except the first
+        ``required`` ones, for which that raises :class:`~xplain.errors.ModelError` with
+        :data:`xplain.checks.NO_INPUT_GRADIENT` (a model input the gradient never reaches: a
+        zero map there would be silently wrong)."""
 
     def with_grad(self, x: Tensor) -> Tensor:
         """A new leaf tensor equal to ``x`` that records gradients."""

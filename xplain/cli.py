@@ -23,9 +23,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from .plugins import registry
+    from .plugins import registry, unavailable_note
 
     reg = registry()
+    if not reg.methods:  # an empty listing is an answer, not an error: exit 0 and say why
+        print(f"no attribution methods are registered: "
+              f"{unavailable_note() or 'no installed plugin registers any'}")
+        return 0
     width = max(len(n) for n in reg.methods)
     for name in sorted(reg.methods):
         e = reg.methods[name]
@@ -37,9 +41,13 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 def _cmd_backends(args: argparse.Namespace) -> int:
     from .backends import load_backend
     from .errors import BackendError
-    from .plugins import registry
+    from .plugins import registry, unavailable_note
 
-    for name in sorted(registry().backends):
+    names = sorted(registry().backends)
+    if not names:
+        print(f"no backends are registered: "
+              f"{unavailable_note() or 'no installed plugin registers any'}")
+    for name in names:
         try:
             load_backend(name)
             status = "ok"

@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import BackendError
+from .errors import BackendError, OptionError
 
 SIZE = 64
 MEAN, STD = 0.5, 0.25  # input normalisation: (pixel / 255 - MEAN) / STD
@@ -91,7 +91,7 @@ def load_weights(path: str | Path | None = None) -> dict[str, np.ndarray]:
     if path is None:
         path = resources.files("xplain") / "data" / WEIGHTS
     with resources.as_file(path) if not isinstance(path, (str, Path)) else _nullctx(path) as p:
-        with np.load(p) as f:
+        with np.load(p, allow_pickle=False) as f:  # arrays only: a file is data, never code
             return {k: f[k] for k in f.files}
 
 
@@ -195,17 +195,45 @@ def pick_method(requested: str | None = None) -> str:
     return available[0]
 
 
+#: Options the demo passes to a method (merged under ``run_demo(options=...)``): small enough
+#: that each method runs in a few seconds on a CPU for the demo's 64 × 64 images, large enough
+#: that the pictures still mean something. Occlusion has no default window, so it needs one.
+DEMO_OPTIONS: dict[str, dict[str, Any]] = {
+    "occlusion": {"sliding_window_shapes": (3, 16, 16), "strides": (3, 8, 8), "baselines": 0.0},
+    "rise": {"masks": 200, "cells": 6},
+    "integrated_gradients": {"steps": 20},
+    "gradient_shap": {"samples": 8},
+    "smoothgrad": {"samples": 8},
+    "smoothgrad_sq": {"samples": 8},
+    "vargrad": {"samples": 8},
+    "prototype": {"steps": 30, "lr": 0.05},
+}
+#: Methods with signed attributions, shown with a diverging colour map (evidence for and against).
+SIGNED = frozenset({"lrp", "input_x_gradient", "integrated_gradients", "deeplift", "gradient_shap",
+                    "occlusion"})
+#: Methods whose result is a synthesised input rather than an attribution of the given one: the
+#: demo shows that input as a picture, and as a heat map what the synthesis changed.
+SYNTHESIS = frozenset({"prototype"})
+
+
 def run_demo(framework: str | None = None, method: str | None = None,
              out: str | Path = "xplain-demo", n: int = 4, seed: int = 0,
-             echo: Any = print) -> dict[str, Any]:
+             echo: Any = print, *, options: dict[str, Any] | None = None,
+             eval_images: int = 200) -> dict[str, Any]:
     """Explain the bundled model on ``n`` fresh images and write PNGs to ``out``.
 
-    Returns a dict with ``framework``, ``method``, ``accuracy``, ``predictions``,
-    ``probabilities``, ``relevance_sums``, ``logits`` and ``files``; prints what it does.
+    Any registered method works (plugins included); ``options`` are passed to it on top of
+    :data:`DEMO_OPTIONS`. ``eval_images`` fresh images measure the accuracy.
+
+    Returns a dict with ``framework``, ``method``, ``options``, ``accuracy``, ``predictions``,
+    ``labels``, ``probabilities``, ``logits``, ``attributions`` (numpy), ``maps`` (the heat
+    maps shown, ``(n, 64, 64)``), ``sign``, ``relevance_sums`` and ``files``; prints what it does.
     """
     import xplain
     from . import viz
 
+    if eval_images < 1 or n < 1:
+        raise OptionError(f"n={n} and eval_images={eval_images} must be positive image counts")
     t0 = time.perf_counter()
     framework = framework or default_framework()
     names = classes()
@@ -213,32 +241,48 @@ def run_demo(framework: str | None = None, method: str | None = None,
     echo(f"xplain {xplain.__version__} demo — framework: {framework}")
     echo(f"model: bundled demo CNN ({sum(v.size for v in load_weights().values()):,} parameters), "
          f"classes: {', '.join(names)}")
-    acc = accuracy(model, framework)
-    echo(f"accuracy on 200 freshly generated {SIZE}×{SIZE} images: {acc:.1%}")
+    acc = accuracy(model, framework, n=eval_images)
+    echo(f"accuracy on {eval_images} freshly generated {SIZE}×{SIZE} images: {acc:.1%}")
     method = pick_method(method)
+    opts = {**DEMO_OPTIONS.get(method, {}), **(options or {})}
     rng = np.random.default_rng(seed)
     images, labels = draw_shapes(rng, n, labels=np.arange(n) % len(names))
-    x = to_tensor(to_input(images), framework)
-    exp = xplain.explain(model, x, method=method)
+    x_np = to_input(images)
+    x = to_tensor(x_np, framework)
+    exp = xplain.explain(model, x, method=method, seed=seed, **opts)
     B = xplain.backend_for(model)
     with B.no_grad():
         logits = B.to_numpy(B.forward(model, x))
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     attr = exp.numpy()
-    sign = "all" if method in ("lrp", "input_x_gradient", "integrated_gradients") else "positive"
-    maps = viz.heatmap(attr, sign=sign, clip_percentile=1.0)
+    synthesis = method in SYNTHESIS
+    sign = "all" if method in SIGNED else "absolute" if synthesis else "positive"
+    # the layout comes from the Explanation (CAM maps are (N, H, W), the rest (N, C, H, W)),
+    # never from the array's sizes: three CAM maps look like one RGB image
+    if synthesis:
+        maps = viz.heatmap(attr - x_np, sign=sign, clip_percentile=1.0)
+    else:
+        maps = viz.heatmap(exp, sign=sign, clip_percentile=1.0)
+        evidence = maps if sign == "positive" else viz.heatmap(exp, clip_percentile=1.0)
     cmap = "bwr" if sign == "all" else "jet"
-    echo(f"method: {method} (target: the predicted class); heat maps: {sign} sign, 1% clipped")
+    scale = {"cmap": cmap, "colorbar": True, "vmin": -1.0 if sign == "all" else 0.0, "vmax": 1.0}
+    shown = ", opts: " + ", ".join(f"{k}={v}" for k, v in opts.items()) if opts else ""
+    echo(f"method: {method} (target: the predicted class{shown}); heat maps: {sign} sign, "
+         f"1% clipped")
     out = Path(out)
     files, panels = [], []
     for i in range(n):
         pred = int(exp.targets[i])
         pic = images[i]
-        row = [viz.Panel(pic, f"true: {names[labels[i]]}"),
-               viz.Panel(maps[i], f"{method}: {names[pred]}", cmap=cmap, colorbar=True),
-               viz.Panel(viz.overlay(pic, viz.heatmap(attr[i], sign="positive"), 0.5, 0.5),
-                         f"p={probs[i, pred]:.2f}")]
+        if synthesis:
+            row = [viz.Panel(pic, f"true: {names[labels[i]]}"),
+                   viz.Panel(to_picture(attr[i]), f"{method}: {names[pred]}"),
+                   viz.Panel(maps[i], "change", **scale)]
+        else:
+            row = [viz.Panel(pic, f"true: {names[labels[i]]}"),
+                   viz.Panel(maps[i], f"{method}: {names[pred]}", **scale),
+                   viz.Panel(viz.overlay(pic, evidence[i], 0.5, 0.5), f"p={probs[i, pred]:.2f}")]
         files.append(viz.save(out / f"demo_{i}_{names[labels[i]]}.png", viz.figure(row, cell=192)))
         panels += row
         echo(f"  image {i}: true {names[labels[i]]:8s} predicted {names[pred]:8s} "
@@ -247,7 +291,8 @@ def run_demo(framework: str | None = None, method: str | None = None,
     files.append(viz.save(out / "demo_all.png", viz.figure(panels, cols=3, cell=160,
                                                          title=f"xplain demo: {method} ({framework})")))
     echo(f"wrote {len(files)} PNG files to {out.resolve()} in {time.perf_counter() - t0:.1f} s")
-    return {"framework": framework, "method": method, "accuracy": acc,
+    return {"framework": framework, "method": method, "options": opts, "accuracy": acc,
             "predictions": exp.targets, "labels": labels, "probabilities": probs,
+            "attributions": attr, "maps": maps, "sign": sign,
             "relevance_sums": attr.reshape(n, -1).sum(1), "logits": logits,
             "files": [str(f) for f in files]}

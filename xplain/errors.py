@@ -34,5 +34,10 @@ class PluginError(XplainError, RuntimeError):
     """A plugin is broken: unknown hook, duplicate name, or failed registration."""
 
 
+class CheckpointError(InputError):
+    """A weights file that is not plain arrays (code inside, unknown format, corrupt), whose
+    reader is not installed, or that does not fit the model."""
+
+
 class ModelError(XplainError, RuntimeError):
     """The model's output cannot be explained (not a 2-D score tensor, wrong framework...)."""

@@ -1,4 +1,7 @@
-"""Images in, model inputs out: OpenCV loading (BGR → RGB), ImageNet pre-processing, checkpoints.
+"""Images in, model inputs out: OpenCV loading (BGR → RGB), ImageNet pre-processing.
+
+Checkpoints are read by :mod:`xplain.weights` (``strip_prefix`` / ``add_prefix`` are importable
+from here too).
 
 Everything here is numpy (``float32``, ``NCHW``); convert to your framework with
 ``torch.from_numpy(x)`` / ``paddle.to_tensor(x)``. The transforms reproduce torchvision's
@@ -9,7 +12,7 @@ framework, so the same pre-processed array can be fed to a torch and a paddle mo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import cv2
 import numpy as np
 
 from .errors import InputError
+from .weights import add_prefix, strip_prefix  # noqa: F401  (checkpoint helpers, kept here too)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -115,16 +119,3 @@ def random_resized_crop(rng: np.random.Generator, img: np.ndarray, size: int = 2
         top, left = (h - ch) // 2, (w - cw) // 2
     crop = img[top:top + ch, left:left + cw]
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
-
-
-# ---- checkpoints ---------------------------------------------------------------------------------
-def strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict[str, Any]:
-    """Remove ``prefix`` from every key that has it (checkpoints saved from
-    ``nn.DataParallel`` / ``DistributedDataParallel`` prefix every key with ``module.``).
-    Keys without the prefix are kept unchanged; order is preserved."""
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
-
-
-def add_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict[str, Any]:
-    """The inverse of :func:`strip_prefix` (to write a DataParallel-style checkpoint)."""
-    return {prefix + k: v for k, v in state_dict.items()}

@@ -14,15 +14,25 @@ Loading is lazy: nothing is imported until the first call that needs the registr
 (:func:`xplain.methods`, :func:`xplain.explain` ...), and plugin modules must not import a
 framework at load time (a backend registers a *loader*, called only when a tensor of its
 framework is seen). ``XPLAIN_DISABLE_PLUGINS="name1,name2"`` blocks plugins by entry-point name.
-A hook implementation whose name matches no hook specification is reported as a
-:class:`~xplain.errors.PluginError` (pluggy's ``check_pending``).
+
+A broken plugin never breaks xplain (docs/architecture.md §8): a plugin that fails to import,
+implements a hook xplain does not define, or whose hook raises is reported once as a
+:class:`PluginWarning` and skipped whole (each plugin registers into a scratch registry that
+is merged only if all its hooks succeed). A name already taken is reported and only that
+registration is skipped: the first one stays, and built-ins, registered first, always win.
+Entry points that use a built-in's name but come from another distribution are skipped.
+:func:`register` (run-time registration) instead raises :class:`~xplain.errors.PluginError`,
+since its caller is right there to fix it.
 """
 from __future__ import annotations
 
 import importlib
 import inspect
 import os
+import re
+import sys
 import threading
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -41,11 +51,21 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 #: Plugins that ship with xplain: (entry-point name, module). They are registered through
 #: entry points when xplain is installed; from a source checkout they are imported directly.
+#: They register before every other plugin, and only the ``xplain`` distribution may use
+#: their names, so a third-party plugin can never replace them.
 BUILTIN_PLUGINS = (
     ("builtin_methods", "xplain.methods.plugin"),
     ("torch", "xplain_torch.plugin"),
     ("paddle", "xplain_paddle.plugin"),
 )
+BUILTIN_NAMES = tuple(name for name, _ in BUILTIN_PLUGINS)
+
+
+class PluginWarning(UserWarning):
+    """A plugin, or one of its registrations, was skipped; xplain works on without it.
+
+    The message names the plugin, its distribution when known, the cause, and the fix.
+    """
 
 
 @dataclass
@@ -77,6 +97,8 @@ class Registry:
     backends: dict[str, BackendEntry] = field(default_factory=dict)
     methods: dict[str, MethodEntry] = field(default_factory=dict)
     composites: dict[str, Any] = field(default_factory=dict)
+    #: composite name → the plugin that registered it (backends and methods carry ``.plugin``).
+    composite_plugins: dict[str, str] = field(default_factory=dict)
     current_plugin: str = ""
 
     def add_backend(self, name: str, *, detect: Callable[[Any], bool], load: Callable[[], Any]) -> None:
@@ -87,10 +109,7 @@ class Registry:
                 (consult ``sys.modules``, as ``xplain_torch.plugin.detect`` does).
             load: returns the :class:`~xplain.backend.Backend`; may import the framework.
         """
-        if name in self.backends:
-            raise PluginError(
-                f"backend {name!r} is registered twice (by {self.backends[name].plugin!r} and "
-                f"{self.current_plugin!r}); block one with {DISABLE_ENV}={self.current_plugin}")
+        self._check_new("backend", name, self.backends)
         self.backends[name] = BackendEntry(name, detect, load, self.current_plugin)
 
     def add_method(self, name: str, fn: Callable[..., Any], *, description: str = "") -> None:
@@ -101,10 +120,7 @@ class Registry:
         :class:`xplain.run.MethodResult`. Its keyword-only parameters are the options users may
         pass; any other option is refused with an :class:`~xplain.errors.OptionError`.
         """
-        if name in self.methods:
-            raise PluginError(
-                f"method {name!r} is registered twice (by {self.methods[name].plugin!r} and "
-                f"{self.current_plugin!r}); rename one, or block a plugin with {DISABLE_ENV}")
+        self._check_new("method", name, self.methods)
         params = list(inspect.signature(fn).parameters.values())[1:]
         options = tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
         any_opt = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
@@ -113,10 +129,20 @@ class Registry:
 
     def add_composite(self, name: str, composite: Any) -> None:
         """Register an LRP composite (see :mod:`xplain.methods.lrp.composites`) by name."""
-        if name in self.composites:
-            raise PluginError(f"LRP composite {name!r} is registered twice (now by "
-                              f"{self.current_plugin!r}); choose another name")
+        self._check_new("LRP composite", name, self.composites)
         self.composites[name] = composite
+        self.composite_plugins[name] = self.current_plugin
+
+    def plugin_of(self, table: str, name: str) -> str:
+        """The plugin that registered ``name`` in ``table`` (``backends``/``methods``/``composites``)."""
+        if table == "composites":
+            return self.composite_plugins.get(name, "")
+        return getattr(self, table)[name].plugin
+
+    def _check_new(self, kind: str, name: str, table: dict[str, Any]) -> None:
+        # Each plugin fills its own scratch registry, so a clash here is within one plugin.
+        if name in table:
+            raise PluginError(f"{kind} {name!r} is registered twice by plugin {self.current_plugin!r}")
 
 
 def _first_line(doc: str | None) -> str:
@@ -139,9 +165,17 @@ class XplainSpecs:
         """Register LRP composites with ``registry.add_composite(name, composite)``."""
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_HOOKS = ("xplain_register_backends", "xplain_register_methods", "xplain_register_composites")
+_KINDS = (("backends", "backend"), ("methods", "method"), ("composites", "LRP composite"))
+
 _lock = threading.RLock()
 _manager: pluggy.PluginManager | None = None
 _registry: Registry | None = None
+_reported: set[str] = set()     # warnings already given since the last reset()
+_dists: dict[str, str] = {}     # plugin name → distribution that declared its entry point
+_skipped: dict[str, str] = {}   # plugin name → why it was skipped whole
+_known: set[str] = set()        # plugin names that exist (entry points and built-ins)
 
 
 def blocked_names() -> set[str]:
@@ -150,36 +184,98 @@ def blocked_names() -> set[str]:
     return {n for n in raw.replace(",", " ").split() if n}
 
 
+def warn_once(message: str, key: str | None = None) -> None:
+    """Warn ``message`` as a :class:`PluginWarning`, unless it (or another message with the same
+    ``key``) was given since the last :func:`reset`."""
+    with _lock:
+        if (key or message) in _reported:
+            return
+        _reported.add(key or message)
+    # Point at the user's line (their explain() call), not at xplain's internals.
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, PluginWarning, stacklevel=level)
+
+
+def describe(plugin: str) -> str:
+    """``plugin 'name' (distribution 'dist')`` — the distribution only where it is known."""
+    dist = _dists.get(plugin)
+    return f"plugin {plugin!r}" + (f" (distribution {dist!r})" if dist else "")
+
+
+def _skip(plugin: str, why: str) -> None:
+    _skipped[plugin] = why
+    warn_once(f"{describe(plugin)} {why}; it is skipped and xplain works on without it. Fix or "
+              f"uninstall it, or block it with {DISABLE_ENV}={plugin}")
+
+
+def _dist_name(ep: metadata.EntryPoint) -> str | None:
+    dist = getattr(ep, "dist", None)
+    return re.sub(r"[-_.]+", "-", dist.name).lower() if dist is not None and dist.name else None
+
+
+def _add_plugin(pm: pluggy.PluginManager, name: str, load: Callable[[], Any],
+                missing_module: str | None = None) -> None:
+    """Import and register one plugin; on any failure report it and leave it out.
+
+    ``missing_module``: a built-in fallback import; its *absence* (a source checkout without
+    the backend on ``sys.path``) is expected and not reported.
+    """
+    try:
+        plugin = load()
+    except Exception as exc:
+        absent = isinstance(exc, ModuleNotFoundError) and exc.name and missing_module is not None \
+            and (missing_module + ".").startswith(exc.name + ".")
+        if not absent:
+            _skip(name, f"failed to import: {exc!r}")
+        return
+    try:
+        pm.register(plugin, name=name)
+        pm.check_pending()  # right after each plugin, so an unknown hook names its plugin
+    except Exception as exc:  # PluginValidationError; ValueError: object already registered
+        if pm.get_plugin(name) is plugin:
+            pm.unregister(name=name)
+        _skip(name, f"is not a valid xplain plugin: {exc}; hook names and arguments must match "
+                    f"xplain.plugins.XplainSpecs")
+
+
 def _new_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(XplainSpecs)
     blocked = blocked_names()
     for name in blocked:
         pm.set_blocked(name)
-    seen: set[str] = set()
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in seen or pm.is_blocked(ep.name):
+    eps = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+    _known.update(BUILTIN_NAMES, (ep.name for ep in eps))
+    if blocked - _known:
+        warn_once(f"{DISABLE_ENV} names unknown plugin(s) {', '.join(sorted(blocked - _known))}; "
+                  f"plugins that exist: {', '.join(sorted(_known))}. Check the spelling")
+    builtin_modules = dict(BUILTIN_PLUGINS)
+    tried: set[str] = set()
+    for ep in eps:
+        dist = _dist_name(ep)
+        if ep.name in builtin_modules and (dist or "xplain") != "xplain":
+            # Only xplain itself may provide a built-in: an impostor must not replace it.
+            warn_once(f"entry point {ep.name!r} = {ep.value!r} of distribution {dist!r} uses the name "
+                      f"of xplain's built-in plugin {ep.name!r}; it is skipped and the built-in is "
+                      f"used. Rename the entry point in {dist!r} or uninstall it ({DISABLE_ENV}="
+                      f"{ep.name} would block the built-in too)")
             continue
-        seen.add(ep.name)
-        try:
-            plugin = ep.load()
-        except Exception as exc:  # a broken plugin must not break xplain, but must be visible
-            raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc!r}; fix or "
-                              f"uninstall it, or block it with {DISABLE_ENV}={ep.name}") from exc
-        pm.register(plugin, name=ep.name)
+        if ep.name in tried:
+            warn_once(f"entry point {ep.name!r} is declared by distribution {dist!r} and by "
+                      f"{_dists.get(ep.name)!r}; only the first is used. Uninstall one, or block "
+                      f"both with {DISABLE_ENV}={ep.name}")
+            continue
+        if pm.is_blocked(ep.name):
+            continue
+        tried.add(ep.name)
+        if dist:
+            _dists[ep.name] = dist
+        _add_plugin(pm, ep.name, ep.load)
     for name, module in BUILTIN_PLUGINS:  # source checkout without installed entry points
-        if name in seen or pm.is_blocked(name):
-            continue
-        try:
-            plugin = importlib.import_module(module)
-        except ImportError:
-            continue
-        pm.register(plugin, name=name)
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"{exc}; a plugin implements a hook xplain does not define — check "
-                          f"its spelling against xplain.plugins.XplainSpecs") from exc
+        if name not in tried and not pm.is_blocked(name):
+            _add_plugin(pm, name, lambda m=module: importlib.import_module(m), missing_module=module)
     return pm
 
 
@@ -192,35 +288,102 @@ def plugin_manager() -> pluggy.PluginManager:
         return _manager
 
 
+def _build(pm: pluggy.PluginManager) -> tuple[Registry, dict[str, str], list[tuple[str, str]]]:
+    """Call every plugin's hooks: built-ins first, then the others in registration order.
+
+    Returns the registry, the plugins skipped whole (name → why: a hook raised) and the
+    registrations skipped as duplicates (plugin, message).
+    """
+    impls: dict[str, list[tuple[str, Any]]] = {}
+    for hook in _HOOKS:
+        for impl in getattr(pm.hook, hook).get_hookimpls():
+            impls.setdefault(impl.plugin_name, []).append((hook, impl))
+    names = [n for n, p in pm.list_name_plugin() if p is not None and n in impls]
+    names.sort(key=lambda n: BUILTIN_NAMES.index(n) if n in BUILTIN_NAMES else len(BUILTIN_NAMES))
+    reg, failed, dupes = Registry(), {}, []
+    for name in names:
+        part = Registry(current_plugin=name)  # scratch: merged only if every hook succeeds
+        error = _call_hooks(impls[name], part)
+        if error:
+            failed[name] = error
+            continue
+        dupes += [(name, msg) for msg in _merge(reg, part, name)]
+    return reg, failed, dupes
+
+
+def _call_hooks(impls: list[tuple[str, Any]], part: Registry) -> str:
+    """Call one plugin's hook implementations into ``part``; ``''``, or what raised."""
+    for hook, impl in impls:
+        try:
+            impl.function(*(part for _ in impl.argnames))  # the only hook argument: registry
+        except Exception as exc:
+            return f"raised in {hook}: {exc!r} (nothing it registered is used)"
+    return ""
+
+
+def _merge(reg: Registry, part: Registry, plugin: str) -> list[str]:
+    """Move ``part``'s registrations into ``reg``; the first owner of a name keeps it."""
+    problems = []
+    for table, kind in _KINDS:
+        for key, value in getattr(part, table).items():
+            if key not in getattr(reg, table):
+                getattr(reg, table)[key] = value
+                if table == "composites":
+                    reg.composite_plugins[key] = plugin
+                continue
+            first = reg.plugin_of(table, key)
+            note = " (built-ins cannot be replaced)" if first in BUILTIN_NAMES else ""
+            problems.append(f"{describe(plugin)} registers {kind} {key!r}, which {describe(first)} "
+                            f"registered first{note}; the first stays and this one is skipped. "
+                            f"Rename it in {plugin!r}, or block a plugin with {DISABLE_ENV}={plugin}")
+    return problems
+
+
 def registry() -> Registry:
     """The filled registry (built on first use by calling every plugin's hooks)."""
     global _registry
     with _lock:
         if _registry is None:
-            pm = plugin_manager()
-            reg = Registry()
-            for hook_name in ("xplain_register_backends", "xplain_register_methods",
-                              "xplain_register_composites"):
-                for impl in getattr(pm.hook, hook_name).get_hookimpls():
-                    reg.current_plugin = impl.plugin_name
-                    impl.function(registry=reg)
-            reg.current_plugin = ""
+            reg, failed, dupes = _build(plugin_manager())
+            _report(failed, dupes)
             _registry = reg
         return _registry
 
 
+def _report(failed: dict[str, str], dupes: list[tuple[str, str]]) -> None:
+    for name, why in failed.items():
+        _skip(name, why)
+    for _, msg in dupes:
+        warn_once(msg)
+
+
 def register(plugin: Any, name: str | None = None) -> None:
-    """Register a plugin object/module at run time (for scripts and tests) and refresh."""
+    """Register a plugin object/module at run time (for scripts and tests) and refresh.
+
+    Raises :class:`~xplain.errors.PluginError`, leaving the plugin unregistered, if it
+    implements an unknown hook, a hook raises, or it registers a name already taken.
+    Does nothing for a name blocked by ``XPLAIN_DISABLE_PLUGINS``.
+    """
     global _registry
     with _lock:
         pm = plugin_manager()
-        pm.register(plugin, name=name)
+        if pm.register(plugin, name=name) is None:
+            return
+        name = pm.get_name(plugin)
         try:
             pm.check_pending()
         except pluggy.PluginValidationError as exc:
             pm.unregister(plugin)
             raise PluginError(f"{exc}; check the hook name against xplain.plugins.XplainSpecs") from exc
-        _registry = None
+        reg, failed, dupes = _build(pm)
+        mine = [f"plugin {name!r} {failed[name]}"] if name in failed else []
+        mine += [msg for owner, msg in dupes if owner == name]
+        if mine:
+            pm.unregister(plugin)
+            _registry = None
+            raise PluginError("; ".join(mine) + f" (plugin {name!r} is not registered)")
+        _report(failed, dupes)
+        _registry = reg
 
 
 def unregister(plugin: Any = None, name: str | None = None) -> None:
@@ -231,9 +394,28 @@ def unregister(plugin: Any = None, name: str | None = None) -> None:
         _registry = None
 
 
+def unavailable_note() -> str:
+    """Why plugins may be missing: ``''`` if none is blocked or skipped, else a sentence naming
+    them and the fix (for "unknown method" / "no backend" messages)."""
+    with _lock:
+        registry()
+        parts = []
+        blocked = sorted(blocked_names() & _known)
+        if blocked:
+            parts.append(f"{DISABLE_ENV} blocks plugin(s) {', '.join(blocked)} (unset it or remove "
+                         f"names from it)")
+        if _skipped:
+            parts.append(f"broken plugin(s) {', '.join(sorted(_skipped))} were skipped (see the "
+                         f"PluginWarning)")
+        return "; ".join(parts)
+
+
 def reset() -> None:
-    """Forget the manager and registry (tests use this after changing the environment)."""
+    """Forget the manager, registry and given warnings (tests use this after changing the
+    environment or ``sys.path``)."""
     global _manager, _registry
     with _lock:
         _manager = None
         _registry = None
+        for state in (_reported, _dists, _skipped, _known):
+            state.clear()

@@ -3,8 +3,8 @@
 Methods receive a :class:`Run` as their first argument. It is the only thing a method needs to
 talk to the framework (through ``run.backend``) and it provides the shared mechanics every
 method would otherwise rewrite: forwarding and validating the model's output, resolving
-targets, the target score to differentiate, seeded randomness (ARCHITECTURE.md, decision 4),
-chunking under a memory budget (decision 5) and progress bars.
+targets, the target score to differentiate, seeded randomness (docs/architecture.md §4),
+chunking under a memory budget (§5) and progress bars.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from .backend import Backend, LayerInfo, Tensor, iter_chunks
-from .errors import LayerError, ModelError, OptionError
+from .checks import check_output
+from .errors import InputError, LayerError, ModelError, OptionError, XplainError
 from .targets import check_range
 
 _UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -82,19 +83,67 @@ class Run:
         self.num_classes: int | None = None
 
     # ---- model & targets --------------------------------------------------------------------
-    def forward(self, x: Tensor) -> Tensor:
-        """``model(x)``, checked to be a ``(batch, classes)`` score tensor."""
-        out = self.backend.forward(self.model, x)
-        if not self.backend.is_tensor(out):
+    def forward(self, x: Tensor, *, rows: int | None = None) -> Tensor:
+        """``model(x)``, checked to be a finite ``(rows, classes)`` score tensor (``rows``: the
+        batch of ``x`` unless a method substitutes a larger batch inside the model, as
+        Ablation-CAM does). A framework error raised by the model's forward becomes an
+        :class:`~xplain.errors.InputError` that names the input's shape and what the model
+        expects."""
+        B = self.backend
+        try:
+            out = B.forward(self.model, x)
+        except XplainError:
+            raise
+        except Exception as exc:
+            raise InputError(f"the model's forward pass failed on inputs of shape {B.shape(x)} "
+                             f"({B.dtype_name(x)}): {type(exc).__name__}: {str(exc).strip()[:400]}"
+                             f"{self._input_hint(x)}") from exc
+        if not B.is_tensor(out):
             raise ModelError(f"the model returned {type(out).__name__}, not a tensor; wrap it so "
                              f"that it returns the (batch, classes) logits tensor")
-        shape = self.backend.shape(out)
+        shape = B.shape(out)
         if len(shape) != 2:
             raise ModelError(f"the model's output has shape {shape}; xplain explains class "
                              f"scores of shape (batch, classes) — flatten or select the output "
-                             f"in a wrapper model")
+                             f"in a wrapper model{self._input_hint(x)}")
+        if shape[0] != (B.shape(x)[0] if rows is None else rows):
+            hint = self._input_hint(x)
+            raise (InputError if hint else ModelError)(
+                f"the model returned {shape[0]} rows of scores for a batch of {B.shape(x)[0]} "
+                f"inputs; make it return one row per sample (does it mix or reshape the "
+                f"batch?){hint}")
+        if shape[1] == 0:
+            raise ModelError("the model's output has zero classes (shape "
+                             f"{shape}); explain a model that returns at least one score per sample")
+        check_output(B, self.model, x, out)
         self.num_classes = shape[1]
         return out
+
+    def _input_hint(self, x: Tensor) -> str:
+        """What the model's first conv/linear layer expects, when the inputs do not fit it
+        (``""`` when nothing is known or it fits)."""
+        B = self.backend
+        try:
+            first = next((i for i in B.layers(self.model) if i.kind in ("conv", "linear")), None)
+        except Exception:
+            return ""
+        if first is None:
+            return ""
+        shape = B.shape(x)
+        w = B.shape(first.params["weight"])
+        if first.kind == "conv":
+            nd, cin = len(w) - 2, w[1] * first.attrs.get("groups", 1)
+            if len(shape) == nd + 1:
+                return (f". The inputs look unbatched: the first layer {first.name!r} takes "
+                        f"(N, {cin}, ...) — add a batch dimension (x[None] / x.unsqueeze(0))")
+            if len(shape) == nd + 2 and shape[1] != cin:
+                return (f". The first layer {first.name!r} takes {cin} input channels, the inputs "
+                        f"have {shape[1]} (grayscale vs RGB? channels-last images need "
+                        f"x.permute(0, 3, 1, 2) / x.transpose([0, 3, 1, 2]))")
+        elif first.kind == "linear" and len(shape) == 2 and shape[1] != w[1]:
+            return (f". The first layer {first.name!r} takes {w[1]} features, the inputs have "
+                    f"{shape[1]}")
+        return ""
 
     def resolve_targets(self, output: Tensor | None = None) -> np.ndarray:
         """Targets as ``int64[batch]``; ``None`` targets become the argmax of ``output`` (the
@@ -131,6 +180,13 @@ class Run:
     def target_score(self, output: Tensor, targets: np.ndarray | None = None) -> Tensor:
         """``sum_i output[i, targets[i]]``: the scalar whose gradient is every sample's own
         target gradient (samples do not interact in a model in eval mode)."""
+        if not self.backend.requires_grad(output):
+            raise ModelError(
+                "the model's output does not depend differentiably on its input, so it has no "
+                "gradient: part of its forward pass runs without gradient tracking (torch.no_grad "
+                "/ paddle.no_grad, .detach(), numpy round trips, a compiled or static graph); "
+                "remove that from forward(), or use a method that needs no gradient "
+                "(occlusion, rise, scorecam, ablationcam)")
         t = self.resolve_targets(output) if targets is None else self._checked(targets, output)
         onehot = np.zeros(self.backend.shape(output), dtype=np.float32)
         onehot[np.arange(len(t)), t] = 1.0
@@ -154,7 +210,7 @@ class Run:
         with B.enable_grad():
             xg = B.with_grad(x)
             out = self.forward(xg)
-            (g,) = B.grad(self.target_score(out, targets), xg)
+            (g,) = B.grad(self.target_score(out, targets), xg, required=1)
         return g, out
 
     def derive(self, inputs: Tensor, targets: np.ndarray) -> "Run":
@@ -175,6 +231,12 @@ class Run:
     def layers(self) -> list[LayerInfo]:
         """The model's layers as neutral :class:`LayerInfo` (cached for this run)."""
         if self._layers is None:
+            why = self.backend.hooks_unavailable(self.model)
+            if why is not None:
+                raise ModelError(f"method {self.method!r} works through layer hooks, but {why}. "
+                                 f"Pure-gradient and perturbation methods (saliency, "
+                                 f"input_x_gradient, integrated_gradients, smoothgrad, occlusion, "
+                                 f"rise) can explain it as it is")
             self._layers = self.backend.layers(self.model)
         return self._layers
 
@@ -250,6 +312,11 @@ class Run:
                 total[0] += size
                 total[1] = max(total[1], size)
 
+        if B.hooks_unavailable(self.model) is not None:
+            # no layer hook fires in a compiled model: assume 64 input-sized activations
+            total[:] = [64 * int(np.prod(B.shape(self.inputs)[1:])) * 4, 0]
+            yield total
+            return
         handles = [B.add_forward_hook(i.module, count) for i in self.layers() if not i.has_children]
         try:
             yield total

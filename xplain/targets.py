@@ -24,16 +24,31 @@ def parse_targets(target: Any, batch: int, backend: Any = None) -> np.ndarray | 
     if isinstance(target, numbers.Integral):
         return np.full(batch, int(target), dtype=np.int64)
     if isinstance(target, numbers.Real):
-        raise TargetError(f"target={target!r} is a float; class indices must be integers "
-                          f"(e.g. target={int(target)})")
+        raise TargetError(f"target={target!r} is a float; class indices must be integers: "
+                          f"pass e.g. target={int(target)}")
     if backend is not None and backend.is_tensor(target):
         dtype = backend.dtype_name(target)
-        arr = backend.to_numpy(target)
+        if not dtype.startswith(("int", "uint")):
+            kind = "float " if "float" in dtype else ""
+            raise TargetError(f"target has {kind}dtype {dtype}; class indices must be integers — "
+                              f"convert with .long() / .astype('int64') if the values are whole "
+                              f"numbers")
+        try:
+            arr = backend.to_numpy(target)
+        except Exception as exc:  # e.g. a tensor on the meta device holds no values
+            raise TargetError(f"the target tensor (device {backend.device(target)}) cannot be "
+                              f"read: {exc}; pass class indices as ints or a tensor holding "
+                              f"values") from exc
     else:
+        if isinstance(target, (list, tuple)) and any(
+                isinstance(t, (bool, np.bool_)) for t in target):
+            raise TargetError(f"target {target!r} holds booleans; pass integer class indices, "
+                              f"one per sample (True is not class 1)")
         try:
             arr = np.asarray(target)
         except Exception as exc:  # ragged lists etc.
-            raise TargetError(f"target {target!r} is not a sequence of class indices") from exc
+            raise TargetError(f"target {target!r} is not a sequence of class indices; pass one int per "
+                              f"sample") from exc
         dtype = arr.dtype.name
     if arr.dtype.kind == "b" or dtype == "bool":
         raise TargetError("target is a boolean array; pass integer class indices per sample")
@@ -61,4 +76,4 @@ def check_range(targets: np.ndarray, num_classes: int) -> None:
         i = int(np.argmax(bad))
         raise TargetError(f"target {int(targets[i])} (sample {i}) is out of range: the model "
                           f"outputs {num_classes} classes, so targets must be in "
-                          f"[0, {num_classes - 1}]")
+                          f"[0, {num_classes - 1}]; pass class indices in that range")

@@ -33,12 +33,17 @@ _CV2_CMAPS = {"jet": "COLORMAP_JET", "hot": "COLORMAP_HOT", "viridis": "COLORMAP
 
 
 # ---- conversion -------------------------------------------------------------------------------
+def _is_explanation(x: Any) -> bool:
+    """Duck-typed (as :func:`as_numpy` always was), so that viz does not depend on the API."""
+    return hasattr(x, "attributions") and hasattr(x, "targets") and callable(getattr(x, "numpy", None))
+
+
 def as_numpy(x: Any) -> np.ndarray:
     """A numpy array from a numpy array, an Explanation or any registered framework's tensor."""
     if isinstance(x, np.ndarray):
         return x
-    if hasattr(x, "attributions") and hasattr(x, "numpy") and callable(x.numpy):
-        return np.asarray(x.numpy())  # an Explanation
+    if _is_explanation(x):
+        return np.asarray(x.numpy())
     if isinstance(x, (list, tuple, float, int)):
         return np.asarray(x)
     from .backends import backend_for  # only for tensors: keeps numpy inputs framework-free
@@ -59,16 +64,42 @@ def _reduce(a: np.ndarray, reduce: str, channel_axis: int) -> np.ndarray:
     return a
 
 
+def _as_maps(a: np.ndarray, reduce: str, batched: bool | None) -> tuple[np.ndarray, bool]:
+    """Channels reduced: ``(N, H, W)`` with ``True`` or ``(H, W)`` with ``False``. The layout is
+    read from the rank and ``batched`` only — never from the sizes, which cannot tell three CAM
+    maps ``(3, H, W)`` from one RGB image ``(3, H, W)``."""
+    if a.ndim == 4:
+        if batched is False:
+            raise InputError(f"attributions of shape {a.shape} are a batch (N, C, H, W); "
+                             f"pass one image (a[i]) with batched=False, or leave batched unset")
+        return _reduce(a, reduce, 1), True
+    if a.ndim == 3:
+        if batched is None:
+            raise InputError(f"attributions of shape {a.shape} are ambiguous: pass batched=True "
+                             f"for a batch of maps (N, H, W) such as CAM maps, or batched=False "
+                             f"for one image (C, H, W) — or pass the Explanation itself")
+        return (a, True) if batched else (_reduce(a, reduce, 0), False)
+    if a.ndim == 2:
+        if batched:
+            raise InputError(f"attributions of shape {a.shape} are one (H, W) map, not a batch; "
+                             f"pass batched=False (or leave it unset), or a (N, H, W) array")
+        return a, False
+    raise InputError(f"attributions of shape {a.shape} are not an image; pass (N, C, H, W), "
+                     f"(N, H, W) or (C, H, W) with batched=True/False, or (H, W)")
+
+
 def heatmap(attr: Any, sign: str = "positive", clip_percentile: float = 1.0,
             reduce: str = "sum", *, batched: bool | None = None) -> np.ndarray:
     """A display-ready map from attributions.
 
     Args:
-        attr: attributions ``(N, C, H, W)``, ``(C, H, W)``, ``(N, H, W)`` (CAM maps) or
-            ``(H, W)``; a tensor, numpy array or Explanation. A 3-D Explanation is always a
-            batch of maps; another 3-D input is read as ``(C, H, W)`` when its first dimension
-            is 1, 3 or 4 and smaller than the others, otherwise as a batch of maps — pass
-            ``batched=True/False`` to say which (e.g. three CAM maps as a numpy array).
+        attr: an Explanation, or attributions as a tensor / numpy array: ``(N, C, H, W)``,
+            ``(C, H, W)``, ``(N, H, W)`` (CAM maps) or ``(H, W)``. An Explanation's layout is
+            known (a batch: CAM and RISE maps ``(N, H, W)``, other methods the input's
+            ``(N, C, H, W)``). A 3-D array is ambiguous — three CAM maps and one RGB image
+            have the same rank — so it needs ``batched=True`` (``(N, H, W)`` maps) or
+            ``batched=False`` (one ``(C, H, W)`` image); without it an :class:`InputError`
+            is raised rather than a guess.
         sign: ``"positive"`` keeps evidence for the class (negative values → 0),
             ``"negative"`` shows the magnitude of evidence against it, ``"absolute"`` the
             magnitude of both, ``"all"`` keeps the sign (result in ``[-1, 1]``).
@@ -80,6 +111,8 @@ def heatmap(attr: Any, sign: str = "positive", clip_percentile: float = 1.0,
         reduce: how channels are combined *before* the sign is applied: ``"sum"`` (relevance is
             additive, as in Captum's visualiser), ``"mean"``, ``"max"``, ``"abs_sum"``, or
             ``"none"`` (keep channels).
+        batched: whether the first dimension is the batch; needed for 3-D arrays only (4-D is
+            always a batch, 2-D never).
 
     Returns:
         float32 map(s) of shape ``(N, H, W)`` or ``(H, W)`` (as the input had a batch or not),
@@ -91,22 +124,17 @@ def heatmap(attr: Any, sign: str = "positive", clip_percentile: float = 1.0,
         raise OptionError(f"heatmap reduce={reduce!r} is unknown; use one of {REDUCTIONS}")
     if not 0.0 <= clip_percentile < 100.0:
         raise OptionError(f"clip_percentile={clip_percentile} must be in [0, 100)")
-    if batched is None and hasattr(attr, "attributions") and hasattr(attr, "targets"):
-        batched = True  # an Explanation's first dimension is always the batch
     a = as_numpy(attr).astype(np.float64)
-    if a.ndim == 3 and batched is not None:
-        maps = a if batched else _reduce(a, reduce, 0)
-    elif a.ndim == 4:
-        maps, batched = _reduce(a, reduce, 1), True
-    elif a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[0] < min(a.shape[1:]):
-        maps, batched = _reduce(a, reduce, 0), False
-    elif a.ndim == 3:
-        maps, batched = a, True
-    elif a.ndim == 2:
-        maps, batched = a, False
-    else:
-        raise InputError(f"attributions of shape {a.shape} are not an image; pass (N, C, H, W), "
-                         f"(C, H, W), (N, H, W) or (H, W)")
+    if _is_explanation(attr):  # its layout is known: the first dimension is the batch
+        if batched is False:
+            raise OptionError("an Explanation always holds a batch; leave batched unset, or pass "
+                              "one image's attributions (exp.numpy()[i]) with batched=False")
+        if a.ndim not in (3, 4):
+            raise InputError(f"the {attr.method!r} attributions have shape {a.shape}, not images "
+                             f"(N, C, H, W) or maps (N, H, W); reshape them (e.g. "
+                             f"exp.numpy().reshape(N, 1, 28, 28)) and pass the array")
+        batched = True
+    maps, batched = _as_maps(a, reduce, batched)
     if not batched:
         maps = maps[None]
     out = np.empty(maps.shape, dtype=np.float32)
@@ -182,14 +210,34 @@ def colorize(m: Any, cmap: str = "jet", *, vmin: float | None = None,
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def to_uint8(image: Any) -> np.ndarray:
-    """An ``(H, W, 3)`` uint8 RGB copy of an image given as uint8, or float in ``[0, 1]``, with
-    1 or 3 channels, channels-last or first."""
+def to_uint8(image: Any, *, channels_first: bool | None = None) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 RGB copy of one image given as uint8, or float in ``[0, 1]``:
+    ``(H, W)`` grey, ``(H, W, C)`` or ``(C, H, W)`` with ``C`` 1 or 3.
+
+    The channel axis is the one axis of size 1 or 3 at either end; when both ends are (e.g.
+    ``(3, 5, 3)``) the layout is ambiguous and ``channels_first=True/False`` must say which —
+    an :class:`InputError` is raised rather than a guess. ``channels_first`` also skips the
+    detection when given.
+    """
     a = as_numpy(image)
-    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[2] not in (1, 3):
-        a = a.transpose(1, 2, 0)
     if a.ndim == 2:
         a = a[..., None]
+    elif a.ndim != 3:
+        raise InputError(f"an image is (H, W), (H, W, C) or (C, H, W), got shape {a.shape}; "
+                         f"pass one image of a batch (x[i]) or one map (maps[i])")
+    elif channels_first is None:
+        first, last = a.shape[0] in (1, 3), a.shape[2] in (1, 3)
+        if first and last:
+            raise InputError(f"image of shape {a.shape} is ambiguous: pass channels_first=True "
+                             f"for (C, H, W) or channels_first=False for (H, W, C) "
+                             f"(e.g. viz.to_uint8(img, channels_first=False))")
+        channels_first = first
+    if channels_first:
+        a = a.transpose(1, 2, 0)
+    if a.shape[2] not in (1, 3):
+        raise InputError(f"image of shape {a.shape} (as (H, W, C)) has {a.shape[2]} channels; "
+                         f"xplain draws grey (1) or RGB (3) images — for an attribution map "
+                         f"use heatmap() and colorize() first")
     if a.shape[2] == 1:
         a = np.repeat(a, 3, axis=2)
     if a.dtype != np.uint8:
@@ -203,8 +251,9 @@ def overlay(image: Any, heat: Any, alpha: float = 0.3, beta: float = 0.5,
 
     Args:
         image: the picture, ``(H, W, 3)`` uint8 RGB (or float in ``[0, 1]``, or grey).
-        heat: a coloured map ``(h, w, 3)`` uint8, or a 2-D float map (coloured with ``cmap``);
-            resized (bilinear) to the image size if needed.
+        heat: one coloured map ``(h, w, 3)`` (channels last, as :func:`colorize` returns), or
+            one 2-D float map (coloured with ``cmap``); resized (bilinear) to the image size if
+            needed. A batch of maps is refused: pass ``maps[i]``.
 
     Returns:
         ``(H, W, 3)`` uint8 RGB, saturated at 255.
@@ -213,7 +262,10 @@ def overlay(image: Any, heat: Any, alpha: float = 0.3, beta: float = 0.5,
     h = as_numpy(heat)
     if h.ndim == 2:
         h = colorize(h, cmap)
-    h = to_uint8(h)
+    elif h.ndim != 3 or h.shape[2] != 3:
+        raise InputError(f"overlay's heat has shape {h.shape}; pass one 2-D map (H, W) such as "
+                         f"heatmap(exp)[i], or one coloured map (H, W, 3) from colorize()")
+    h = to_uint8(h, channels_first=False)
     if h.shape[:2] != img.shape[:2]:
         h = cv2.resize(h, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
     out = alpha * h.astype(np.float32) + beta * img.astype(np.float32)
@@ -241,15 +293,16 @@ def to_image(x: Any, mean: Sequence[float] | None = None, std: Sequence[float] |
         a = a * np.asarray(std, np.float32).reshape(-1, 1, 1)[:c]
     if mean is not None:
         a = a + np.asarray(mean, np.float32).reshape(-1, 1, 1)[:c]
-    img = to_uint8(np.clip(a, 0.0, 1.0).transpose(1, 2, 0))
+    img = to_uint8(np.clip(a, 0.0, 1.0).transpose(1, 2, 0), channels_first=False)
     return img[..., ::-1].copy() if bgr else img
 
 
-def save(path: str | Path, rgb: Any) -> Path:
-    """Write an RGB uint8 image (PNG by extension), creating parent folders. Returns the path."""
+def save(path: str | Path, rgb: Any, *, channels_first: bool | None = None) -> Path:
+    """Write an RGB uint8 image (PNG by extension), creating parent folders. Returns the path.
+    ``rgb`` is read as :func:`to_uint8` reads it (``channels_first`` for ambiguous shapes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img = to_uint8(rgb)
+    img = to_uint8(rgb, channels_first=channels_first)
     if not cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
         raise InputError(f"OpenCV could not write {path}; use a .png or .jpg file name in a "
                          f"writable folder")
@@ -262,8 +315,8 @@ class Panel:
     """One cell of a :func:`figure`.
 
     Attributes:
-        data: an image (``(H, W, 3)`` uint8 / float RGB, shown as is) or a 2-D float map
-            (coloured with ``cmap``).
+        data: a picture (``(H, W, 3)`` uint8 / float RGB or ``(H, W, 1)`` grey, channels
+            last, shown as is) or one 2-D float map (coloured with ``cmap``).
         title: text above the panel.
         cmap: colour map for 2-D maps (default ``"jet"``).
         vmin/vmax: value range of the colour map (default: the data's min/max; symmetric
@@ -306,11 +359,16 @@ def _render(panel: Panel, cell: int) -> np.ndarray:
     """Panel → RGB tile: title strip, picture scaled to ``cell`` px, optional colour bar."""
     a = as_numpy(panel.data)
     is_map = a.ndim == 2
+    # channels last only: a (3, H, W) array may be three maps as well as one image
+    if not (is_map or a.ndim == 3 and a.shape[2] in (1, 3)):
+        raise InputError(f"Panel {panel.title!r} holds shape {a.shape}; a panel shows one 2-D map "
+                         f"(H, W) or one picture (H, W, 3) — index a batch (maps[i], images[i]), "
+                         f"or convert a (C, H, W) image with viz.to_uint8(x, channels_first=True)")
     if is_map:
         lo, hi = _range(a, panel)
         pic = colorize(a, panel.cmap, vmin=lo, vmax=hi)
     else:
-        pic = to_uint8(a)
+        pic = to_uint8(a, channels_first=False)
     h, w = pic.shape[:2]
     s = cell / max(h, w)
     interp = cv2.INTER_NEAREST if s >= 2 else cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR

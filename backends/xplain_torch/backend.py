@@ -5,6 +5,9 @@ model or tensor is first seen (see :mod:`xplain_torch.plugin`).
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import itertools
 from typing import Any
 from collections.abc import Callable
 
@@ -13,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xplain.checks import NO_INPUT_GRADIENT
+from xplain.errors import ModelError
 from xplain.backend import LayerInfo, distinct, make_routes, sum_routes, take_scales
 
 name = "torch"
@@ -47,7 +52,61 @@ def asarray(obj: Any, *, like: torch.Tensor, dtype: str | None = None) -> torch.
 
 
 def to_numpy(x: torch.Tensor) -> np.ndarray:
-    return x.detach().cpu().numpy()
+    x = x.detach()
+    if x.dtype == torch.bfloat16:  # numpy has no bfloat16: widen (exactly) to float32
+        x = x.float()
+    return x.cpu().numpy()
+
+
+def device(x: torch.Tensor) -> str:
+    return str(x.device)
+
+
+def requires_grad(x: torch.Tensor) -> bool:
+    return bool(x.requires_grad)
+
+
+def named_tensors(model) -> list[tuple[str, Any]]:
+    return list(itertools.chain(model.named_parameters(), model.named_buffers()))
+
+
+def model_dtype_device(model: nn.Module) -> tuple[str | None, str | None]:
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if t.is_floating_point():
+            return dtype_name(t), str(t.device)
+    return None, None
+
+
+def gradients_unavailable(x: torch.Tensor) -> str | None:
+    if torch.is_inference_mode_enabled():
+        return ("explain() was called inside torch.inference_mode(), where no gradient can be "
+                "taken; call it outside that block (xplain runs its own no-grad passes)")
+    if x.is_inference():
+        return ("the inputs were created under torch.inference_mode() and cannot take part in "
+                "gradients; create them outside it, or pass x.clone() made outside the block")
+    return None
+
+
+def hooks_unavailable(model: nn.Module) -> str | None:
+    if isinstance(model, torch.jit.ScriptModule):
+        return (f"the model is a TorchScript module ({type(model).__name__}, from torch.jit.script "
+                f"or torch.jit.trace): its layers run as compiled code, so layer hooks never fire")
+    if type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
+        return ("the model was compiled with torch.compile; pass the eager module "
+                "(model._orig_mod) to explain it")
+    for name, m in model.named_modules():
+        if isinstance(m, torch.jit.ScriptModule):
+            return (f"its sub-module {name!r} is a TorchScript module ({type(m).__name__}): layer "
+                    f"hooks never fire inside it")
+    return None
+
+
+_LOCK = contextlib.nullcontext()
+
+
+def gradient_lock() -> contextlib.AbstractContextManager:
+    # torch's autograd is thread-safe and its grad mode is thread-local: nothing to serialise
+    return _LOCK
 
 
 def shape(x: torch.Tensor) -> tuple[int, ...]:
@@ -196,13 +255,15 @@ def interpolate(x, /, size, *, mode="bilinear"):
 
 
 # ---- autodiff -------------------------------------------------------------------------------
-def grad(outputs, inputs, grad_outputs=None, *, retain_graph=False, create_graph=False):
+def grad(outputs, inputs, grad_outputs=None, *, retain_graph=False, create_graph=False, required=0):
     outs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
     ins = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     gos = None if grad_outputs is None else (
         list(grad_outputs) if isinstance(grad_outputs, (list, tuple)) else [grad_outputs])
     gs = torch.autograd.grad(outs, ins, gos, retain_graph=retain_graph or create_graph,
                              create_graph=create_graph, allow_unused=True)
+    if any(g is None for g in gs[:required]):
+        raise ModelError(NO_INPUT_GRADIENT)
     return [torch.zeros_like(i) if g is None else g for g, i in zip(gs, ins)]
 
 
@@ -502,24 +563,45 @@ _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
                "_backward_pre_hooks", "_state_dict_hooks", "_load_state_dict_pre_hooks")
 
 
-def snapshot(model: nn.Module) -> dict:
-    mods = list(model.modules())
-    params = list(model.parameters())
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s bytes as a uint8 tensor (bit-exact comparison, NaN payloads included)."""
+    t = t.detach().contiguous()
+    return t.reshape(-1).view(torch.uint8) if t.numel() else t.reshape(-1)
+
+
+def snapshot(model: nn.Module, deep: bool = False) -> dict:
+    mods = list(model.named_modules(remove_duplicate=False))
+    params = list(model.named_parameters())
     return {
-        "training": [(m, m.training) for m in mods],
-        "requires_grad": [(p, p.requires_grad) for p in params],
-        "versions": [(n, p, p._version) for n, p in model.named_parameters()],
+        "training": [(m, m.training) for _, m in mods],
+        "requires_grad": [(p, p.requires_grad) for _, p in params],
+        # which object sits where: a replaced parameter, buffer or sub-module shows up here
+        "slots": [(n, m, dict(m._parameters), dict(m._buffers), dict(m._modules)) for n, m in mods
+                  if not isinstance(m, torch.jit.ScriptModule)],  # compiled: its slots are fixed
+        # in-place ops bump _version; `p.data = t` changes the storage pointer
+        "versions": [(n, p, p._version, p.data_ptr(), p.data) for n, p in params],
         # buffers (BatchNorm statistics) are small: keep copies so they can be put back
         # (BatchNorm's running-stat update does not bump the version counter: compare values)
         "buffers": [(b, b.detach().clone()) for b in model.buffers()],
-        "hooks": [(m, {h: dict(getattr(m, h, {})) for h in _HOOK_DICTS}) for m in mods],
-        "grads": [(p, p.grad) for p in params],
+        "hooks": [(m, {h: dict(getattr(m, h, {})) for h in _HOOK_DICTS}) for _, m in mods],
+        "grads": [(p, p.grad) for _, p in params],
+        # edits through `.data` or under no_grad with a fresh version counter are invisible to
+        # the cheap checks above: a deep snapshot keeps the values themselves
+        "values": [(n, p, p.detach().clone()) for n, p in params] if deep else None,
     }
 
 
 def restore(model: nn.Module, snap: dict) -> None:
+    for _, m, params, buffers, children in snap["slots"]:
+        for slot, saved in ((m._parameters, params), (m._buffers, buffers), (m._modules, children)):
+            if slot.keys() != saved.keys() or any(slot[k] is not v for k, v in saved.items()):
+                slot.clear()
+                slot.update(saved)
     for m, flag in snap["training"]:
         m.training = flag
+    for _, p, _, ptr, data in snap["versions"]:
+        if p.data_ptr() != ptr:
+            p.data = data
     for p, flag in snap["requires_grad"]:
         p.requires_grad_(flag)
     for m, saved in snap["hooks"]:
@@ -533,12 +615,37 @@ def restore(model: nn.Module, snap: dict) -> None:
         p.grad = g
     with torch.no_grad():
         for b, saved in snap["buffers"]:
-            if not torch.equal(b, saved):
+            if not torch.equal(_bits(b), _bits(saved)):
                 b.copy_(saved)
+        for _, p, saved in snap["values"] or ():
+            if not torch.equal(_bits(p), _bits(saved)):
+                p.data.copy_(saved)  # .data: the copy must not bump the version counter
 
 
 def changed(model: nn.Module, snap: dict) -> list[str]:
-    return [f"{n} was modified in place" for n, t, v in snap["versions"] if t._version != v]
+    """What differs from ``snap`` (call before :func:`restore` puts values back)."""
+    out = []
+    for name, m, params, buffers, children in snap["slots"]:
+        for what, slot, saved in (("parameter", m._parameters, params), ("buffer", m._buffers, buffers),
+                                  ("sub-module", m._modules, children)):
+            for k in set(slot) | set(saved):
+                if slot.get(k) is not saved.get(k):
+                    out.append(f"{what} {name + '.' if name else ''}{k} was replaced")
+    for n, p, version, ptr, _ in snap["versions"]:
+        if p._version != version:
+            out.append(f"{n} was modified in place")
+        elif p.data_ptr() != ptr:
+            out.append(f"{n} was given new storage (p.data = ...)")
+    flagged = {s.split(" ")[0] for s in out}
+    for n, p, saved in snap["values"] or ():
+        if n not in flagged and not torch.equal(_bits(p), _bits(saved)):
+            out.append(f"{n} was modified (its values changed without an in-place op, e.g. "
+                       f"through .data)")
+    return out
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)
 
 
 def prepare(model: nn.Module) -> None:

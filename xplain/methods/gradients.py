@@ -1,6 +1,8 @@
 """Plain-gradient methods: saliency and input × gradient."""
 from __future__ import annotations
 
+from typing import Literal
+
 from ..errors import OptionError
 from ..run import Run
 from ..backend import Tensor
@@ -8,7 +10,7 @@ from ..backend import Tensor
 SALIENCY_MODES = ("abs", "raw", "square")
 
 
-def saliency(run: Run, *, mode: str = "abs") -> Tensor:
+def saliency(run: Run, *, mode: Literal["abs", "raw", "square"] = "abs") -> Tensor:
     """Gradient of the target score with respect to the input.
 
     Simonyan, Vedaldi & Zisserman, "Deep Inside Convolutional Networks: Visualising Image

@@ -15,6 +15,7 @@ import numpy as np
 from ..backend import Tensor
 from ..errors import OptionError
 from ..plugins import registry
+from ..options import NonNegativeFloat, PositiveInt, check_options
 from ..run import MethodResult, Run
 from ._batching import Accumulator, blocks, tile
 
@@ -29,7 +30,7 @@ def noisy_moments(run: Run, *, base: str, samples: int, stdev: float, relative: 
     B = run.backend
     methods = registry().methods
     if base not in methods:
-        raise OptionError(f"base={base!r} is not a registered method; available: "
+        raise OptionError(f"base={base!r} is not a registered method; use one of the available: "
                           f"{', '.join(sorted(methods))}")
     if base in _WRAPPERS:
         raise OptionError(f"base={base!r} is itself a noise wrapper; pass the method to smooth "
@@ -39,8 +40,9 @@ def noisy_moments(run: Run, *, base: str, samples: int, stdev: float, relative: 
     if not entry.accepts_any_option:
         unknown = sorted(set(opts) - set(entry.options))
         if unknown:
-            raise OptionError(f"base method {base!r} has no option(s) {unknown}; its options "
-                              f"are {list(entry.options) or 'none'}")
+            raise OptionError(f"base method {base!r} has no option(s) {unknown}; use its options "
+                              f"{list(entry.options) or '(none)'}")
+    check_options(base, entry.fn, opts)
     if not isinstance(samples, (int, np.integer)) or samples < 1:
         raise OptionError(f"samples={samples!r} must be a positive int (e.g. 16-50)")
     if not stdev >= 0:
@@ -70,7 +72,7 @@ def noisy_moments(run: Run, *, base: str, samples: int, stdev: float, relative: 
     return mean.result() / float(samples), (sq.result() / float(samples) if second else None)
 
 
-def smoothgrad(run: Run, *, base: str = "saliency", samples: int = 16, stdev: float = 0.15,
+def smoothgrad(run: Run, *, base: str = "saliency", samples: PositiveInt = 16, stdev: NonNegativeFloat = 0.15,
                relative: bool = True, base_options: dict[str, Any] | None = None) -> Tensor:
     """SmoothGrad: the mean of ``base``'s attributions over noisy copies of the input.
 
@@ -93,7 +95,7 @@ def smoothgrad(run: Run, *, base: str = "saliency", samples: int = 16, stdev: fl
                          base_options=base_options, second=False)[0]
 
 
-def smoothgrad_sq(run: Run, *, base: str = "saliency", samples: int = 16, stdev: float = 0.15,
+def smoothgrad_sq(run: Run, *, base: str = "saliency", samples: PositiveInt = 16, stdev: NonNegativeFloat = 0.15,
                   relative: bool = True, base_options: dict[str, Any] | None = None) -> Tensor:
     """SmoothGrad²: the mean of the *squared* base attributions over noisy copies.
 
@@ -104,7 +106,7 @@ def smoothgrad_sq(run: Run, *, base: str = "saliency", samples: int = 16, stdev:
                          base_options=base_options, second=True)[1]
 
 
-def vargrad(run: Run, *, base: str = "saliency", samples: int = 16, stdev: float = 0.15,
+def vargrad(run: Run, *, base: str = "saliency", samples: PositiveInt = 16, stdev: NonNegativeFloat = 0.15,
             relative: bool = True, base_options: dict[str, Any] | None = None) -> Tensor:
     """VarGrad: the variance of the base attributions over noisy copies, ``E[a²] − E[a]²``.
 

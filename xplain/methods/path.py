@@ -6,18 +6,20 @@ batches chunked under the run's memory budget (:mod:`._batching`).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 from ..backend import LayerInfo, Tensor
 from ..errors import ModelError, OptionError
+from ..options import PositiveFloat, PositiveInt, NonNegativeFloat
 from ..run import MethodResult, Run
 from ._activations import activation_layers, replaced_outputs
 from ._batching import Accumulator, blocks, lead, tile
 
-INTEGRATION = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle",
-               "riemann_trapezoid")
+Integration = Literal["gausslegendre", "riemann_left", "riemann_right", "riemann_middle",
+                      "riemann_trapezoid"]
+INTEGRATION: tuple[str, ...] = get_args(Integration)
 NAMED_BASELINES = ("black", "blur", "uniform")
 
 
@@ -72,7 +74,9 @@ def resolve_baseline(run: Run, baseline: Any, *, blur_sigma: float = 5.0, name: 
             return B.asarray(gaussian_blur(B.to_numpy(x), blur_sigma), like=x)
         raise OptionError(f"{name}={baseline!r} is unknown; use a number, a tensor, or one of "
                           f"{NAMED_BASELINES}")
-    if isinstance(baseline, (int, float, np.number)) and not isinstance(baseline, bool):
+    if isinstance(baseline, (int, float, np.number)) and not isinstance(baseline, (bool, np.bool_)):
+        if not np.isfinite(float(baseline)):
+            raise OptionError(f"{name}={baseline!r} is not finite; pass a finite number or tensor")
         return B.zeros_like(x) + float(baseline)
     if not B.is_tensor(baseline):
         if isinstance(baseline, np.ndarray):
@@ -88,7 +92,11 @@ def resolve_baseline(run: Run, baseline: Any, *, blur_sigma: float = 5.0, name: 
         raise OptionError(f"{name} has shape {bshape} but the inputs have shape {shape}; pass "
                           f"one baseline per sample {shape}, one for all {(1,) + shape[1:]}, or "
                           f"a number")
-    return B.broadcast_to(B.asarray(baseline, like=x), shape) + 0.0
+    baseline = B.asarray(baseline, like=x)
+    if not B.all(B.isfinite(baseline)):
+        raise OptionError(f"{name} contains NaN or Inf; pass finite values (the attributions "
+                          f"would be NaN or meaningless)")
+    return B.broadcast_to(baseline, shape) + 0.0
 
 
 def gaussian_blur(a: np.ndarray, sigma: float) -> np.ndarray:
@@ -143,9 +151,9 @@ def path_gradients(run: Run, x0: Tensor, diff: Tensor, alphas: np.ndarray,
     return acc.result()
 
 
-def integrated_gradients(run: Run, *, baseline: Any = 0.0, steps: int = 50,
-                         integration: str = "gausslegendre", return_delta: bool = False,
-                         blur_sigma: float = 5.0) -> MethodResult:
+def integrated_gradients(run: Run, *, baseline: Any = 0.0, steps: PositiveInt = 50,
+                         integration: Integration = "gausslegendre", return_delta: bool = False,
+                         blur_sigma: PositiveFloat = 5.0) -> MethodResult:
     """Integrated Gradients: ``(x − x′) ⊙ ∫₀¹ ∇f(x′ + α(x − x′)) dα``.
 
     Sundararajan, Taly & Yan, "Axiomatic Attribution for Deep Networks" (ICML 2017).
@@ -174,8 +182,8 @@ def integrated_gradients(run: Run, *, baseline: Any = 0.0, steps: int = 50,
     return MethodResult(attr, extras)
 
 
-def gradient_shap(run: Run, *, baselines: Any = 0.0, samples: int = 5,
-                  stdev: float = 0.0) -> Tensor:
+def gradient_shap(run: Run, *, baselines: Any = 0.0, samples: PositiveInt = 5,
+                  stdev: NonNegativeFloat = 0.0) -> Tensor:
     """GradientSHAP: expected ``(x̃ − x′) ⊙ ∇f(x′ + α(x̃ − x′))`` over random baselines ``x′``
     (drawn uniformly from ``baselines``), ``α ~ U(0, 1)`` and noisy inputs ``x̃ = x + ε``,
     ``ε ~ N(0, stdev²)``.
@@ -237,7 +245,7 @@ _RESCALE_EPS = 1e-7
 
 
 def deeplift(run: Run, *, baseline: Any = 0.0, return_delta: bool = False,
-             blur_sigma: float = 5.0) -> MethodResult:
+             blur_sigma: PositiveFloat = 5.0) -> MethodResult:
     """DeepLIFT with the rescale rule: ``(x − x′) ⊙ ∇*f`` where, at every element-wise
     activation layer (ReLU, sigmoid, tanh, ...), the gradient is replaced by the multiplier
     ``(y − y′)/(z − z′)`` of the layer's output and input differences between the input and

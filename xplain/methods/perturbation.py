@@ -14,17 +14,22 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import OptionError
+from ..options import PositiveInt, Probability
 from ..run import MethodResult, Run
 from ._batching import Accumulator, blocks, tile
 
 
 def _per_dim(value: Any, ndim: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, (int, np.integer)):
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         value = (int(value),) * ndim
+    if isinstance(value, (str, bytes)) or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in value):
+        raise OptionError(f"{name}={value!r} needs ints (sizes are never rounded), one per "
+                          f"non-batch input dimension, e.g. (3, 15, 15) for (C, H, W) inputs")
     value = tuple(int(v) for v in value)
     if len(value) != ndim or min(value) < 1:
         raise OptionError(f"{name}={value!r} needs {ndim} positive ints, one per non-batch "
-                          f"input dimension (e.g. (3, 15, 15) for (C, H, W) inputs)")
+                          f"input dimension: pass e.g. (3, 15, 15) for (C, H, W) inputs")
     return value
 
 
@@ -37,8 +42,8 @@ def window_origins(shape: Sequence[int], window: Sequence[int], strides: Sequenc
             for idx in itertools.product(*[range(c) for c in counts])]
 
 
-def occlusion(run: Run, *, sliding_window_shapes: Sequence[int] | None = None,
-              strides: int | Sequence[int] = 1, baselines: Any = 0.0) -> MethodResult:
+def occlusion(run: Run, *, sliding_window_shapes: PositiveInt | Sequence[PositiveInt] | None = None,
+              strides: PositiveInt | Sequence[PositiveInt] = 1, baselines: Any = 0.0) -> MethodResult:
     """Occlusion: how much the target score drops when a window of the input is replaced by
     the baseline, averaged over all windows covering each feature.
 
@@ -63,7 +68,7 @@ def occlusion(run: Run, *, sliding_window_shapes: Sequence[int] | None = None,
     n, sub = shape[0], shape[1:]
     if sliding_window_shapes is None:
         raise OptionError("occlusion needs sliding_window_shapes, one size per non-batch "
-                          "dimension, e.g. sliding_window_shapes=(3, 15, 15) with strides=(3, 8, 8)")
+                          "dimension: pass e.g. sliding_window_shapes=(3, 15, 15) with strides=(3, 8, 8)")
     window = _per_dim(sliding_window_shapes, len(sub), "sliding_window_shapes")
     stride = _per_dim(strides, len(sub), "strides")
     if any(w > d for w, d in zip(window, sub)):
@@ -108,7 +113,7 @@ def _window(origin: Sequence[int], window: Sequence[int], mshape: Sequence[int])
                  for o, w, m in zip(origin, window, mshape))
 
 
-def rise(run: Run, *, masks: int = 2000, cells: int = 7, p: float = 0.5,
+def rise(run: Run, *, masks: PositiveInt = 2000, cells: PositiveInt = 7, p: Probability = 0.5,
          probabilities: bool = True) -> MethodResult:
     """RISE: the expected target score over random smooth masks, per pixel.
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..backend import Tensor
 from ..errors import OptionError
+from ..options import Decay, NonNegativeFloat, PositiveFloat, PositiveInt
 from ..run import MethodResult, Run
 
 
@@ -33,9 +34,9 @@ def _class_means(run: Run, mean_images: Any) -> Tensor | None:
     return B.asarray(a[t].astype(np.float32), like=x)
 
 
-def prototype(run: Run, *, steps: int = 200, lr: float = 0.01, l2: float = 0.05,
-              mean_images: Any = None, beta1: float = 0.9, beta2: float = 0.999,
-              eps: float = 1e-8) -> MethodResult:
+def prototype(run: Run, *, steps: PositiveInt = 200, lr: PositiveFloat = 0.01,
+              l2: NonNegativeFloat = 0.05, mean_images: Any = None, beta1: Decay = 0.9,
+              beta2: Decay = 0.999, eps: PositiveFloat = 1e-8) -> MethodResult:
     """Activation maximisation: synthesise, for each target class, an input maximising
     ``f_c(x) − λ‖x − x̄_c‖²`` by ``steps`` Adam ascent steps.
 

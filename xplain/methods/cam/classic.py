@@ -7,6 +7,7 @@ import numpy as np
 
 from ...backend import LayerInfo, Tensor
 from ...errors import LayerError, OptionError
+from ...options import PositiveInt
 from ...run import MethodResult, Run
 from .maps import finish, input_size, weighted_sum
 from .score import layer_activations
@@ -65,7 +66,7 @@ def _head(run: Run, info: LayerInfo) -> tuple[Tensor, Tensor, Tensor | None, str
         f"such heads it equals CAM, and it works on any head")
 
 
-def cam(run: Run, *, layer: Any = None, top_k: int | None = None, relu: bool = False,
+def cam(run: Run, *, layer: Any = None, top_k: PositiveInt | None = None, relu: bool = False,
         normalize: bool = True) -> MethodResult:
     """Class activation mapping: the final feature maps weighted by the classifier's weights of
     the target class, ``M_c = sum_k W[c, k] A_k`` (no bias, no gradient).

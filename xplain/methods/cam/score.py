@@ -13,6 +13,7 @@ import numpy as np
 
 from ...backend import LayerInfo, Tensor
 from ...errors import OptionError
+from ...options import PositiveInt
 from ...run import MethodResult, Run
 from .maps import concat0, finish, input_size, weighted_sum
 from .target import captured, resolve_layers
@@ -119,7 +120,7 @@ def _score_layer(run: Run, info: LayerInfo, size: int, targets: np.ndarray,
     return weighted_sum(B, weights, A), weights, skipped, forwards
 
 
-def scorecam(run: Run, *, layer: Any = None, batch_size: int | None = None, relu: bool = True,
+def scorecam(run: Run, *, layer: Any = None, batch_size: PositiveInt | None = None, relu: bool = True,
              normalize: bool = True) -> MethodResult:
     """Score-CAM: each channel weighted by the model's target score on the input masked by
     that channel's upsampled, min-max normalised activation map.
@@ -173,7 +174,7 @@ def _after_layer_only(run: Run, info: LayerInfo, A: Tensor, out: Tensor, size: i
     m = min(size, B.shape(A)[0])
     try:
         with B.no_grad(), captured(run, [info], grad=False, replace={info.name: A[:m]}):
-            got = run.forward(B.zeros_like(run.inputs[:1]))
+            got = run.forward(B.zeros_like(run.inputs[:1]), rows=m)
     except Exception:  # noqa: BLE001 - e.g. a batch mismatch where a skip joins: not separable
         return False
     ref = B.to_numpy(out[:m])
@@ -208,7 +209,7 @@ def _ablation_layer(run: Run, info: LayerInfo, size: int, targets: np.ndarray, A
             x = xs[0] if len(xs) == 1 else B.concat(xs, axis=0)
         rows = np.concatenate([np.full(len(ks), targets[i]) for i, ks in chunk])
         with B.no_grad(), captured(run, [info], grad=False, replace={info.name: batch}):
-            got = _target_scores(run, run.forward(x), rows)
+            got = _target_scores(run, run.forward(x, rows=len(rows)), rows)
         forwards += len(rows)
         pos = 0
         for i, ks in chunk:
@@ -224,7 +225,7 @@ def _ablation_layer(run: Run, info: LayerInfo, size: int, targets: np.ndarray, A
     return weighted_sum(B, weights, A), weights, "after_layer" if shortcut else "full_model", forwards
 
 
-def ablationcam(run: Run, *, layer: Any = None, batch_size: int | None = None, relu: bool = True,
+def ablationcam(run: Run, *, layer: Any = None, batch_size: PositiveInt | None = None, relu: bool = True,
                 normalize: bool = True) -> MethodResult:
     """Ablation-CAM: channel weight = relative drop of the target score when the channel's
     activation map is set to zero, ``w_k = (y_c - y_c^k) / y_c``; map ``relu(sum_k w_k A_k)``.

@@ -1,4 +1,4 @@
-"""The ``lrp`` method: relevance as ``input ⊙ modified gradient`` (ARCHITECTURE.md, decision 3).
+"""The ``lrp`` method: relevance as ``input ⊙ modified gradient`` (docs/architecture.md §3).
 
 Each rule replaces a layer's output in a forward hook by
 
@@ -30,6 +30,7 @@ import numpy as np
 
 from ...backend import LAYER_KINDS, LayerInfo, iter_chunks
 from ...errors import LayerError, OptionError
+from ...options import NonNegativeFloat, PositiveFloat
 from ...run import MethodResult, Run
 from .canonize import Probe, batchnorm_affine, channel_scale, merged_bias, probe
 from .composites import DEFAULT, Composite, lookup
@@ -255,6 +256,12 @@ def _apply(B: Any, info: LayerInfo, a: Any, w: Any, b: Any) -> Any:
     return out if b is None else out + B.reshape(b, shape)
 
 
+#: How far (relative to the bound's magnitude, at least 1) an input may lie outside the z^B box:
+#: bounds computed in float64 from pixel limits and inputs normalised in float32 differ by a few
+#: float32 ulps at the box's edge.
+ZBOX_SLACK = 1e-5
+
+
 def _bound_tensor(B: Any, value: np.ndarray, a: Any, info: LayerInfo, which: str) -> Any:
     shape = B.shape(a)
     if value.ndim == 1 and value.size != 1:
@@ -262,7 +269,23 @@ def _bound_tensor(B: Any, value: np.ndarray, a: Any, info: LayerInfo, which: str
             raise OptionError(f"zbox {which} has {value.size} values but layer {info.name!r} reads "
                               f"{shape[1] if len(shape) > 1 else 1} channels; give one per channel or a scalar")
         value = value.reshape((1, -1) + (1,) * (len(shape) - 2))
-    return B.zeros_like(a) + B.asarray(value.astype(np.float32), like=a)
+    bound = B.zeros_like(a) + B.asarray(value.astype(np.float32), like=a)
+    # z^B's relevance is only defined for inputs inside the box; outside it the map is wrong
+    slack = B.asarray(ZBOX_SLACK * np.maximum(1.0, np.abs(value)).astype(np.float32), like=a)
+    outside = (a < bound - slack) if which == "low" else (a > bound + slack)
+    if not B.all(outside == 0):
+        worst = B.to_numpy(B.min(a) if which == "low" else B.max(a))
+        raise OptionError(f"the z^B rule on layer {info.name!r} needs inputs "
+                          f"{'>= low' if which == 'low' else '<= high'}, but an input reaches "
+                          f"{float(worst):.6g} ({which}={_show_bound(value)}); pass the bounds of "
+                          f"the inputs' actual range (normalised units, per channel), e.g. "
+                          f"low=(0 - mean) / std and high=(1 - mean) / std")
+    return bound
+
+
+def _show_bound(value: np.ndarray) -> str:
+    flat = np.asarray(value).ravel()
+    return f"{float(flat[0]):.6g}" if flat.size == 1 else "[" + ", ".join(f"{v:.4g}" for v in flat) + "]"
 
 
 def _terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list:
@@ -711,8 +734,9 @@ def _layer_probe(B: Any, state: _Forward):
 
 # ---- the method --------------------------------------------------------------------------------
 def lrp(run: Run, *, composite: Any = DEFAULT, rules: Mapping[str, Any] | None = None,
-        epsilon: float = 1e-6, gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0,
-        low: Any = None, high: Any = None, stabilizer: float = 1e-6, layer: str | None = None,
+        epsilon: NonNegativeFloat = 1e-6, gamma: NonNegativeFloat = 0.25, alpha: float = 2.0,
+        beta: NonNegativeFloat = 1.0, low: Any = None, high: Any = None,
+        stabilizer: PositiveFloat = 1e-6, layer: str | None = None,
         merge_batchnorm: bool = True) -> MethodResult:
     """Layer-wise Relevance Propagation.
 

@@ -12,7 +12,7 @@ order, each call's input and output tensors. From that:
 * **Executed layers**: only layers that actually run are checked and hooked.
 
 Every probed tensor is kept referenced until matching is done: Python reuses the ``id()`` of a
-freed tensor, and DenseNet's many concatenations make that happen (ARCHITECTURE.md, decision 3).
+freed tensor, and DenseNet's many concatenations make that happen (docs/architecture.md §3).
 """
 from __future__ import annotations
 

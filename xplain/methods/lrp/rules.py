@@ -10,7 +10,7 @@ i.e. a rule is a set of *groups* (each with a denominator ``z_g`` and a coeffici
 *terms* (an input modifier ``a → a_k``, a parameter modifier ``ρ_k`` for weight and bias, and a
 sign). ``attribute.py`` turns this data into a forward replacement of the layer's output
 ``y' = sg(y) + Σ_g (z_g − sg(z_g)) ⊙ sg(c_g · y / stab(z_g))`` (value exactly ``y``, gradient
-carries the rule; ARCHITECTURE.md decision 3), so no rule needs a class per framework.
+carries the rule; docs/architecture.md §3), so no rule needs a class per framework.
 
 Four kinds of rules:
 

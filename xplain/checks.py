@@ -1,0 +1,147 @@
+"""Run-time checks that refuse a silently wrong answer where bad values enter or leave.
+
+Each check is cheap enough for every call (a reduction over a tensor the call has anyway) and,
+when it fails, spends what it needs to say *where* the bad value came from: which inputs, which
+parameters, or the forward pass itself. Used by :mod:`xplain.api` (inputs, results) and
+:class:`xplain.run.Run` (model outputs).
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, ModelError, XplainError
+
+#: Why a gradient method cannot explain a model whose input the gradient never reaches.
+NO_INPUT_GRADIENT = (
+    "the target score's gradient does not reach the model's input: the forward pass runs part "
+    "of its work outside the framework's autodiff (a compiled or static graph such as "
+    "paddle.jit.to_static, a no_grad block, a numpy round trip); pass the eager (dygraph) model, "
+    "or use a method that needs no gradient (occlusion, rise)")
+
+#: dtypes attributions are computed in. Half precision is refused: its 3-4 significant digits
+#: lose the small per-pixel terms whose sum is the explanation.
+FLOAT_DTYPES = ("float32", "float64")
+
+
+def check_model_dtype(B: Any, model: Any, inputs: Any) -> None:
+    """Refuse inputs whose dtype or device differs from the model's parameters."""
+    mdtype, mdevice = B.model_dtype_device(model)
+    dtype = B.dtype_name(inputs)
+    if mdtype is not None and mdtype not in FLOAT_DTYPES:
+        raise ModelError(f"the model's parameters are {mdtype}; xplain computes attributions in "
+                         f"float32 or float64 (half precision loses the small terms an "
+                         f"attribution sums) — explain a float32 copy: copy.deepcopy(model).float()"
+                         f" (torch) / model.to(dtype='float32') (paddle), with float32 inputs")
+    if mdtype is not None and dtype != mdtype:
+        raise InputError(f"the inputs are {dtype} but the model's parameters are {mdtype}; convert "
+                         f"the inputs to the model's dtype (x.to({mdtype!r}) / x.astype({mdtype!r}))")
+    device = B.device(inputs)
+    if mdevice is not None and device != mdevice:
+        raise InputError(f"the inputs are on {device} but the model is on {mdevice}; move the "
+                         f"inputs to the model's device first")
+
+
+#: model → the (name, identity, version) of each parameter/buffer when they were last found finite
+_FINITE: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
+
+
+def check_parameters(B: Any, model: Any) -> None:
+    """Refuse a model whose parameters or buffers hold NaN/Inf (naming them). The scan is
+    skipped while no parameter was replaced or modified in place since the last clean scan
+    (identity and version counters), so repeated calls on one model cost nothing."""
+    tensors = B.named_tensors(model)
+    key = tuple((n, id(t), B.version(t)) for n, t in tensors)
+    try:
+        if _FINITE.get(model) == key:
+            return
+    except TypeError:  # not weakly referenceable: scan every time
+        pass
+    bad = nonfinite_parameters(B, model)
+    if bad:
+        raise ModelError(f"the model's parameters hold NaN/Inf: {', '.join(bad)}; reload or fix the "
+                         f"weights (a diverged training run, a bad checkpoint?)")
+    try:
+        _FINITE[model] = key
+    except TypeError:
+        pass
+
+
+def nonfinite_parameters(B: Any, model: Any, limit: int = 5) -> list[str]:
+    """Names of parameters/buffers holding NaN or Inf (at most ``limit``), with counts."""
+    bad = []
+    for name, t in B.named_tensors(model):
+        if not B.dtype_name(t).startswith(("float", "bfloat")):
+            continue
+        ok = B.isfinite(t)
+        if not B.all(ok):
+            count = int(np.size(B.to_numpy(t))) - int(B.to_numpy(B.sum(B.astype(ok, "int64"))))
+            bad.append(f"{name} ({count} non-finite)")
+            if len(bad) >= limit:
+                break
+    return bad
+
+
+def nonfinite_rows(B: Any, x: Any) -> list[int]:
+    """Indices of the samples (first axis) of ``x`` holding NaN or Inf."""
+    a = B.to_numpy(x)
+    return np.flatnonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)).tolist()
+
+
+def check_output(B: Any, model: Any, x: Any, out: Any) -> None:
+    """Refuse a model output holding NaN/Inf, saying whether the inputs, the parameters or the
+    forward pass itself produced it."""
+    if B.all(B.isfinite(out)):
+        return
+    rows = nonfinite_rows(B, out)
+    if not B.all(B.isfinite(x)):
+        raise InputError(f"a forward pass received NaN/Inf in samples {nonfinite_rows(B, x)[:8]} "
+                         f"(from a baseline or perturbation built from the options): pass finite "
+                         f"baselines and options")
+    params = nonfinite_parameters(B, model)
+    if params:
+        raise ModelError(f"the model's output is NaN/Inf (samples {rows[:8]}) because its "
+                         f"parameters hold non-finite values: {', '.join(params)}; reload or fix "
+                         f"the weights (a diverged training run?)")
+    raise ModelError(f"the model's output is NaN/Inf (samples {rows[:8]}) although its inputs and "
+                     f"parameters are finite: the forward pass overflows (e.g. exp of a large "
+                     f"value, a division by zero); fix the model, or explain in float64 "
+                     f"(model.double() and x.double())")
+
+
+def check_result(B: Any, inputs: Any, attributions: Any, *, method: str, plugin: str,
+                 builtin: bool) -> None:
+    """Refuse a method's result of the wrong type, framework, device, shape, or with NaN/Inf.
+
+    Accepted shapes: the input's ``(N, ...)``, or ``(N,) + spatial`` (one map per sample, as CAM
+    methods return for ``(N, C, H, W)`` inputs)."""
+    from .errors import PluginError
+
+    def fail(why: str) -> XplainError:
+        if builtin:
+            return ModelError(f"method {method!r} {why}")
+        return PluginError(f"method {method!r} of plugin {plugin!r} {why}; fix the plugin, or "
+                           f"block it with XPLAIN_DISABLE_PLUGINS={plugin}")
+
+    if not B.is_tensor(attributions):
+        raise fail(f"returned {type(attributions).__module__}.{type(attributions).__name__}, not a "
+                   f"{B.name} tensor (a method returns a tensor of the model's framework, or an "
+                   f"xplain.MethodResult holding one)")
+    shape, ishape = B.shape(attributions), B.shape(inputs)
+    allowed = {ishape, (ishape[0],) + ishape[2:]} if len(ishape) > 2 else {ishape}
+    if shape not in allowed:
+        raise fail(f"returned attributions of shape {shape} for inputs of shape {ishape}; expected "
+                   f"{' or '.join(str(s) for s in sorted(allowed))}")
+    if B.device(attributions) != B.device(inputs):
+        raise fail(f"returned attributions on {B.device(attributions)}, the inputs are on "
+                   f"{B.device(inputs)}")
+    if not B.all(B.isfinite(attributions)):
+        rows = nonfinite_rows(B, attributions)
+        if builtin:
+            raise ModelError(f"the attributions of {method!r} hold NaN/Inf (samples {rows[:8]}) "
+                             f"although the model's outputs are finite: its gradient overflows "
+                             f"(e.g. through exp, or a sqrt/log near 0); explain in float64 "
+                             f"(model.double(), x.double()) or choose another method")
+        raise fail(f"returned NaN/Inf attributions (samples {rows[:8]})")

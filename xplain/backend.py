@@ -122,6 +122,14 @@ class Backend(Protocol):
     def dtype_name(self, x: Tensor) -> str:
         """The dtype as a numpy-style name: ``"float32"``, ``"int64"``, ``"bool"`` ..."""
 
+    def device(self, x: Tensor) -> str:
+        """Where ``x`` lives, as a string that compares equal for tensors on one device
+        (``"cpu"``, ``"cuda:0"``, ``"meta"``; paddle: ``"Place(cpu)"`` ...)."""
+
+    def requires_grad(self, x: Tensor) -> bool:
+        """Whether autograd records operations on ``x`` (torch ``requires_grad``, paddle
+        ``not stop_gradient``)."""
+
     def astype(self, x: Tensor, dtype: str) -> Tensor:
         """``x`` converted to the numpy-style dtype name ``dtype``."""
 
@@ -279,7 +287,19 @@ class Backend(Protocol):
     def no_grad(self) -> ContextManager:
         """Context in which no graph is recorded (cheap forwards: targets, occlusion ...)."""
 
+    def gradients_unavailable(self, x: Tensor) -> str | None:
+        """Why no gradient can be taken of a computation on ``x`` in the calling context (torch:
+        ``inference_mode``), as a message naming the fix; ``None`` when gradients work."""
+
+    def gradient_lock(self) -> ContextManager:
+        """Held around every explanation on this backend: a process-wide lock where the
+        framework's autodiff is not thread-safe (paddle), a no-op context otherwise (torch)."""
+
     # ---- layers & hooks ---------------------------------------------------------------------
+    def hooks_unavailable(self, model: Model) -> str | None:
+        """Why layer hooks would not fire in ``model`` (a compiled, scripted, traced or static
+        graph model, or one holding such a sub-module), naming the fix; ``None`` when they fire."""
+
     def layers(self, model: Model) -> list[LayerInfo]:
         """Every sub-layer (root first, then depth-first in registration order)."""
 
@@ -303,15 +323,26 @@ class Backend(Protocol):
         """``x @ weight.T + bias`` with ``weight`` in ``(out, in)`` layout."""
 
     # ---- model state (the borrowed-model guard) ---------------------------------------------
-    def snapshot(self, model: Model) -> Any:
-        """Cheap record of what a method may touch: train/eval flag of every layer, gradient
-        flags of every parameter, hook counts, in-place version counters of parameters."""
+    def named_tensors(self, model: Model) -> list[tuple[str, Tensor]]:
+        """Every parameter and buffer of ``model`` with its state-dict name."""
+
+    def snapshot(self, model: Model, deep: bool = False) -> Any:
+        """Record of what a method may touch: train/eval flags, gradient flags, hooks, which
+        object sits in every parameter/buffer/sub-layer slot, storage pointers and in-place
+        version counters of parameters, buffer values; with ``deep`` also a copy of every
+        parameter's values (for code xplain has not seen: see ``xplain.guard``)."""
 
     def restore(self, model: Model, snapshot: Any) -> None:
-        """Put back flags and remove hooks added since ``snapshot``."""
+        """Put back flags, slots, storage, buffer values (and with a deep snapshot parameter
+        values), and remove hooks added since ``snapshot``."""
 
     def changed(self, model: Model, snapshot: Any) -> list[str]:
-        """Human-readable list of what differs from ``snapshot`` (empty when identical)."""
+        """Human-readable list of what differs from ``snapshot`` (empty when identical); called
+        before :meth:`restore`."""
+
+    def copy_model(self, model: Model) -> Model:
+        """An independent deep copy of ``model`` (the guard diagnoses on it, never on the
+        user's model)."""
 
     def prepare(self, model: Model) -> None:
         """Put the model in the state methods run it in: eval mode, parameters frozen."""

@@ -28,7 +28,9 @@ FLOAT_DTYPES = ("float32", "float64")
 
 def check_model_dtype(B: Any, model: Any, inputs: Any) -> None:
     """Refuse inputs whose dtype or device differs from the model's parameters."""
-    mdtype, mdevice = B.model_dtype_device(model)
+    first = next((t for _, t in B.named_tensors(model)
+                  if B.dtype_name(t).startswith(("float", "bfloat"))), None)
+    mdtype, mdevice = (None, None) if first is None else (B.dtype_name(first), B.device(first))
     dtype = B.dtype_name(inputs)
     if mdtype is not None and mdtype not in FLOAT_DTYPES:
         raise ModelError(f"the model's parameters are {mdtype}; xplain computes attributions in "

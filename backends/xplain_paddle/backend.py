@@ -72,13 +72,6 @@ def named_tensors(model) -> list[tuple[str, Any]]:
     return list(itertools.chain(model.named_parameters(), model.named_buffers()))
 
 
-def model_dtype_device(model: nn.Layer) -> tuple[str | None, str | None]:
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        if t.is_floating_point():
-            return dtype_name(t), str(t.place)
-    return None, None
-
-
 def gradients_unavailable(x: paddle.Tensor) -> str | None:
     return None
 

@@ -70,13 +70,6 @@ def named_tensors(model) -> list[tuple[str, Any]]:
     return list(itertools.chain(model.named_parameters(), model.named_buffers()))
 
 
-def model_dtype_device(model: nn.Module) -> tuple[str | None, str | None]:
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        if t.is_floating_point():
-            return dtype_name(t), str(t.device)
-    return None, None
-
-
 def gradients_unavailable(x: torch.Tensor) -> str | None:
     if torch.is_inference_mode_enabled():
         return ("explain() was called inside torch.inference_mode(), where no gradient can be "

@@ -491,3 +491,48 @@ def check_dtypes(B, T):
     assert B.dtype_name(T(np.array([1, 2]))) == "int64"
     np.testing.assert_array_equal(B.to_numpy(B.astype(T(a), "int64")), [1, 2])
     assert isinstance(B.to_numpy(T(a)), np.ndarray)
+
+
+@check
+def check_device_and_grad_flags(B, T):
+    a, b = T([1.0, 2.0]), T([3.0])
+    assert isinstance(B.device(a), str) and B.device(a) == B.device(b)
+    assert not B.requires_grad(a)
+    with B.enable_grad():
+        x = B.with_grad(a)
+        assert B.requires_grad(x) and B.requires_grad(x * 2.0)
+        assert not B.requires_grad(B.stop_gradient(x * 2.0))
+    assert B.gradients_unavailable(a) is None
+
+
+@check
+def check_grad_required(B, T):
+    from ..errors import ModelError
+
+    with B.enable_grad():
+        x, unused = B.with_grad(T([1.0, 2.0])), B.with_grad(T([5.0]))
+        (g0, g1) = B.grad(B.sum(x * x), [x, unused], retain_graph=True)
+        close(g0, [2.0, 4.0], B)
+        close(g1, [0.0], B)  # not required: an input the output ignores gets zeros
+        try:
+            B.grad(B.sum(x * x), [unused, x], required=1)
+        except ModelError:
+            pass
+        else:
+            raise AssertionError("grad(required=1) gave zeros for an input the output ignores")
+
+
+@check
+def check_gradient_lock_reentrant(B, T):
+    with B.gradient_lock():
+        with B.gradient_lock():  # explain() may run inside explain() (SmoothGrad's base method)
+            close(T([1.0]) + 1.0, [2.0], B)
+
+
+@check
+def check_bfloat16_to_numpy(B, T):
+    # numpy has no bfloat16: widened to float32, exactly (these values are representable)
+    a = np.array([1.5, -2.25, 3.0], dtype=np.float32)
+    got = B.to_numpy(B.astype(T(a), "bfloat16"))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, a)

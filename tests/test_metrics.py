@@ -109,17 +109,26 @@ def test_sensitivity_max_linear_saliency_is_zero(fw):
 
 @pytest.mark.cross
 def test_metrics_and_summary_agree_across_backends(both):
-    torch_fw, paddle_fw = both
+    """Deletion and pixel-flipping curves are target logits of perturbed inputs, ranked by the
+    given (numpy, hence identical) attributions and perturbed with the same seeded values: the
+    only cross-framework difference is float32 logit rounding, a continuous function of the
+    inputs (no kink, no argmax). Bound: the float32 logit tolerance of the harness,
+    F32_LOGIT_ATOL · max|logit(x)| (the perturbed inputs' logits are smaller: 7.7 for the
+    all-zero end point against 97 for x). Measured ≤ 1.1e-6 · max|logit(x)|. Before: rtol 1e-4
+    plus atol 1e-4 · max|curve|, the same order, unexplained."""
+    from cross_oracles import F32_LOGIT_ATOL, logits
+
     x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
     attr = np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
-    curves, totals = [], []
+    curves, totals, scales = [], [], []
     for f in both:
         model = f.model("resnet18")
         res = metrics.deletion(model, f.tensor(x), attr, target=[1, 2], steps=6, score="logit")
         pf = metrics.pixel_flipping(model, f.tensor(x), attr, target=[1, 2], patch=4, steps=4, seed=0)
         curves.append((res.curve, pf.curve))
+        scales.append(np.abs(logits(f, model, x)).max())
         s = xplain.summary(model, (1, 3, 64, 64))
         totals.append((s.total_params, s.total_mult_adds, [r.output_shape for r in s.rows]))
     assert totals[0] == totals[1] and totals[0][0] == 11_689_512
     for a, b in zip(*curves):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+        np.testing.assert_allclose(b, a, rtol=0, atol=F32_LOGIT_ATOL * scales[0])

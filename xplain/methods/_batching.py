@@ -63,7 +63,7 @@ def tile(run: Run, x: Tensor, reps: int) -> Tensor:
 
 def lead(run: Run, values: np.ndarray, like: Tensor, ndim: int) -> Tensor:
     """Numpy ``values`` of shape ``(K,)`` as a tensor ``(K, 1, ..., 1)`` with ``ndim`` dims."""
-    v = np.asarray(values, dtype=np.float32).reshape((-1,) + (1,) * (ndim - 1))
+    v = np.asarray(values, dtype=np.float64).reshape((-1,) + (1,) * (ndim - 1))
     return run.backend.asarray(v, like=like)
 
 

@@ -69,7 +69,7 @@ def resolve_baseline(run: Run, baseline: Any, *, blur_sigma: float = 5.0, name: 
             a = B.to_numpy(x).reshape(shape[0], -1)
             lo, hi = a.min(axis=1), a.max(axis=1)
             u = run.rng.uniform(size=(shape[0], a.shape[1]))
-            return B.asarray((lo[:, None] + u * (hi - lo)[:, None]).reshape(shape).astype(np.float32), like=x)
+            return B.asarray((lo[:, None] + u * (hi - lo)[:, None]).reshape(shape), like=x)
         if baseline == "blur":
             return B.asarray(gaussian_blur(B.to_numpy(x), blur_sigma), like=x)
         raise OptionError(f"{name}={baseline!r} is unknown; use a number, a tensor, or one of "
@@ -80,7 +80,7 @@ def resolve_baseline(run: Run, baseline: Any, *, blur_sigma: float = 5.0, name: 
         return B.zeros_like(x) + float(baseline)
     if not B.is_tensor(baseline):
         if isinstance(baseline, np.ndarray):
-            baseline = B.asarray(baseline.astype(np.float32), like=x)
+            baseline = B.asarray(baseline, like=x)
         else:
             raise OptionError(f"{name} of type {type(baseline).__name__} is not usable; pass a "
                               f"number, a {B.name} tensor/numpy array, or one of {NAMED_BASELINES}")
@@ -210,7 +210,7 @@ def gradient_shap(run: Run, *, baselines: Any = 0.0, samples: PositiveInt = 5,
     if not stdev >= 0:
         raise OptionError(f"stdev={stdev!r} must be >= 0 (input units)")
     if isinstance(baselines, np.ndarray) and baselines.shape[1:] == sub:
-        baselines = B.asarray(baselines.astype(np.float32), like=x)
+        baselines = B.asarray(baselines, like=x)
     if B.is_tensor(baselines) and B.shape(baselines)[1:] == sub:
         # a distribution of R references shared by all samples (Captum's convention)
         flat_refs, own = B.reshape(B.asarray(baselines, like=x), (B.shape(baselines)[0], -1)), None

@@ -115,7 +115,7 @@ def _score_layer(run: Run, info: LayerInfo, size: int, targets: np.ndarray,
         for i, ks in chunk:
             scores[i, ks] = got[pos:pos + len(ks)]
             pos += len(ks)
-    weights = B.softmax(B.asarray(scores.astype(np.float32), like=A), axis=1)
+    weights = B.softmax(B.asarray(scores, like=A), axis=1)
     skipped = const.sum(axis=1).astype(np.int64)
     return weighted_sum(B, weights, A), weights, skipped, forwards
 
@@ -221,7 +221,7 @@ def _ablation_layer(run: Run, info: LayerInfo, size: int, targets: np.ndarray, A
                       f"is exactly 0, so the relative drop (y - y_k) / y is undefined; their "
                       f"weights are set to 0", RuntimeWarning, stacklevel=4)
     w = np.where(zero[:, None], 0.0, (base[:, None] - ablated) / np.where(zero, 1.0, base)[:, None])
-    weights = B.asarray(w.astype(np.float32), like=A)
+    weights = B.asarray(w, like=A)
     return weighted_sum(B, weights, A), weights, "after_layer" if shortcut else "full_model", forwards
 
 

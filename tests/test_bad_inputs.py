@@ -552,3 +552,82 @@ def test_compiled_models_still_explained_by_methods_without_hooks(fw, base, meth
         got = xplain.explain(c, x, method, target=[0, 2], **options).numpy()
         # the same kernels run in the same order: equal to float32 rounding
         np.testing.assert_allclose(got, eager, rtol=1e-5, atol=1e-6 * np.abs(eager).max())
+
+
+# ---- the same promises on a real architecture of each zoo ------------------------------------
+ZOO_CASES = [
+    ("unbatched", lambda fw, m, x: xplain.explain(m, x[0], "saliency"), InputError, r"unbatched.*x\[None\]"),
+    ("grayscale", lambda fw, m, x: xplain.explain(m, x[:, :1], "gradcam"), InputError, r"3 input channels.*have 1"),
+    ("float64", lambda fw, m, x: xplain.explain(m, fw.B.astype(x, "float64"), "lrp"), InputError,
+     r"convert the inputs to the model's dtype"),
+    ("target-1000", lambda fw, m, x: xplain.explain(m, x, "lrp", target=1000), TargetError, r"\[0, 999\]"),
+    ("zbox-bounds", lambda fw, m, x: xplain.explain(m, x, "lrp", composite="epsilon_gamma_box", low=-0.5,
+                                                   high=0.5), OptionError, r"pass the bounds"),
+    ("occlusion-window", lambda fw, m, x: xplain.explain(m, x, "occlusion", sliding_window_shapes=(3, 8.5, 8)),
+     OptionError, r"never rounded"),
+]
+
+
+@pytest.fixture(scope="module")
+def resnet(fw):
+    return fw.model("resnet18"), fw.tensor(np.random.default_rng(2).standard_normal((2, 3, 32, 32)))
+
+
+@pytest.mark.parametrize("name,call,error,fix", ZOO_CASES, ids=[c[0] for c in ZOO_CASES])
+def test_refusals_on_resnet18(fw, resnet, name, call, error, fix):
+    model, x = resnet
+    before = fw.model_state(model)
+    with pytest.raises(error, match=fix):
+        call(fw, model, x)
+    fw.assert_same_state(before, fw.model_state(model))
+
+
+def test_compiled_resnet18_refused_by_hook_methods(fw, resnet):
+    model, x = resnet
+    if fw.name == "torch":
+        import torch
+
+        compiled, fix = torch.jit.trace(model, x), r"TorchScript"
+    else:
+        import paddle
+
+        compiled, fix = paddle.jit.to_static(copy.deepcopy(model), full_graph=True), r"to_static"
+    for method in ("lrp", "gradcam", "deeplift"):
+        with pytest.raises(ModelError, match=fix):
+            xplain.explain(compiled, x, method)
+
+
+def test_nan_weight_deep_in_resnet18_is_named(fw, resnet):
+    model, x = resnet
+    broken = copy.deepcopy(model)
+    conv = broken.layer4[1].conv2
+    w = fw.numpy(conv.weight).copy()
+    w[3, 1, 0, 0] = np.nan
+    fw._set(conv, w, None, transpose=False)
+    for method in ("saliency", "occlusion"):
+        opts = {"sliding_window_shapes": (3, 16, 16)} if method == "occlusion" else {}
+        with pytest.raises(ModelError, match=r"layer4\.1\.conv2\.weight \(1 non-finite\).*reload or fix"):
+            xplain.explain(broken, x, method, **opts)
+
+
+def test_plugin_edit_of_resnet18_is_caught_and_undone(fw, resnet):
+    model, x = resnet
+    before = fw.model_state(model)
+
+    def sneaky(run):
+        conv = run.model.layer3[0].conv1
+        if run.backend.name == "torch":
+            conv.weight.data[0, 0, 0, 0] += 1.0  # one value, no version bump
+        else:
+            w = conv.weight.numpy()
+            w[0, 0, 0, 0] += 1.0
+            conv.weight.set_value(w)
+        return run.inputs * 0.0
+
+    plugins.register(_Pack("sneaky", sneaky), name="badpack_sneaky")
+    try:
+        with pytest.raises(ModelModifiedError, match=r"layer3\.0\.conv1\.weight was modified.*put back exactly"):
+            xplain.explain(model, x, "bad_sneaky")
+    finally:
+        plugins.unregister(name="badpack_sneaky")
+    fw.assert_same_state(before, fw.model_state(model))

@@ -147,3 +147,44 @@ def check_result(B: Any, inputs: Any, attributions: Any, *, method: str, plugin:
                              f"(e.g. through exp, or a sqrt/log near 0); explain in float64 "
                              f"(model.double(), x.double()) or choose another method")
         raise fail(f"returned NaN/Inf attributions (samples {rows[:8]})")
+
+
+def call_model(B: Any, model: Any, x: Any) -> Any:
+    """``model(x)``; a framework error raised by the model's forward becomes an
+    :class:`~xplain.errors.InputError` naming the input's shape and what the model expects (every
+    forward pass xplain runs goes through here: probes included)."""
+    try:
+        return B.forward(model, x)
+    except XplainError:
+        raise
+    except Exception as exc:
+        raise InputError(f"the model's forward pass failed on inputs of shape {B.shape(x)} "
+                         f"({B.dtype_name(x)}): {type(exc).__name__}: {str(exc).strip()[:400]}"
+                         f"{input_hint(B, model, x)}; check the inputs' shape, channels and "
+                         f"dtype against what the model was built for") from exc
+
+
+def input_hint(B: Any, model: Any, x: Any) -> str:
+    """What the model's first conv/linear layer expects, when the inputs do not fit it (``""``
+    when nothing is known or they fit)."""
+    try:
+        first = next((i for i in B.layers(model) if i.kind in ("conv", "linear")), None)
+    except Exception:
+        return ""
+    if first is None:
+        return ""
+    shape = B.shape(x)
+    w = B.shape(first.params["weight"])
+    if first.kind == "conv":
+        nd, cin = len(w) - 2, w[1] * first.attrs.get("groups", 1)
+        if len(shape) == nd + 1:
+            return (f". The inputs look unbatched: the first layer {first.name!r} takes "
+                    f"(N, {cin}, ...) — add a batch dimension (x[None] / x.unsqueeze(0))")
+        if len(shape) == nd + 2 and shape[1] != cin:
+            return (f". The first layer {first.name!r} takes {cin} input channels, the inputs "
+                    f"have {shape[1]} (grayscale vs RGB? channels-last images need "
+                    f"x.permute(0, 3, 1, 2) / x.transpose([0, 3, 1, 2]))")
+    elif first.kind == "linear" and len(shape) == 2 and shape[1] != w[1]:
+        return (f". The first layer {first.name!r} takes {w[1]} features, the inputs have "
+                f"{shape[1]}")
+    return ""

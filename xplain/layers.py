@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .backends import backend_for
+from .checks import call_model
 from .errors import InputError, ModelError
 
 #: Pooling layers that end a network's feature extractor. Their (often constant, upsampled)
@@ -76,7 +77,7 @@ def probe(backend: Any, model: Any, x: Any, infos: Sequence[Any]) -> dict[str, L
             out[info.name] = summary
             handles.append(B.add_forward_hook(info.module, make(summary)))
         with B.no_grad():
-            B.forward(model, x)
+            call_model(B, model, x)
     finally:
         for h in handles:
             h.remove()

@@ -185,8 +185,9 @@ def problem(value: Any, hint: Any) -> str | None:
         inner = _args(hint)
         if inner and inner[-1] is not Ellipsis:
             for item in value:
-                if problem(item, inner[0]) is not None:
-                    return f"must be {describe(hint)} (got item {item!r})"
+                why = problem(item, inner[0])
+                if why is not None:
+                    return f"must be {describe(hint)}: item {item!r} {why}"
         return None
     if origin in (dict, Mapping) or hint in (dict, Mapping):
         return None if isinstance(value, Mapping) else "must be a dict"

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from .backend import Backend, LayerInfo, Tensor, iter_chunks
-from .checks import check_output
-from .errors import InputError, LayerError, ModelError, OptionError, XplainError
+from .checks import call_model, check_output, input_hint
+from .errors import InputError, LayerError, ModelError, OptionError
 from .targets import check_range
 
 _UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -90,14 +90,7 @@ class Run:
         :class:`~xplain.errors.InputError` that names the input's shape and what the model
         expects."""
         B = self.backend
-        try:
-            out = B.forward(self.model, x)
-        except XplainError:
-            raise
-        except Exception as exc:
-            raise InputError(f"the model's forward pass failed on inputs of shape {B.shape(x)} "
-                             f"({B.dtype_name(x)}): {type(exc).__name__}: {str(exc).strip()[:400]}"
-                             f"{self._input_hint(x)}") from exc
+        out = call_model(B, self.model, x)
         if not B.is_tensor(out):
             raise ModelError(f"the model returned {type(out).__name__}, not a tensor; wrap it so "
                              f"that it returns the (batch, classes) logits tensor")
@@ -105,9 +98,9 @@ class Run:
         if len(shape) != 2:
             raise ModelError(f"the model's output has shape {shape}; xplain explains class "
                              f"scores of shape (batch, classes) — flatten or select the output "
-                             f"in a wrapper model{self._input_hint(x)}")
+                             f"in a wrapper model{input_hint(B, self.model, x)}")
         if shape[0] != (B.shape(x)[0] if rows is None else rows):
-            hint = self._input_hint(x)
+            hint = input_hint(B, self.model, x)
             raise (InputError if hint else ModelError)(
                 f"the model returned {shape[0]} rows of scores for a batch of {B.shape(x)[0]} "
                 f"inputs; make it return one row per sample (does it mix or reshape the "
@@ -118,32 +111,6 @@ class Run:
         check_output(B, self.model, x, out)
         self.num_classes = shape[1]
         return out
-
-    def _input_hint(self, x: Tensor) -> str:
-        """What the model's first conv/linear layer expects, when the inputs do not fit it
-        (``""`` when nothing is known or it fits)."""
-        B = self.backend
-        try:
-            first = next((i for i in B.layers(self.model) if i.kind in ("conv", "linear")), None)
-        except Exception:
-            return ""
-        if first is None:
-            return ""
-        shape = B.shape(x)
-        w = B.shape(first.params["weight"])
-        if first.kind == "conv":
-            nd, cin = len(w) - 2, w[1] * first.attrs.get("groups", 1)
-            if len(shape) == nd + 1:
-                return (f". The inputs look unbatched: the first layer {first.name!r} takes "
-                        f"(N, {cin}, ...) — add a batch dimension (x[None] / x.unsqueeze(0))")
-            if len(shape) == nd + 2 and shape[1] != cin:
-                return (f". The first layer {first.name!r} takes {cin} input channels, the inputs "
-                        f"have {shape[1]} (grayscale vs RGB? channels-last images need "
-                        f"x.permute(0, 3, 1, 2) / x.transpose([0, 3, 1, 2]))")
-        elif first.kind == "linear" and len(shape) == 2 and shape[1] != w[1]:
-            return (f". The first layer {first.name!r} takes {w[1]} features, the inputs have "
-                    f"{shape[1]}")
-        return ""
 
     def resolve_targets(self, output: Tensor | None = None) -> np.ndarray:
         """Targets as ``int64[batch]``; ``None`` targets become the argmax of ``output`` (the
@@ -294,7 +261,7 @@ class Run:
         gradients). Measured by one batch-1 no-grad probe, once per model and input shape."""
         if not self.per_sample_bytes_known:
             with self.counting_output_bytes() as total, self.backend.no_grad():
-                self.backend.forward(self.model, self.inputs[:1])
+                call_model(self.backend, self.model, self.inputs[:1])
             self.set_per_sample_bytes(*total)
         return self._per_sample_bytes
 

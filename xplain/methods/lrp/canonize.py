@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ...backend import LayerInfo
+from ...checks import call_model
 from ...run import Run
 
 _AFFINE = ("conv", "linear")
@@ -113,7 +114,7 @@ def _probe(run: Run, merge_batchnorm: bool) -> Probe:
             if info.kind == "relu":
                 handles.append(B.add_forward_pre_hook(info.module, relu_pre_hook))
         with B.no_grad():
-            B.forward(run.model, x)
+            call_model(B, run.model, x)
     finally:
         for h in handles:
             h.remove()

@@ -409,3 +409,27 @@ def sum_routes(routes: Routes, g: Tensor, input_gradient: Callable[[Tensor, Tens
         part = input_gradient(w, multiply_(s, g) if unique else s * g)
         total = part if total is None else total.add_(part)
     return total
+
+
+def replaced_slots(slots: Sequence[tuple], current: Callable[[Any], Sequence[dict]],
+                   kinds: Sequence[str]) -> list[str]:
+    """For backend implementations of :meth:`Backend.changed`: which parameter / buffer /
+    sub-layer slot now holds another object than recorded. ``slots`` holds ``(name, module,
+    *saved dicts)`` records, ``current(module)`` the module's live dicts in the same order."""
+    out = []
+    for name, module, *saved in slots:
+        for what, slot, before in zip(kinds, current(module), saved):
+            for key in set(slot) | set(before):
+                if slot.get(key) is not before.get(key):
+                    out.append(f"{what} {name + '.' if name else ''}{key} was replaced")
+    return out
+
+
+def put_back_slots(slots: Sequence[tuple], current: Callable[[Any], Sequence[dict]]) -> None:
+    """For backend implementations of :meth:`Backend.restore`: the recorded objects back into
+    every slot that changed (see :func:`replaced_slots`)."""
+    for _, module, *saved in slots:
+        for slot, before in zip(current(module), saved):
+            if slot.keys() != before.keys() or any(slot[k] is not v for k, v in before.items()):
+                slot.clear()
+                slot.update(before)

@@ -20,7 +20,8 @@ from paddle import nn
 
 from xplain.checks import NO_INPUT_GRADIENT
 from xplain.errors import ModelError
-from xplain.backend import LayerInfo, distinct, make_routes, sum_routes, take_scales
+from xplain.backend import (LayerInfo, distinct, make_routes, put_back_slots, replaced_slots, sum_routes,
+                            take_scales)
 
 name = "paddle"
 
@@ -582,6 +583,10 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
+def _slots(m: nn.Layer) -> tuple[dict, dict, dict]:
+    return m._parameters, m._buffers, m._sub_layers
+
+
 def snapshot(model: nn.Layer, deep: bool = False) -> dict:
     mods = list(model.named_sublayers(include_self=True))
     named = list(model.named_parameters())
@@ -590,7 +595,7 @@ def snapshot(model: nn.Layer, deep: bool = False) -> dict:
         "training": [(m, m.training) for _, m in mods],
         "stop_gradient": [(p, p.stop_gradient) for _, p in named],
         # which object sits where: a replaced parameter, buffer or sub-layer shows up here
-        "slots": [(n, m, dict(m._parameters), dict(m._buffers), dict(m._sub_layers)) for n, m in mods],
+        "slots": [(n, m, *map(dict, _slots(m))) for n, m in mods],
         "versions": [(n, t, t._inplace_version(), t.data_ptr()) for n, t in named if t.trainable],
         # buffers and non-trainable parameters (paddle keeps BatchNorm statistics as the latter)
         # are small: keep copies so they can be put back
@@ -644,11 +649,7 @@ def _host_sample(t: paddle.Tensor) -> np.ndarray:
 
 
 def restore(model: nn.Layer, snap: dict) -> None:
-    for _, m, params, buffers, children in snap["slots"]:
-        for slot, saved in ((m._parameters, params), (m._buffers, buffers), (m._sub_layers, children)):
-            if slot.keys() != saved.keys() or any(slot[k] is not v for k, v in saved.items()):
-                slot.clear()
-                slot.update(saved)
+    put_back_slots(snap["slots"], _slots)
     for m, flag in snap["training"]:
         m.training = flag
     for p, flag in snap["stop_gradient"]:
@@ -667,13 +668,7 @@ def restore(model: nn.Layer, snap: dict) -> None:
 
 def changed(model: nn.Layer, snap: dict) -> list[str]:
     """What differs from ``snap`` (call before :func:`restore` puts values back)."""
-    out = []
-    for name, m, params, buffers, children in snap["slots"]:
-        for what, slot, saved in (("parameter", m._parameters, params), ("buffer", m._buffers, buffers),
-                                  ("sub-layer", m._sub_layers, children)):
-            for k in set(slot) | set(saved):
-                if slot.get(k) is not saved.get(k):
-                    out.append(f"{what} {name + '.' if name else ''}{k} was replaced")
+    out = replaced_slots(snap["slots"], _slots, ("parameter", "buffer", "sub-layer"))
     for n, t, version, ptr in snap["versions"]:
         if t._inplace_version() != version:
             out.append(f"{n} was modified in place")

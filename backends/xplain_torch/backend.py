@@ -18,7 +18,8 @@ from torch import nn
 
 from xplain.checks import NO_INPUT_GRADIENT
 from xplain.errors import ModelError
-from xplain.backend import LayerInfo, distinct, make_routes, sum_routes, take_scales
+from xplain.backend import (LayerInfo, distinct, make_routes, put_back_slots, replaced_slots, sum_routes,
+                            take_scales)
 
 name = "torch"
 
@@ -562,6 +563,10 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1).view(torch.uint8) if t.numel() else t.reshape(-1)
 
 
+def _slots(m: nn.Module) -> tuple[dict, dict, dict]:
+    return m._parameters, m._buffers, m._modules
+
+
 def snapshot(model: nn.Module, deep: bool = False) -> dict:
     mods = list(model.named_modules(remove_duplicate=False))
     params = list(model.named_parameters())
@@ -569,7 +574,7 @@ def snapshot(model: nn.Module, deep: bool = False) -> dict:
         "training": [(m, m.training) for _, m in mods],
         "requires_grad": [(p, p.requires_grad) for _, p in params],
         # which object sits where: a replaced parameter, buffer or sub-module shows up here
-        "slots": [(n, m, dict(m._parameters), dict(m._buffers), dict(m._modules)) for n, m in mods
+        "slots": [(n, m, *map(dict, _slots(m))) for n, m in mods
                   if not isinstance(m, torch.jit.ScriptModule)],  # compiled: its slots are fixed
         # in-place ops bump _version; `p.data = t` changes the storage pointer
         "versions": [(n, p, p._version, p.data_ptr(), p.data) for n, p in params],
@@ -585,11 +590,7 @@ def snapshot(model: nn.Module, deep: bool = False) -> dict:
 
 
 def restore(model: nn.Module, snap: dict) -> None:
-    for _, m, params, buffers, children in snap["slots"]:
-        for slot, saved in ((m._parameters, params), (m._buffers, buffers), (m._modules, children)):
-            if slot.keys() != saved.keys() or any(slot[k] is not v for k, v in saved.items()):
-                slot.clear()
-                slot.update(saved)
+    put_back_slots(snap["slots"], _slots)
     for m, flag in snap["training"]:
         m.training = flag
     for _, p, _, ptr, data in snap["versions"]:
@@ -617,13 +618,7 @@ def restore(model: nn.Module, snap: dict) -> None:
 
 def changed(model: nn.Module, snap: dict) -> list[str]:
     """What differs from ``snap`` (call before :func:`restore` puts values back)."""
-    out = []
-    for name, m, params, buffers, children in snap["slots"]:
-        for what, slot, saved in (("parameter", m._parameters, params), ("buffer", m._buffers, buffers),
-                                  ("sub-module", m._modules, children)):
-            for k in set(slot) | set(saved):
-                if slot.get(k) is not saved.get(k):
-                    out.append(f"{what} {name + '.' if name else ''}{k} was replaced")
+    out = replaced_slots(snap["slots"], _slots, ("parameter", "buffer", "sub-module"))
     for n, p, version, ptr, _ in snap["versions"]:
         if p._version != version:
             out.append(f"{n} was modified in place")

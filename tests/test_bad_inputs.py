@@ -9,6 +9,7 @@ paddle's to_static).
 """
 from __future__ import annotations
 
+import collections
 import copy
 import importlib.util
 import os
@@ -379,6 +380,57 @@ MODELS = [
 ]
 
 
+# ---- output= (models returning several tensors) ---------------------------------------------------
+class _Out:
+    """An output object with one tensor attribute."""
+
+    def __init__(self, logits: Any) -> None:
+        self.logits = logits
+
+
+def returns(make: Callable[[Any], Any], method: str = "saliency", **kw: Any) -> Callable[[Ctx], Any]:
+    """The call on a model whose forward returns ``make(logits)``."""
+    return with_model(lambda c: c.wrapped(lambda m, x, B: make(m(x))), method, **kw)
+
+
+OUTPUTS = [
+    Case("model-returns-list", returns(lambda o: [o, o]), ModelError, r"a list of 2 items.*pass output=0"),
+    Case("model-returns-namedtuple", returns(lambda o: _Pair(o, o)), ModelError,
+         r"named tuple _Pair.*pass output='logits'"),
+    Case("model-returns-object", returns(_Out), ModelError, r"tensor attributes \(\.logits.*pass output='logits'"),
+    Case("model-returns-tuple-gradcam", returns(lambda o: (o, o), "gradcam"), ModelError, r"pass output=0"),
+    Case("model-returns-dict-lrp", returns(lambda o: {"out": o}, "lrp"), ModelError, r"pass output='out'"),
+    Case("model-returns-dict-occlusion", returns(lambda o: {"out": o}, "occlusion", sliding_window_shapes=(3, 4, 4)),
+         ModelError, r"pass output='out'"),
+    Case("output-index-out-of-range", returns(lambda o: (o, o), output=2), OptionError, r"pass an index in \[0, 1\]"),
+    Case("output-index-on-dict", returns(lambda o: {"out": o}, output=0), OptionError, r"indexes a tuple or list"),
+    Case("output-missing-key", returns(lambda o: {"out": o}, output="logits"), OptionError,
+         r"pass one of its keys \['out'\]"),
+    Case("output-missing-attribute", returns(_Out, output="scores"), OptionError, r"no key or tensor attribute"),
+    Case("output-method-attribute", returns(lambda o: (o, o), output="count"), OptionError,
+         r"no key or tensor attribute 'count'"),
+    Case("output-function-raises", returns(lambda o: (o, o), output=lambda out: out["x"]), OptionError,
+         r"raised TypeError.*fix the function"),
+    Case("output-function-not-tensor", returns(lambda o: (o, o), output=lambda out: 3), OptionError,
+         r"selected int.*pass a selector"),
+    Case("output-selects-none", returns(lambda o: (o, None), output=1), OptionError, r"selected None"),
+    Case("output-selects-3d", returns(lambda o: (o[:, :, None], o), output=0), ModelError,
+         r"as selected by output=.*flatten or select"),
+    Case("output-on-single-tensor", opt("saliency", output=0), OptionError, r"one tensor of shape.*remove output="),
+    Case("output-key-on-single-tensor", opt("gradcam", output="T"), OptionError, r"remove output="),
+    Case("output-float", returns(lambda o: (o, o), output=0.0), OptionError, r"never rounded"),
+    Case("output-bool", returns(lambda o: (o, o), output=True), OptionError, r"not a bool"),
+    Case("output-list", returns(lambda o: (o, o), output=[0]), OptionError, r"pass an index \(output=0\)"),
+    Case("cam-layout-unknown", opt("gradcam", layout="nhwc"), OptionError, r"one of 'channels_first'"),
+    Case("cam-layout-contradicts-conv", opt("gradcam", layer="0", layout="channels_last"), LayerError,
+         r"4 channels sit on axis 1.*remove layout="),
+    Case("scorecam-layout-contradicts-conv", opt("scorecam", layer="1", layout="channels_last"), LayerError,
+         r"channels_first.*remove layout="),
+]
+
+_Pair = collections.namedtuple("_Pair", "logits aux")
+
+
 # ---- plugins ------------------------------------------------------------------------------------
 class _Pack:
     """A run-time plugin registering one method ``bad_<name>``."""
@@ -483,7 +535,7 @@ PLUGINS = [
     plugin_case("replaces_submodule", _replaces_submodule, ModelModifiedError, r"fix it or block it"),
 ]
 
-CASES = INPUTS + TARGETS + OPTIONS + MODELS + PLUGINS
+CASES = INPUTS + TARGETS + OPTIONS + MODELS + OUTPUTS + PLUGINS
 BACKEND = os.environ.get("XPLAIN_BACKEND", "torch")
 
 

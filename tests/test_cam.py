@@ -243,10 +243,8 @@ def test_resnet18_every_method_model_unchanged(fw):
     model = zoo(fw, "resnet18")
     before = fw.model_state(model)
     x = zoo_input(fw, 2, size=32)
-    for method in xplain.methods():
-        if method not in ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam",
-                          "scorecam", "ablationcam", "eigencam", "guided_gradcam"):
-            continue
+    for method in ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam",
+                   "ablationcam", "eigencam", "guided_gradcam"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             exp = xplain.explain(model, x, method=method, target=[3, 7], batch_size=256) \
@@ -255,11 +253,21 @@ def test_resnet18_every_method_model_unchanged(fw):
         out = exp.numpy()
         want = (2, 3, 32, 32) if method == "guided_gradcam" else (2, 32, 32)
         assert out.shape == want and np.isfinite(out).all(), method
-        if method == "cam":  # CAM explains the map the head pools, even at 1x1
-            assert exp.layers == ["layer4"]
-            continue
         assert exp.layers == ["layer3"]  # layer4 is 1x1 at 32 px: not spatial
         assert tuple(exp.layer_maps["layer3"].shape) == (2, 2, 2)
+    # CAM's map is the one the head pools, layer4, which is 1x1 here: one constant per image.
+    # The automatic choice refuses (the spatial default, layer3, is not pooled by the head) ...
+    with pytest.raises(LayerError, match=r"1x1 at this input size \(from 'layer4.0.conv1' on\)"
+                                         r".*use larger inputs"):
+        xplain.explain(model, x, method="cam", target=[3, 7])
+    # ... a named 1x1 layer is explained: exactly constant (the upsampling is clipped to the
+    # map's range, so no rounding pattern is stretched to [0, 1]), hence zeros and a warning
+    with pytest.warns(RuntimeWarning, match="constant"):
+        exp = xplain.explain(model, x, method="cam", target=[3, 7], layer="layer4")
+    assert exp.layers == ["layer4"] and (exp.numpy() == 0).all()
+    raw = xplain.explain(model, x, method="cam", target=[3, 7], layer="layer4", normalize=False)
+    out = raw.numpy()
+    assert (out == out[:, :1, :1]).all() and (out[:, 0, 0] != 0).all()
     fw.assert_same_state(before, fw.model_state(model))
 
 
@@ -376,3 +384,175 @@ def test_layers_listing(fw):
     assert probed["layer4"].output_shape == (1, 512, 2, 2) and probed["layer4"].spatial
     assert probed["layer4.1.relu"].calls == 2 and not probed["layer4.1.relu"].spatial
     assert not probed["avgpool"].spatial and probed["fc"].kind == "linear"
+
+
+# ---- channels-last layers ------------------------------------------------------------------
+def permute(fw, *axes):
+    """A parameter-free layer that permutes its input's axes (as torchvision's ``Permute``)."""
+    base = fw.nn().Module if fw.name == "torch" else fw.nn().Layer
+
+    class Permute(base):
+        def forward(self, x):
+            return fw.B.permute_dims(x, axes)
+
+    return Permute()
+
+
+def swinlike(fw, c):
+    """conv 3→c [0] → to (N, h, w, c) [1] → LayerNorm(c) [2] → linear c→5 [3] → ReLU [4] → back to
+    (N, 5, h, w) [5] → global average pool [6] → flatten [7] → linear 5→3 [8]: layers 1-4 are
+    channels-last, as in Swin and ConvNeXt's blocks."""
+    rng = np.random.default_rng(7)
+    nn = fw.nn()
+    pool = nn.AdaptiveAvgPool2d(1) if fw.name == "torch" else nn.AdaptiveAvgPool2D(1)
+    return fw.sequential(
+        fw.conv2d(3, c, 3, padding=1, weight=rng.normal(size=(c, 3, 3, 3)), bias=rng.normal(size=c)),
+        permute(fw, 0, 2, 3, 1), nn.LayerNorm(c),
+        fw.linear(c, 5, weight=rng.normal(size=(5, c)), bias=rng.normal(size=5) * 0.1), fw.relu(),
+        permute(fw, 0, 3, 1, 2), pool, fw.flatten(),
+        fw.linear(5, 3, weight=rng.normal(size=(3, 5)), bias=[0.0, 0.1, -0.1]))
+
+
+def cl_input(fw, size=8):
+    return fw.tensor(np.random.default_rng(3).standard_normal((2, 3, size, size)))
+
+
+def np_gradcam(A, G):
+    """Signed Grad-CAM of channels-first ``A``, ``G``: ``sum_k mean_hw(G_k) A_k``."""
+    return (G.mean(axis=(2, 3), keepdims=True) * A).sum(1)
+
+
+def reference(fw, model, layer, x, targets, channels_last):
+    """Grad-CAM at ``layer`` by the framework's autodiff, the capture read as channels-last
+    (transposed to (N, C, h, w)) or not."""
+    from test_cam_zoo import capture
+
+    A, G = capture(fw, model, layer, x, targets)
+    if channels_last:
+        A, G = A.transpose(0, 3, 1, 2), G.transpose(0, 3, 1, 2)
+    return A, G
+
+
+# The same float32 ops run in the same framework on both sides; the gradients may differ in
+# their last bits (frozen parameters), summed over at most 16 channels: 1e-5 of the map's
+# largest value, far below what a transposed reading changes (the whole map).
+def assert_map(got, want):
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    assert np.abs(want).max() > 0
+
+
+@pytest.mark.parametrize("layer,kind", [("1", "permute"), ("2", "LayerNorm"), ("3", "linear"),
+                                        ("4", "ReLU after a linear")])
+def test_channels_last_layer_is_detected_and_transposed(fw, layer, kind):
+    model, x = swinlike(fw, 16), cl_input(fw)
+    exp = xplain.explain(model, x, "gradcam", target=[1, 2], layer=layer, relu=False,
+                         normalize=False)
+    A, G = reference(fw, model, layer, x, [1, 2], channels_last=True)
+    assert_map(exp.numpy(), np_gradcam(A, G))  # 8x8 maps at an 8x8 input: no upsampling
+    assert tuple(exp.weights[layer].shape) == (2, A.shape[1])  # one weight per channel
+    with pytest.raises(LayerError, match=r"layout='channels_first' contradicts.*channels_last"):
+        xplain.explain(model, x, "gradcam", target=[1, 2], layer=layer, layout="channels_first")
+
+
+def test_channels_last_listing_and_default_layer(fw):
+    model, x = swinlike(fw, 16), cl_input(fw)
+    listed = {s.name: s for s in xplain.layers(model, (1, 3, 8, 8))}
+    assert [listed[n].layout for n in "012345"] == ["channels_first"] + ["channels_last"] * 4 + [
+        "channels_first"]
+    assert listed["2"].map_size == (8, 8) and listed["2"].spatial
+    assert "linear layer acts on the last axis" in listed["3"].layout_reason
+    # the default is the last spatial map feeding the scores: the transpose back, layer 5
+    exp = xplain.explain(model, x, "gradcam", target=[1, 2], relu=False, normalize=False)
+    assert exp.layers == ["5"]
+    A, G = reference(fw, model, "5", x, [1, 2], channels_last=False)
+    assert_map(exp.numpy(), np_gradcam(A, G))
+
+
+def test_channels_last_gradient_free_cams(fw):
+    """Eigen-CAM reads the transposed activations; Ablation-CAM substitutes its ablated copies
+    in the layer's own (channels-last) layout, in both of its modes."""
+    model, x = swinlike(fw, 16), cl_input(fw)
+    A, _ = reference(fw, model, "3", x, [1, 2], channels_last=True)
+    eig = xplain.explain(model, x, "eigencam", layer="3", normalize=False)
+    want = []
+    for a in A.astype(np.float64):
+        O = a.reshape(a.shape[0], -1).T
+        p = O @ np.linalg.svd(O)[2][0]
+        want.append((p if p.sum() >= 0 else -p).reshape(a.shape[1:]))
+    # float32 SVD against float64: the first singular vector to ~1e-5 of the map's scale
+    np.testing.assert_allclose(eig.numpy(), np.array(want), rtol=0, atol=1e-4 * np.abs(want).max())
+    # Ablation-CAM: w_k = (y - y_k) / y with channel k of layer 3 zeroed, by framework hooks
+    y = fw.numpy(model(x))[[0, 1], [1, 2]]
+    w = np.zeros((2, 5))
+    for k in range(5):
+        keep = fw.tensor(np.arange(5) != k)
+        h = fw.B.add_forward_hook(model[3], lambda _m, _i, out, keep=keep: out * keep)
+        try:
+            w[:, k] = (y - fw.numpy(model(x))[[0, 1], [1, 2]]) / y
+        finally:
+            h.remove()
+    want = (w[:, :, None, None] * A).sum(1)
+    abl = xplain.explain(model, x, "ablationcam", target=[1, 2], layer="3", relu=False,
+                         normalize=False, batch_size=4)
+    assert abl.ablation_mode["3"] == "after_layer"
+    # weights are differences of float32 logits (~1e-7 of them) divided by y: 1e-5 of the map
+    np.testing.assert_allclose(abl.numpy(), want, rtol=0, atol=1e-5 * np.abs(want).max())
+    from xplain.methods.cam import score
+
+    orig = score._after_layer_only
+    try:
+        score._after_layer_only = lambda *a: False
+        full = xplain.explain(model, x, "ablationcam", target=[1, 2], layer="3", relu=False,
+                              normalize=False, batch_size=4)
+    finally:
+        score._after_layer_only = orig
+    assert full.ablation_mode["3"] == "full_model"
+    np.testing.assert_allclose(full.numpy(), want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_ambiguous_layout_is_refused_until_given(fw):
+    """8 channels on an 8x8 map: (N, 8, 8, 8) reads either way, and neither the parameter-free
+    permute nor the LayerNorm (8 weights, both axes 8 long) tells them apart — refused; with
+    layout= each reading is explained as asked. The linear layer after them is proven
+    channels-last by its kind."""
+    model, x = swinlike(fw, 8), cl_input(fw)
+    for layer in ("1", "2"):
+        with pytest.raises(LayerError, match=r"cannot tell.*\(N, 8, 8, 8\).*pass layout="):
+            xplain.explain(model, x, "gradcam", target=[1, 2], layer=layer)
+    for layout in ("channels_last", "channels_first"):
+        exp = xplain.explain(model, x, "gradcam", target=[1, 2], layer="2", layout=layout,
+                             relu=False, normalize=False)
+        A, G = reference(fw, model, "2", x, [1, 2], channels_last=layout == "channels_last")
+        assert_map(exp.numpy(), np_gradcam(A, G))
+    exp = xplain.explain(model, x, "gradcam", target=[1, 2], layer="3", relu=False, normalize=False)
+    A, G = reference(fw, model, "3", x, [1, 2], channels_last=True)
+    assert_map(exp.numpy(), np_gradcam(A, G))
+    with pytest.raises(OptionError, match="one of 'channels_first', 'channels_last'"):
+        xplain.explain(model, x, "gradcam", layer="3", layout="NHWC")
+
+
+def test_swin_channels_last_layers(fw):
+    """torchvision's Swin-T at 96 px: its blocks output (N, 3, 3, 768). A LayerNorm inside the
+    last block is channels-last (its 768 weights sit on axis 3); the default layer is the
+    final permute back to (N, 768, 3, 3)."""
+    if fw.name != "torch":
+        pytest.skip("torchvision's Swin; the channels-last toy above covers paddle")
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.swin_t(weights=None, num_classes=10).eval()
+    x = cl_input(fw, 96)
+    for layer, channels_last in (("features.7.1.norm1", True), ("features.7", True),
+                                 (None, False)):
+        exp = xplain.explain(model, x, "gradcam", target=[1, 2], layer=layer, relu=False,
+                             normalize=False)
+        name = exp.layers[0]
+        A, G = reference(fw, model, name, x, [1, 2], channels_last=channels_last)
+        assert A.shape[1:] == (768, 3, 3), (name, A.shape)
+        # float32 gradients through 12 attention blocks summed over 768 channels: 1e-4
+        np.testing.assert_allclose(fw.numpy(exp.layer_maps[name]), np_gradcam(A, G), rtol=0,
+                                   atol=1e-4 * np.abs(np_gradcam(A, G)).max())
+    assert name == "permute"
+    with pytest.raises(LayerError, match="768 match axis 3"):
+        xplain.explain(model, x, "gradcam", layer="features.7.1.norm1", layout="channels_first")

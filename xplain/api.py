@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .backends import backend_for
-from .checks import FLOAT_DTYPES, check_model_dtype, check_parameters, check_result, nonfinite_rows
+from .checks import (FLOAT_DTYPES, OUTPUT_SELECTORS, check_model_dtype, check_parameters, check_result,
+                     nonfinite_rows)
 from .errors import InputError, OptionError
 from .guard import borrowed
 from .options import NonNegativeInt, PositiveInt, check_options, describe, problem
@@ -16,7 +18,7 @@ from .plugins import DISABLE_ENV, registry
 from .run import MethodResult, Run
 from .targets import parse_targets
 
-_RUN_OPTIONS = ("seed", "max_batch", "memory_budget", "progress")
+_RUN_OPTIONS = ("seed", "max_batch", "memory_budget", "progress", "output")
 BUILTIN_METHODS = "builtin_methods"  # the entry-point name of the built-in methods plugin
 
 
@@ -99,14 +101,19 @@ _RUN_OPTION_HINTS: dict[str, Any] = {
     "max_batch": PositiveInt | None,
     "progress": bool | None,
     "backend": str | None,
+    "output": int | str | Callable | None,
 }
+
+#: Words for a run option's accepted values where :func:`~xplain.options.describe` has none.
+_RUN_OPTION_WORDS = {"output": OUTPUT_SELECTORS + ", or None when the model returns the scores"}
 
 
 def _check_run_options(values: dict[str, Any]) -> None:
     for name, value in values.items():
         why = problem(value, _RUN_OPTION_HINTS[name])
         if why is not None:
-            raise OptionError(f"{name}={value!r} {why}; pass {describe(_RUN_OPTION_HINTS[name])}")
+            words = _RUN_OPTION_WORDS.get(name) or describe(_RUN_OPTION_HINTS[name])
+            raise OptionError(f"{name}={value!r} {why}; pass {words}")
 
 
 def _method_entry(method: Any) -> Any:
@@ -127,12 +134,13 @@ def _method_entry(method: Any) -> Any:
 def explain(model: Any, inputs: Any, method: str = "saliency", target: Any = None, *,
             backend: str | None = None, seed: int | None = 0, max_batch: int | None = None,
             memory_budget: int | str = "2GB", progress: bool | None = None,
-            **options: Any) -> Explanation:
+            output: int | str | Callable[[Any], Any] | None = None, **options: Any) -> Explanation:
     """Explain ``model``'s prediction on ``inputs`` with an attribution ``method``.
 
     Args:
         model: ``torch.nn.Module`` or ``paddle.nn.Layer`` (any registered backend's model)
-            returning class scores of shape ``(N, classes)``. Borrowed: left exactly as found,
+            returning class scores of shape ``(N, classes)``, or a tuple/dict/object holding
+            them (see ``output``). Borrowed: left exactly as found,
             also when the call raises; calls on one model from several threads are serialised.
         inputs: float32/float64 tensor ``(N, ...)`` of the model's framework, dtype and device,
             typically ``(N, C, H, W)``.
@@ -143,6 +151,12 @@ def explain(model: Any, inputs: Any, method: str = "saliency", target: Any = Non
             masks, baselines).
         max_batch / memory_budget: bound on samples per forward pass for multi-pass methods.
         progress: show a progress bar (default: only when stderr is a terminal).
+        output: where the ``(N, classes)`` scores are in the model's output, for models that
+            return more than one tensor: an index (``output=0``: GoogLeNet's ``(out, aux1,
+            aux2)``), a dict key or attribute name (``output="out"``, ``output="logits"``) or a
+            function (``output=lambda out: out[0]``). Every method explains that tensor (CAM's
+            automatic layer is one that feeds it). ``None``: the model returns the scores tensor;
+            an output of several tensors is then refused with a list of what it holds.
         **options: method options, checked against the method's signature and type hints;
             unknown names and values of the wrong type or range are an error, never ignored.
 
@@ -161,7 +175,7 @@ def explain(model: Any, inputs: Any, method: str = "saliency", target: Any = Non
                               f"{list(entry.options) or '(none)'} (plus {list(_RUN_OPTIONS)})")
     check_options(method, entry.fn, options)
     _check_run_options({"seed": seed, "max_batch": max_batch, "progress": progress,
-                        "backend": backend})
+                        "backend": backend, "output": output})
     B = backend_for(model, name=backend)
     if not B.is_model(model):
         raise InputError(f"model must be a {B.name} model, got {type(model).__name__}")
@@ -173,7 +187,7 @@ def explain(model: Any, inputs: Any, method: str = "saliency", target: Any = Non
     with B.gradient_lock(), borrowed(B, model, deep=not builtin, who=who,
                                      run_forward=lambda m: B.forward(m, inputs[:1])):
         run = Run(B, model, inputs, targets, seed=seed, max_batch=max_batch,
-                  memory_budget=memory_budget, progress=progress, method=method)
+                  memory_budget=memory_budget, progress=progress, method=method, output=output)
         result = entry.fn(run, **options)
         if not isinstance(result, MethodResult):
             result = MethodResult(result)

@@ -7,12 +7,14 @@ parameters, or the forward pass itself. Used by :mod:`xplain.api` (inputs, resul
 """
 from __future__ import annotations
 
+import numbers
 import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from .errors import InputError, ModelError, XplainError
+from .errors import InputError, ModelError, OptionError, XplainError
 
 #: Why a gradient method cannot explain a model whose input the gradient never reaches.
 NO_INPUT_GRADIENT = (
@@ -162,6 +164,152 @@ def call_model(B: Any, model: Any, x: Any) -> Any:
                          f"({B.dtype_name(x)}): {type(exc).__name__}: {str(exc).strip()[:400]}"
                          f"{input_hint(B, model, x)}; check the inputs' shape, channels and "
                          f"dtype against what the model was built for") from exc
+
+
+#: What ``output=`` may be (:func:`select_output`), in words for messages.
+OUTPUT_SELECTORS = ("an index (output=0) for a tuple/list, a key or attribute name "
+                    "(output='logits') for a dict or object, or a function of the model's output "
+                    "(output=lambda out: out[0])")
+
+_SHOWN_ITEMS = 8  # items of a model's output listed in a message
+
+
+def _part(B: Any, value: Any) -> str:
+    """One item of a model's output in words: ``tensor (2, 10)``, ``None``, ``tuple of 2``."""
+    if B.is_tensor(value):
+        return f"tensor {B.shape(value)}"
+    if isinstance(value, (tuple, list, Mapping)):
+        return f"{type(value).__name__} of {len(value)}"
+    return "None" if value is None else type(value).__name__
+
+
+def _tensor_attributes(B: Any, obj: Any) -> dict[str, Any]:
+    """The public attributes of ``obj`` that hold tensors (instance attributes only: reading
+    them runs no code, unlike properties)."""
+    try:
+        items = vars(obj).items()
+    except TypeError:  # no __dict__ (slots)
+        return {}
+    return {k: v for k, v in items if not k.startswith("_") and B.is_tensor(v)}
+
+
+def describe_output(B: Any, out: Any) -> str:
+    """A model's raw output in words, listing its items (``a tuple of 3 items: [0] tensor
+    (2, 10), ...``), for messages that ask the user to select the scores with ``output=``."""
+    kind = type(out).__name__
+    if B.is_tensor(out):
+        return f"one tensor of shape {B.shape(out)}"
+    if isinstance(out, Mapping):
+        parts = [f"{k!r}: {_part(B, v)}" for k, v in list(out.items())[:_SHOWN_ITEMS]]
+        return f"a {kind} with {len(out)} keys {{{', '.join(parts)}{', ...' if len(out) > _SHOWN_ITEMS else ''}}}"
+    if isinstance(out, (tuple, list)):
+        fields = getattr(out, "_fields", None)  # a named tuple
+        names = [f"{f}=" for f in fields] if fields else [f"[{i}] " for i in range(len(out))]
+        parts = [n + _part(B, v) for n, v in list(zip(names, out))[:_SHOWN_ITEMS]]
+        what = f"a named tuple {kind}" if fields else f"a {kind}"
+        return (f"{what} of {len(out)} items ({', '.join(parts)}"
+                f"{', ...' if len(out) > _SHOWN_ITEMS else ''})")
+    attrs = _tensor_attributes(B, out)
+    if attrs:
+        parts = [f".{k} {_part(B, v)}" for k, v in list(attrs.items())[:_SHOWN_ITEMS]]
+        return f"a {type(out).__module__}.{kind} object with tensor attributes ({', '.join(parts)})"
+    return f"a {type(out).__module__}.{kind} object"
+
+
+def _suggest_selector(B: Any, out: Any) -> str:
+    """``output=`` for the first item of ``out`` that looks like class scores (a 2-D tensor),
+    as a hint; the user still decides which item is the one to explain."""
+    if isinstance(out, Mapping):
+        items = list(out.items())
+    elif isinstance(out, (tuple, list)):
+        fields = getattr(out, "_fields", None)
+        items = list(zip(fields, out)) if fields else list(enumerate(out))
+    else:
+        items = list(_tensor_attributes(B, out).items())
+    for key, value in items:
+        if B.is_tensor(value) and len(B.shape(value)) == 2:
+            return f"output={key!r}"
+    return "output=lambda out: ... (a function returning the (batch, classes) scores)"
+
+
+def selector_name(output: Any) -> str:
+    """``output=``'s value as the user wrote it, for messages (a function by its name)."""
+    if callable(output) and not isinstance(output, (numbers.Integral, str)):
+        return getattr(output, "__name__", type(output).__name__)
+    return repr(output)
+
+
+def select_output(B: Any, out: Any, output: Any = None) -> Any:
+    """The tensor of class scores in a model's raw output ``out``, chosen by ``output=``.
+
+    ``output`` is ``None`` (the model returns the scores tensor itself), an int (an item of a
+    tuple/list, negative counts from the end), a str (a key of a dict, else an attribute of an
+    object or named tuple) or a callable ``out -> tensor``. Anything that does not select a
+    tensor is refused with the output's structure in the message, never guessed: a model that
+    returns several tensors (GoogLeNet's auxiliary logits, a segmentation model's ``"aux"``)
+    is explained only for the one the user names. A selector applied to a single tensor is
+    refused too: ``tensor[0]`` would be the first sample's row, not a choice among outputs.
+    """
+    what = lambda: describe_output(B, out)  # noqa: E731 - built only for a message
+    if output is None:
+        if B.is_tensor(out):
+            return out
+        raise ModelError(f"the model returned {what()}, not a tensor of class scores; pass "
+                         f"{_suggest_selector(B, out)} to xplain.explain to say which item to "
+                         f"explain (output= takes {OUTPUT_SELECTORS}), or wrap it so that it "
+                         f"returns that tensor")
+    name = selector_name(output)
+    if isinstance(output, (numbers.Integral, str)) and B.is_tensor(out):
+        raise OptionError(f"output={name} selects an item of a tuple, dict or object the model "
+                          f"returns, but it returned {what()} (xplain runs the model in eval "
+                          f"mode, where torchvision's GoogLeNet and Inception3 return only their "
+                          f"main logits); remove output=, or pass output=lambda out: ... to "
+                          f"transform the tensor")
+    if isinstance(output, str):
+        picked = _by_name(B, out, output, what)
+    elif isinstance(output, numbers.Integral):
+        picked = _by_index(out, int(output), what)
+    else:
+        picked = _by_function(out, output, name, what)
+    if not B.is_tensor(picked):
+        raise OptionError(f"output={name} selected {_part(B, picked)} from {what()}, not a "
+                          f"{B.name} tensor; pass a selector that picks the (batch, classes) "
+                          f"scores tensor")
+    return picked
+
+
+def _by_name(B: Any, out: Any, key: str, what: Callable[[], str]) -> Any:
+    if isinstance(out, Mapping):
+        if key not in out:
+            raise OptionError(f"output={key!r}: the model returned {what()}, without the key "
+                              f"{key!r}; pass one of its keys {list(out)[:_SHOWN_ITEMS]}")
+        return out[key]
+    fields = getattr(out, "_fields", None)
+    if (fields is not None and key in fields) or key in _tensor_attributes(B, out):
+        return getattr(out, key)
+    raise OptionError(f"output={key!r}: the model returned {what()}, which has no key or tensor "
+                      f"attribute {key!r}; pass {OUTPUT_SELECTORS}")
+
+
+def _by_index(out: Any, index: int, what: Callable[[], str]) -> Any:
+    if not isinstance(out, (tuple, list)):
+        raise OptionError(f"output={index!r} indexes a tuple or list, but the model returned "
+                          f"{what()}; pass {OUTPUT_SELECTORS}")
+    if not -len(out) <= index < len(out):
+        raise OptionError(f"output={index!r} is out of range: the model returned {what()}; pass "
+                          f"an index in [0, {len(out) - 1}]")
+    return out[index]
+
+
+def _by_function(out: Any, fn: Callable[[Any], Any], name: str, what: Callable[[], str]) -> Any:
+    try:
+        return fn(out)
+    except XplainError:
+        raise
+    except Exception as exc:
+        raise OptionError(f"output={name} raised {type(exc).__name__}: {str(exc).strip()[:300]} on "
+                          f"the model's output, {what()}; fix the function so that it returns "
+                          f"the (batch, classes) scores tensor") from exc
 
 
 def input_hint(B: Any, model: Any, x: Any) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from .backend import Backend, LayerInfo, Tensor, iter_chunks
-from .checks import call_model, check_output, input_hint
+from .checks import call_model, check_output, input_hint, select_output
 from .errors import InputError, LayerError, ModelError, OptionError
 from .targets import check_range
 
@@ -65,7 +65,7 @@ class Run:
     def __init__(self, backend: Backend, model: Any, inputs: Tensor, targets: np.ndarray | None,
                  *, seed: int | None = 0, max_batch: int | None = None,
                  memory_budget: int | str = "2GB", progress: bool | None = None,
-                 method: str = "") -> None:
+                 method: str = "", output: Any = None) -> None:
         self.backend = backend
         self.model = model
         self.inputs = inputs
@@ -77,6 +77,9 @@ class Run:
         self.max_batch = max_batch
         self.memory_budget = parse_bytes(memory_budget)
         self.progress_enabled = progress
+        #: which part of the model's raw output holds the class scores (``explain(output=...)``,
+        #: see :func:`xplain.checks.select_output`); ``None``: the output is that tensor
+        self.output = output
         self._layers: list[LayerInfo] | None = None
         self._per_sample_bytes: int | None = None
         self._largest_bytes: int | None = None  # of one layer output, per sample
@@ -84,21 +87,22 @@ class Run:
 
     # ---- model & targets --------------------------------------------------------------------
     def forward(self, x: Tensor, *, rows: int | None = None) -> Tensor:
-        """``model(x)``, checked to be a finite ``(rows, classes)`` score tensor (``rows``: the
-        batch of ``x`` unless a method substitutes a larger batch inside the model, as
-        Ablation-CAM does). A framework error raised by the model's forward becomes an
+        """``model(x)``'s class scores — the part :attr:`output` selects from a tuple, dict or
+        object output — checked to be a finite ``(rows, classes)`` tensor (``rows``: the batch
+        of ``x`` unless a method substitutes a larger batch inside the model, as Ablation-CAM
+        does). Every method gets its scores here, so ``output=`` works for all of them. A
+        framework error raised by the model's forward becomes an
         :class:`~xplain.errors.InputError` that names the input's shape and what the model
         expects."""
         B = self.backend
-        out = call_model(B, self.model, x)
-        if not B.is_tensor(out):
-            raise ModelError(f"the model returned {type(out).__name__}, not a tensor; wrap it so "
-                             f"that it returns the (batch, classes) logits tensor")
+        out = select_output(B, call_model(B, self.model, x), self.output)
         shape = B.shape(out)
         if len(shape) != 2:
-            raise ModelError(f"the model's output has shape {shape}; xplain explains class "
-                             f"scores of shape (batch, classes) — flatten or select the output "
-                             f"in a wrapper model{input_hint(B, self.model, x)}")
+            chosen = "" if self.output is None else " (as selected by output=)"
+            raise ModelError(f"the model's output{chosen} has shape {shape}; xplain explains "
+                             f"class scores of shape (batch, classes) — flatten or select them "
+                             f"in a wrapper model, or pick them from a tuple/dict output with "
+                             f"output={input_hint(B, self.model, x)}")
         if shape[0] != (B.shape(x)[0] if rows is None else rows):
             hint = input_hint(B, self.model, x)
             raise (InputError if hint else ModelError)(
@@ -188,8 +192,8 @@ class Run:
         self._derived = getattr(self, "_derived", 0) + 1
         seed = None if self.seed is None else [int(self.seed), 0x5EED, self._derived]
         sub = Run(self.backend, self.model, inputs, np.asarray(targets, dtype=np.int64),
-                  seed=seed, max_batch=self.max_batch,
-                  memory_budget=self.memory_budget, progress=False, method=self.method)
+                  seed=seed, max_batch=self.max_batch, memory_budget=self.memory_budget,
+                  progress=False, method=self.method, output=self.output)
         sub._layers, sub._per_sample_bytes, sub._largest_bytes, sub.num_classes = (
             self._layers, self._per_sample_bytes, self._largest_bytes, self.num_classes)
         return sub

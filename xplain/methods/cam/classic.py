@@ -7,11 +7,12 @@ import numpy as np
 
 from ...backend import LayerInfo, Tensor
 from ...errors import LayerError, OptionError
+from ...layers import HEAD_POOLS
 from ...options import PositiveInt
 from ...run import MethodResult, Run
 from .maps import finish, input_size, weighted_sum
 from .score import layer_activations
-from .target import resolve_layers
+from .target import Layout, resolve_layers, to_channels_first
 
 
 def _close(a: np.ndarray, b: np.ndarray) -> bool:
@@ -21,12 +22,15 @@ def _close(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.allclose(a, b, rtol=1e-4, atol=1e-5 * scale))
 
 
-def _head(run: Run, info: LayerInfo) -> tuple[Tensor, Tensor, Tensor | None, str]:
+def _head(run: Run, info: LayerInfo, layout: str | None) -> tuple[Tensor, Tensor, Tensor | None, str]:
     """Find the GAP → linear head after ``info`` by watching one forward pass.
 
-    Returns ``(A, W, out, how)``: the feature map the head pools, ``(N, K, h, w)``; the class
-    weights ``(classes, K)``; and how it was found. Refuses with :class:`LayerError` when the
-    model's output is not ``linear(mean_hw(A))`` (nor ``mean_hw(A)`` itself, a conv head).
+    Returns ``(A, W, out, how)``: the feature map the head pools, ``(N, K, h, w)`` (transposed
+    from a channels-last layer); the class weights ``(classes, K)``; and how it was found. The
+    head is the linear layer whose output is the explained scores (``output=`` applied) — not
+    simply the last linear layer to run, which may belong to an auxiliary classifier. Refuses
+    with :class:`LayerError` when the scores are not ``linear(mean_hw(A))`` (nor
+    ``mean_hw(A)`` itself, a conv head).
     """
     B = run.backend
     linears = [i for i in run.layers() if i.kind == "linear" and not i.has_children]
@@ -46,28 +50,46 @@ def _head(run: Run, info: LayerInfo) -> tuple[Tensor, Tensor, Tensor | None, str
     finally:
         for h in handles:
             h.remove()
-    A = rec["act"][info.name]
+    A = to_channels_first(run, info, rec["act"][info.name], layout)
     out_np = B.to_numpy(out)
+    # the linear layer that computed the scores (the last such call: a reused one counts once)
+    head = next((h for h in reversed(seen) if _close(B.to_numpy(h[2]), out_np)), None)
     for feat, how in ((A, "the layer's output"), (B.relu(A), "ReLU of the layer's output")):
         pooled = B.to_numpy(B.mean(feat, axis=(2, 3)))
-        if seen:
-            li, fin, fout = seen[-1]
-            if (_close(B.to_numpy(fout), out_np)
-                    and _close(B.to_numpy(B.reshape(fin, (B.shape(fin)[0], -1))), pooled)):
+        if head is not None:
+            li, fin, _ = head
+            if _close(B.to_numpy(B.reshape(fin, (B.shape(fin)[0], -1))), pooled):
                 return feat, li.params["weight"], out, f"{how} → global average pool → {li.name}"
         if _close(pooled, out_np):  # class maps pooled directly (SqueezeNet, NIN-style heads)
             k = B.shape(feat)[1]
             return feat, B.asarray(np.eye(k, dtype=np.float32), like=feat), out, f"{how} pooled"
-    last = f"its last linear layer is {seen[-1][0].name!r}" if seen else "it has no linear layer"
+    last = (f"the scores come from linear layer {head[0].name!r}" if head is not None else
+            f"no linear layer computes the scores (the last to run is {seen[-1][0].name!r})"
+            if seen else "it has no linear layer")
     raise LayerError(
         f"cam needs the model to end in global average pooling of layer {info.name!r} followed by "
         f"one linear layer (Zhou et al. 2016); here the output is not linear(mean(A)) of that "
         f"layer ({last}). Pass layer= the feature map the head pools, or use 'gradcam' — on "
-        f"such heads it equals CAM, and it works on any head")
+        f"such heads it equals CAM, and it works on any head{_pooled_1x1_hint(run, info)}")
+
+
+def _pooled_1x1_hint(run: Run, info: LayerInfo) -> str:
+    """Why the automatic layer may not be the pooled map: every map after it that feeds the
+    scores is ``1 x 1`` at this input size (a CAM map there would be one constant)."""
+    found = getattr(run, "_cam_probe", None) or {}
+    mine = found.get(info.name)
+    later = sorted((s for s in found.values() if mine is not None and s.order > mine.order
+                    and s.map_size == (1, 1) and s.feeds is not False and s.calls == 1
+                    and s.kind not in HEAD_POOLS), key=lambda s: s.order)
+    if not later:
+        return ""
+    return (f". Every map after it that feeds the scores is 1x1 at this input size (from "
+            f"{later[0].name!r} on), so a CAM map of the pooled features would be one constant "
+            f"value; use larger inputs")
 
 
 def cam(run: Run, *, layer: Any = None, top_k: PositiveInt | None = None, relu: bool = False,
-        normalize: bool = True) -> MethodResult:
+        normalize: bool = True, layout: Layout | None = None) -> MethodResult:
     """Class activation mapping: the final feature maps weighted by the classifier's weights of
     the target class, ``M_c = sum_k W[c, k] A_k`` (no bias, no gradient).
 
@@ -80,23 +102,25 @@ def cam(run: Run, *, layer: Any = None, top_k: PositiveInt | None = None, relu: 
     constant ``1 / (h w)`` (exactly, after normalisation).
 
     Args:
-        layer: the pooled feature map (default: the last layer with a 4-D output, ``1 x 1``
-            included, before the head's pooling).
+        layer: the pooled feature map (default: the last layer with a spatial output that
+            feeds the scores, as for Grad-CAM; where the pooled map is ``1 x 1`` at the input's
+            size the call is refused — the map would be one constant — unless it is named).
         top_k: keep only the ``top_k`` largest class weights (the CAM tutorial's variant that
             shows the few channels the class relies on most); ``None`` keeps all.
         relu: clip negative evidence (off: the paper shows the signed map, normalised).
         normalize: per-image min-max to [0, 1].
+        layout: as in Grad-CAM.
 
     Returns:
         ``(N, H, W)`` maps; extras ``layer_maps``, ``weights`` ``{layer: (N, K)}``, ``head``.
     """
     B = run.backend
     input_size(run)
-    infos = resolve_layers(run, layer, allow_1x1=True)
+    infos = resolve_layers(run, layer)
     if len(infos) != 1:
         raise OptionError("cam uses the one feature map the classifier pools; pass a single layer")
     info = infos[0]
-    A, W, out, how = _head(run, info)
+    A, W, out, how = _head(run, info, layout)
     t = run.resolve_targets(out)
     k = B.shape(A)[1]
     idx = np.ascontiguousarray(np.broadcast_to(t.reshape(-1, 1), (len(t), k)))
@@ -116,7 +140,7 @@ def cam(run: Run, *, layer: Any = None, top_k: PositiveInt | None = None, relu: 
 
 
 def eigencam(run: Run, *, layer: Any = None, relu: bool = False,
-             normalize: bool = True) -> MethodResult:
+             normalize: bool = True, layout: Layout | None = None) -> MethodResult:
     """Eigen-CAM: the projection of the layer's activations on their first principal
     direction, ``O v_1`` with ``O`` the ``(h w, K)`` activation matrix and ``v_1`` its first
     right singular vector. Class-agnostic: the target does not change the map.
@@ -128,7 +152,7 @@ def eigencam(run: Run, *, layer: Any = None, relu: bool = False,
     the map is then non-negative everywhere).
 
     Args:
-        layer, normalize: as in Grad-CAM. relu: off by default (the paper has none).
+        layer, normalize, layout: as in Grad-CAM. relu: off by default (the paper has none).
 
     Returns:
         ``(N, H, W)`` maps; extras ``layer_maps``, ``explained`` ``{layer: (N,)}`` (share of the
@@ -139,7 +163,7 @@ def eigencam(run: Run, *, layer: Any = None, relu: bool = False,
     infos = resolve_layers(run, layer)
     raw, explained = {}, {}
     for info in infos:
-        A, out = layer_activations(run, info)
+        A, out = layer_activations(run, info, layout)
         run.resolve_targets(out)
         n, k, h, w = B.shape(A)
         O = B.permute_dims(B.reshape(A, (n, k, h * w)), (0, 2, 1))  # (N, hw, K)

@@ -14,7 +14,7 @@ import numpy as np
 from ...backend import Tensor
 from ...run import MethodResult, Run
 from .maps import (concat0, finish, gradcam_weights, gradcampp_weights, weighted_sum, xgradcam_weights)
-from .target import captured, resolve_layers
+from .target import Layout, captured, resolve_layers, to_channels_first
 
 #: ``(B, A, G) -> (N, K)`` channel weights.
 ChannelRule = Callable[[Any, Tensor, Tensor], Tensor]
@@ -22,9 +22,11 @@ ChannelRule = Callable[[Any, Tensor, Tensor], Tensor]
 MapRule = Callable[[Any, Tensor, Tensor], Tensor]
 
 
-def activations_and_gradients(run: Run, layer: Any) -> tuple[list[str], dict, dict, np.ndarray]:
+def activations_and_gradients(run: Run, layer: Any,
+                              layout: str | None = None) -> tuple[list[str], dict, dict, np.ndarray]:
     """``(names, {name: A}, {name: dS/dA}, targets)`` for the whole batch, ``A``/``dS/dA`` of
-    shape ``(N, K, h, w)``, in memory-bounded chunks.
+    shape ``(N, K, h, w)`` (transposed from a channels-last layer, see
+    :func:`~xplain.methods.cam.target.to_channels_first`), in memory-bounded chunks.
 
     Chunks are sized without the separate batch-1 probe forward of :meth:`Run.chunk_size`
     (it cost ~60 % of a batch-2 Grad-CAM on resnet50): unless ``max_batch`` is given, the first
@@ -63,28 +65,31 @@ def activations_and_gradients(run: Run, layer: Any) -> tuple[list[str], dict, di
             known = True
             size = run.chunk_size()
     names = [i.name for i in infos]
-    return (names, {k: concat0(B, acts[k]) for k in names}, {k: concat0(B, grads[k]) for k in names},
-            run.resolve_targets(concat0(B, outs)))
+    A = {i.name: to_channels_first(run, i, concat0(B, acts[i.name]), layout) for i in infos}
+    G = {i.name: to_channels_first(run, i, concat0(B, grads[i.name]), layout) for i in infos}
+    return names, A, G, run.resolve_targets(concat0(B, outs))
 
 
-def channel_cam(run: Run, rule: ChannelRule, *, layer: Any, relu: bool,
-                normalize: bool) -> MethodResult:
+def channel_cam(run: Run, rule: ChannelRule, *, layer: Any, relu: bool, normalize: bool,
+                layout: str | None = None) -> MethodResult:
     """``relu(sum_k w_k A_k)`` with ``w = rule(A, G)`` per layer."""
     B = run.backend
-    names, A, G, _ = activations_and_gradients(run, layer)
+    names, A, G, _ = activations_and_gradients(run, layer, layout)
     weights = {k: rule(B, A[k], G[k]) for k in names}
     raw = {k: weighted_sum(B, weights[k], A[k]) for k in names}
     return finish(run, raw, relu=relu, normalize=normalize, extras={"weights": weights})
 
 
-def elementwise_cam(run: Run, rule: MapRule, *, layer: Any, relu: bool,
-                    normalize: bool) -> MethodResult:
+def elementwise_cam(run: Run, rule: MapRule, *, layer: Any, relu: bool, normalize: bool,
+                    layout: str | None = None) -> MethodResult:
+    """``rule(A, G)`` per layer: a map from activations and gradients position by position."""
     B = run.backend
-    names, A, G, _ = activations_and_gradients(run, layer)
+    names, A, G, _ = activations_and_gradients(run, layer, layout)
     return finish(run, {k: rule(B, A[k], G[k]) for k in names}, relu=relu, normalize=normalize)
 
 
-def gradcam(run: Run, *, layer: Any = None, relu: bool = True, normalize: bool = True) -> MethodResult:
+def gradcam(run: Run, *, layer: Any = None, relu: bool = True, normalize: bool = True,
+            layout: Layout | None = None) -> MethodResult:
     """Grad-CAM: the layer's activations weighted by their global-average-pooled gradients,
     ``relu(sum_k mean_ij(dS_c/dA_kij) A_k)``, upsampled bilinearly to the input size.
 
@@ -94,20 +99,27 @@ def gradcam(run: Run, *, layer: Any = None, relu: bool = True, normalize: bool =
     Args:
         layer: target layer: dotted name (``"layer4"``, ``"features.35"``), index form
             (``"features[-1]"``), layer object, a list of those (maps fused: mean of the per-image
-            normalised maps), or ``None``: the last layer with a spatial output.
+            normalised maps), or ``None``: the last layer with a spatial output that the
+            explained scores depend on (:func:`~xplain.methods.cam.target.default_layer`).
         relu: keep positive evidence only (the paper's ReLU).
         normalize: per-image min-max to [0, 1] (how the paper displays maps); ``False`` keeps
             score units (Captum's ``LayerGradCam`` units, upsampled).
+        layout: how the layer's 4-D output holds its axes: ``"channels_first"`` ``(N, C, h, w)``
+            or ``"channels_last"`` ``(N, h, w, C)`` (Swin; transposed for the map). ``None``:
+            proven from the layer's kind and parameters, the input's grid and what the tensor
+            was computed from (:func:`xplain.layers.decide_layout`); a layer whose layout
+            cannot be told is refused with :class:`~xplain.errors.LayerError` asking for it.
 
     Returns:
         ``(N, H, W)`` maps; extras ``layer_maps`` ``{layer: (N, h, w)}``, ``layers``,
         ``weights`` ``{layer: (N, K)}``.
     """
-    return channel_cam(run, gradcam_weights, layer=layer, relu=relu, normalize=normalize)
+    return channel_cam(run, gradcam_weights, layer=layer, relu=relu, normalize=normalize,
+                       layout=layout)
 
 
 def gradcam_plus_plus(run: Run, *, layer: Any = None, relu: bool = True,
-                      normalize: bool = True) -> MethodResult:
+                      normalize: bool = True, layout: Layout | None = None) -> MethodResult:
     """Grad-CAM++: channel weights ``w_k = sum_ij alpha_kij relu(g_kij)`` with
     ``alpha = g^2 / (2 g^2 + sum_ab A_kab g^3)`` (0 where the denominator is 0).
 
@@ -124,17 +136,20 @@ def gradcam_plus_plus(run: Run, *, layer: Any = None, relu: bool = True,
 
     Options and returns as :func:`gradcam`.
     """
-    return channel_cam(run, gradcampp_weights, layer=layer, relu=relu, normalize=normalize)
+    return channel_cam(run, gradcampp_weights, layer=layer, relu=relu, normalize=normalize,
+                       layout=layout)
 
 
-def xgradcam(run: Run, *, layer: Any = None, relu: bool = True, normalize: bool = True) -> MethodResult:
+def xgradcam(run: Run, *, layer: Any = None, relu: bool = True, normalize: bool = True,
+             layout: Layout | None = None) -> MethodResult:
     """XGrad-CAM: gradients weighted by the normalised activations,
     ``w_k = sum_ij (A_kij / sum_ab A_kab) dS/dA_kij`` (0 for a channel summing to 0).
 
     Fu et al., "Axiom-based Grad-CAM: Towards Accurate Visualization and Explanation of CNNs"
     (BMVC 2020). Options and returns as :func:`gradcam`.
     """
-    return channel_cam(run, xgradcam_weights, layer=layer, relu=relu, normalize=normalize)
+    return channel_cam(run, xgradcam_weights, layer=layer, relu=relu, normalize=normalize,
+                       layout=layout)
 
 
 def _layercam(B: Any, A: Tensor, G: Tensor) -> Tensor:
@@ -145,17 +160,20 @@ def _hirescam(B: Any, A: Tensor, G: Tensor) -> Tensor:
     return B.sum(G * A, axis=1)
 
 
-def layercam(run: Run, *, layer: Any = None, relu: bool = True, normalize: bool = True) -> MethodResult:
+def layercam(run: Run, *, layer: Any = None, relu: bool = True, normalize: bool = True,
+             layout: Layout | None = None) -> MethodResult:
     """LayerCAM: each position weighted by its own positive gradient,
     ``relu(sum_k relu(dS/dA_k) ⊙ A_k)`` — usable on shallow layers too.
 
     Jiang, Zhang, Hou, Cheng & Wei, "LayerCAM: Exploring Hierarchical Class Activation Maps for
     Localization" (IEEE TIP 2021). Options as :func:`gradcam`; extras without ``weights``.
     """
-    return elementwise_cam(run, _layercam, layer=layer, relu=relu, normalize=normalize)
+    return elementwise_cam(run, _layercam, layer=layer, relu=relu, normalize=normalize,
+                           layout=layout)
 
 
-def hirescam(run: Run, *, layer: Any = None, relu: bool = True, normalize: bool = True) -> MethodResult:
+def hirescam(run: Run, *, layer: Any = None, relu: bool = True, normalize: bool = True,
+             layout: Layout | None = None) -> MethodResult:
     """HiResCAM: the element-wise product of gradient and activation summed over channels,
     ``sum_k dS/dA_k ⊙ A_k`` (no spatial averaging of the gradient), then the ReLU.
 
@@ -164,4 +182,5 @@ def hirescam(run: Run, *, layer: Any = None, relu: bool = True, normalize: bool 
     CAM. The ReLU (default on, as in pytorch-grad-cam) keeps positive evidence; ``relu=False``
     gives the paper's signed map. Options as :func:`gradcam`.
     """
-    return elementwise_cam(run, _hirescam, layer=layer, relu=relu, normalize=normalize)
+    return elementwise_cam(run, _hirescam, layer=layer, relu=relu, normalize=normalize,
+                           layout=layout)

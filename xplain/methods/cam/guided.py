@@ -5,9 +5,11 @@ from typing import Any
 
 from ...run import MethodResult, Run
 from .gradient import gradcam
+from .target import Layout
 
 
-def guided_gradcam(run: Run, *, layer: Any = None, normalize: bool = True) -> MethodResult:
+def guided_gradcam(run: Run, *, layer: Any = None, normalize: bool = True,
+                   layout: Layout | None = None) -> MethodResult:
     """Guided Grad-CAM: guided backpropagation times the upsampled Grad-CAM map,
     ``GB(x) ⊙ gradcam`` (the map broadcast over the input's channels).
 
@@ -18,7 +20,7 @@ def guided_gradcam(run: Run, *, layer: Any = None, normalize: bool = True) -> Me
     backend's custom-VJP op).
 
     Args:
-        layer: Grad-CAM's target layer (as in :func:`gradcam`).
+        layer, layout: Grad-CAM's target layer and its layout (as in :func:`gradcam`).
         normalize: min-max normalise the Grad-CAM map to [0, 1] before multiplying (as the
             paper's code does); the guided gradient keeps its units.
 
@@ -29,7 +31,7 @@ def guided_gradcam(run: Run, *, layer: Any = None, normalize: bool = True) -> Me
     from ..guided import guided_backprop
 
     B = run.backend
-    cam = gradcam(run, layer=layer, relu=True, normalize=normalize)
+    cam = gradcam(run, layer=layer, relu=True, normalize=normalize, layout=layout)
     gb = guided_backprop(run)
     n, h, w = B.shape(cam.attributions)
     out = gb * B.reshape(cam.attributions, (n, 1, h, w))

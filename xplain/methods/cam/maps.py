@@ -72,11 +72,20 @@ def input_size(run: Run) -> tuple[int, int]:
 
 
 def upsample(B: Any, m: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear (half-pixel centres, ``align_corners=False``) ``(N, h, w)`` → ``(N, H, W)``."""
+    """Bilinear (half-pixel centres, ``align_corners=False``) ``(N, h, w)`` → ``(N, H, W)``,
+    clipped to each map's own ``[min, max]``.
+
+    Bilinear weights are convex, so the exact values lie in that range; float rounding can step
+    outside it by an ulp. On a constant map (a ``1 x 1`` layer) that rounding is all the
+    upsampled map would vary by, and min-max normalisation would stretch it to a [0, 1] pattern
+    of noise; clipped, the map stays exactly constant (and is reported as such)."""
     n, h, w = B.shape(m)
     if (h, w) == tuple(size):
         return m
-    return B.reshape(B.interpolate(B.reshape(m, (n, 1, h, w)), size), (n, size[0], size[1]))
+    up = B.reshape(B.interpolate(B.reshape(m, (n, 1, h, w)), size), (n, size[0], size[1]))
+    lo = B.min(m, axis=(1, 2), keepdims=True)
+    hi = B.max(m, axis=(1, 2), keepdims=True)
+    return B.minimum(B.maximum(up, lo), hi)
 
 
 def check_flags(relu: Any, normalize: Any) -> None:

@@ -16,7 +16,7 @@ from ...errors import OptionError
 from ...options import PositiveInt
 from ...run import MethodResult, Run
 from .maps import concat0, finish, input_size, weighted_sum
-from .target import captured, resolve_layers
+from .target import Layout, captured, from_channels_first, resolve_layers, to_channels_first
 
 Pieces = list[tuple[int, np.ndarray]]
 
@@ -48,9 +48,9 @@ def pieces(per_sample: list[np.ndarray], size: int) -> Iterator[Pieces]:
         yield chunk
 
 
-def layer_activations(run: Run, info: LayerInfo) -> tuple[Tensor, Tensor]:
-    """``(A, outputs)``: the layer's activation ``(N, K, h, w)`` and the model's outputs, from
-    no-grad forward passes in chunks."""
+def layer_activations(run: Run, info: LayerInfo, layout: str | None = None) -> tuple[Tensor, Tensor]:
+    """``(A, outputs)``: the layer's activation ``(N, K, h, w)`` (transposed from a
+    channels-last layer) and the model's outputs, from no-grad forward passes in chunks."""
     B = run.backend
     acts, outs = [], []
     n = B.shape(run.inputs)[0]
@@ -59,7 +59,7 @@ def layer_activations(run: Run, info: LayerInfo) -> tuple[Tensor, Tensor]:
             with captured(run, [info], grad=False) as rec:
                 outs.append(run.forward(run.inputs[sl]))
             acts.append(rec["act"][info.name])
-    return concat0(B, acts), concat0(B, outs)
+    return to_channels_first(run, info, concat0(B, acts), layout), concat0(B, outs)
 
 
 def _gather_channels(B: Any, a: Tensor, ks: np.ndarray) -> Tensor:
@@ -121,7 +121,7 @@ def _score_layer(run: Run, info: LayerInfo, size: int, targets: np.ndarray,
 
 
 def scorecam(run: Run, *, layer: Any = None, batch_size: PositiveInt | None = None, relu: bool = True,
-             normalize: bool = True) -> MethodResult:
+             normalize: bool = True, layout: Layout | None = None) -> MethodResult:
     """Score-CAM: each channel weighted by the model's target score on the input masked by
     that channel's upsampled, min-max normalised activation map.
 
@@ -139,7 +139,7 @@ def scorecam(run: Run, *, layer: Any = None, batch_size: PositiveInt | None = No
     ``align_corners=True`` for this step only, so its masks differ slightly.
 
     Args:
-        layer: as in :func:`xplain.methods.cam.gradient.gradcam`.
+        layer, layout: as in :func:`xplain.methods.cam.gradient.gradcam`.
         batch_size: masked forward passes per batch (default: as many as ``memory_budget``
             allows without gradients).
         relu, normalize: as in Grad-CAM.
@@ -154,7 +154,7 @@ def scorecam(run: Run, *, layer: Any = None, batch_size: PositiveInt | None = No
     infos = resolve_layers(run, layer)
     raw, weights, skipped, forwards = {}, {}, {}, {}
     for info in infos:
-        A, out = layer_activations(run, info)
+        A, out = layer_activations(run, info, layout)
         targets = run.resolve_targets(out)
         raw[info.name], weights[info.name], skipped[info.name], forwards[info.name] = (
             _score_layer(run, info, size, targets, A))
@@ -173,7 +173,8 @@ def _after_layer_only(run: Run, info: LayerInfo, A: Tensor, out: Tensor, size: i
     B = run.backend
     m = min(size, B.shape(A)[0])
     try:
-        with B.no_grad(), captured(run, [info], grad=False, replace={info.name: A[:m]}):
+        with B.no_grad(), captured(run, [info], grad=False,
+                                   replace={info.name: from_channels_first(run, info, A[:m])}):
             got = run.forward(B.zeros_like(run.inputs[:1]), rows=m)
     except Exception:  # noqa: BLE001 - e.g. a batch mismatch where a skip joins: not separable
         return False
@@ -208,7 +209,8 @@ def _ablation_layer(run: Run, info: LayerInfo, size: int, targets: np.ndarray, A
         else:
             x = xs[0] if len(xs) == 1 else B.concat(xs, axis=0)
         rows = np.concatenate([np.full(len(ks), targets[i]) for i, ks in chunk])
-        with B.no_grad(), captured(run, [info], grad=False, replace={info.name: batch}):
+        with B.no_grad(), captured(run, [info], grad=False,
+                                   replace={info.name: from_channels_first(run, info, batch)}):
             got = _target_scores(run, run.forward(x, rows=len(rows)), rows)
         forwards += len(rows)
         pos = 0
@@ -226,7 +228,7 @@ def _ablation_layer(run: Run, info: LayerInfo, size: int, targets: np.ndarray, A
 
 
 def ablationcam(run: Run, *, layer: Any = None, batch_size: PositiveInt | None = None, relu: bool = True,
-                normalize: bool = True) -> MethodResult:
+                normalize: bool = True, layout: Layout | None = None) -> MethodResult:
     """Ablation-CAM: channel weight = relative drop of the target score when the channel's
     activation map is set to zero, ``w_k = (y_c - y_c^k) / y_c``; map ``relu(sum_k w_k A_k)``.
 
@@ -244,7 +246,8 @@ def ablationcam(run: Run, *, layer: Any = None, batch_size: PositiveInt | None =
     input. ``extras["ablation_mode"]`` says which (``"after_layer"``/``"full_model"``).
 
     Args:
-        layer, relu, normalize: as in Grad-CAM.
+        layer, layout, relu, normalize: as in Grad-CAM (a channels-last layer's ablated
+            activations are substituted in its own layout).
         batch_size: ablated activations per forward pass (default: by ``memory_budget``).
 
     Returns:
@@ -255,7 +258,7 @@ def ablationcam(run: Run, *, layer: Any = None, batch_size: PositiveInt | None =
     infos = resolve_layers(run, layer)
     raw, weights, modes, forwards = {}, {}, {}, {}
     for info in infos:
-        A, out = layer_activations(run, info)
+        A, out = layer_activations(run, info, layout)
         targets = run.resolve_targets(out)
         raw[info.name], weights[info.name], modes[info.name], forwards[info.name] = (
             _ablation_layer(run, info, size, targets, A, out))

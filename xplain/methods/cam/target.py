@@ -1,33 +1,79 @@
-"""Which layer(s) a CAM method explains, and capturing their activations and gradients.
+"""Which layer(s) a CAM method explains, in which layout, and capturing their activations and
+gradients.
 
 A layer is given by dotted name (``"layer4"``, ``"features.35"``), by index syntax
 (``"features[35]"``, ``"features[-1]"``, turned into dotted names), by the layer object itself
 (``model.layer4``), as a list of those (several layers, fused), or ``None``: the last layer
-whose output is a spatial map (:func:`xplain.layers.last_spatial_layer`).
+whose output is a spatial map the explained scores depend on (:func:`default_layer`).
+
+Layouts: CAM works on ``(N, C, h, w)``. A layer may output ``(N, h, w, C)`` (Swin, the linear
+layers and LayerNorms inside ConvNeXt blocks); its activations and gradients are transposed to
+channels-first after capture (:func:`to_channels_first`) and back where a method substitutes
+them (Ablation-CAM). Which layout a layer has is proven, never guessed
+(:func:`xplain.layers.decide_layout`), or given with ``layout=``; otherwise the call is refused.
 """
 from __future__ import annotations
 
 import difflib
+import numbers
 import re
+import weakref
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from ...backend import LayerInfo, Tensor
 from ...errors import LayerError
-from ...layers import LayerSummary, last_spatial_layer, probe
+from ...layers import (CHANNELS_FIRST, HEAD_POOLS, LayerSummary, decide_layout, last_spatial_layer,
+                       own_layout, plausible_layouts, probe)
 from ...run import Run
 
 _INDEX = re.compile(r"\[(-?\d+)\]")
 
+#: The ``layout=`` option of every CAM method (``None``: detected).
+Layout = Literal["channels_first", "channels_last"]
+
+#: Probe results per model (weakly: the model is borrowed), keyed by :func:`_probe_key`: which
+#: layers feed the scores depends only on the architecture, the input shape and ``output=``.
+_PROBES: "weakref.WeakKeyDictionary[Any, dict[tuple, dict[str, LayerSummary]]]" = weakref.WeakKeyDictionary()
+
+
+def _probe_key(run: Run) -> tuple | None:
+    """What a probe's answer depends on: the input's shape and dtype, the ``output=`` selector
+    and the model's structure (each layer's name, object, class and parameter shapes, so a
+    replaced head is a new key). ``None`` (not cached) for a selector function, whose identity
+    says nothing about what it selects."""
+    sel = run.output
+    if sel is not None and not isinstance(sel, (numbers.Integral, str)):
+        return None
+    B = run.backend
+    structure = tuple((i.name, id(i.module), i.type_name,
+                       tuple(B.shape(p) for p in i.params.values() if B.is_tensor(p)))
+                      for i in run.layers())
+    return B.shape(run.inputs)[1:], B.dtype_name(run.inputs), sel, structure
+
 
 def _probe(run: Run) -> dict[str, LayerSummary]:
+    """The layers' output shapes, layouts and whether they feed the scores, from one batch-1
+    gradient pass (:func:`xplain.layers.probe` with the run's scores, ``output=`` applied), once
+    per model, input shape and selector."""
     cache = getattr(run, "_cam_probe", None)
     if cache is None:
         B = run.backend
-        cache = probe(B, run.model, run.inputs[:1], run.layers())
+        key = _probe_key(run)
+        try:
+            cache = None if key is None else _PROBES.get(run.model, {}).get(key)
+        except TypeError:  # a model that cannot be weakly referenced
+            cache = None
+        if cache is None:
+            cache = probe(B, run.model, run.inputs[:1], run.layers(), scores=run.forward)
+            try:
+                if key is not None:
+                    _PROBES.setdefault(run.model, {})[key] = cache
+            except TypeError:
+                pass
         run._cam_probe = cache  # one probe per run, shared by resolution and checks
         if not run.per_sample_bytes_known:
             # the same estimate as Run.per_sample_bytes (leaf outputs), from this probe instead
@@ -37,6 +83,78 @@ def _probe(run: Run) -> dict[str, LayerSummary]:
                      if s.name in leaves and s.output_shape is not None]
             run.set_per_sample_bytes(sum(c * b for c, b in sizes), max((b for _, b in sizes), default=0))
     return cache
+
+
+def _feeding_by_perturbation(run: Run, cands: Sequence[LayerSummary]) -> LayerSummary | None:
+    """For a model whose scores carry no gradient (a ``no_grad`` forward; the gradient-free CAMs
+    still explain it): the last candidate, in execution order, whose output changes the scores
+    when noise is added to it, found by batch-1 forward passes from the last candidate back."""
+    B = run.backend
+    x = run.inputs[:1]
+    rng = np.random.default_rng(0)
+    with B.no_grad():
+        base = B.to_numpy(run.forward(x))
+
+    def noisy(_layer: Any, _inputs: tuple, out: Any) -> Any:
+        scale = float(B.to_numpy(B.max(B.abs(out)))) + 1.0  # well above rounding at its scale
+        return out + B.asarray(rng.standard_normal(B.shape(out)) * scale, like=out)
+
+    by_name = {i.name: i for i in run.layers()}
+    for s in sorted(cands, key=lambda c: c.order, reverse=True):
+        handle = B.add_forward_hook(by_name[s.name].module, noisy)
+        try:
+            with B.no_grad():
+                got = B.to_numpy(run.forward(x))
+        finally:
+            handle.remove()
+        s.feeds = not np.array_equal(got, base)
+        if s.feeds:
+            return s
+    return None
+
+
+def default_layer(run: Run) -> LayerInfo:
+    """The CAM default layer: the last layer, in execution order, whose output is a spatial map
+    of known layout (``h * w > 1`` at this input, called once, not the head's global pooling)
+    and that the explained scores depend on.
+
+    "Depend on" is decided by the probe's gradient (:func:`xplain.layers.probe`): one batch-1
+    forward and backward pass of a random projection of the scores that ``output=`` selects,
+    with a zero leaf added to every candidate's output, cached per model, input shape and
+    selector. Autodiff creates no gradient path where the scores do not depend on a tensor, so
+    a layer whose output does not reach them — an auxiliary head run for another output
+    (paddle's GoogLeNet computes its two auxiliary classifiers after the main one), a branch
+    computed and dropped — gets an exactly zero gradient and is never chosen (its Grad-CAM
+    would be all zero). A layer that does reach them gets a nonzero gradient for a random
+    projection, unless dead units (ReLUs off at the probe input) block every path — then its
+    map is zero there too, and an earlier layer is taken. The cost is paid once: about three
+    batch-1 forward passes on the first call for a model, input shape and selector. For a model
+    whose scores carry no gradient the same is checked by perturbing candidates
+    (:func:`_feeding_by_perturbation`).
+    """
+    summaries = _probe(run)
+    best = last_spatial_layer(summaries)
+    if best is not None and best.feeds is None:
+        cands = [s for s in summaries.values()
+                 if s.spatial and s.feeds is not False and s.kind not in HEAD_POOLS]
+        best = _feeding_by_perturbation(run, cands)
+    if best is None:
+        raise LayerError(_no_default_reason(summaries))
+    return next(i for i in run.layers() if i.name == best.name)
+
+
+def _no_default_reason(summaries: dict[str, LayerSummary]) -> str:
+    unknown = [s for s in summaries.values() if s.output_shape is not None
+               and len(s.output_shape) == 4 and s.layout is None and s.feeds is not False]
+    if unknown:
+        names = [s.name for s in sorted(unknown, key=lambda s: -s.order)][:4]
+        return (f"no layer of this model outputs a spatial map of known layout that feeds the "
+                f"explained scores; the 4-D outputs of {names} could be (N, C, h, w) or "
+                f"(N, h, w, C): {unknown[0].layout_reason}. Pass layer= one of them and "
+                f"layout='channels_first' or 'channels_last'")
+    return ("no layer of this model outputs a spatial map (N, C, h, w) with h*w > 1 on this "
+            "input that feeds the explained scores; CAM methods need a convolutional layer — "
+            "use a larger input or pass layer= explicitly")
 
 
 def _children(run: Run, parent: str) -> list[str]:
@@ -81,17 +199,12 @@ def _find(run: Run, spec: Any) -> LayerInfo:
     return run.layer(spec)  # by object (raises LayerError when not part of the model)
 
 
-def resolve_layers(run: Run, spec: Any, *, allow_1x1: bool = False) -> list[LayerInfo]:
+def resolve_layers(run: Run, spec: Any) -> list[LayerInfo]:
     """The target layer(s) for ``spec`` (see module docstring). That each produces one 4-D
-    ``(N, C, h, w)`` tensor, once per forward pass, is checked while capturing (no extra
-    forward pass for an explicit layer; the automatic choice probes once at batch 1)."""
+    tensor, once per forward pass, is checked while capturing (no extra forward pass for an
+    explicit layer; the automatic choice probes once at batch 1, see :func:`default_layer`)."""
     if spec is None:
-        best = last_spatial_layer(_probe(run), allow_1x1=allow_1x1)
-        if best is None:
-            raise LayerError("no layer of this model outputs a spatial map (N, C, h, w) with "
-                             "h*w > 1 on this input; CAM methods need a convolutional layer — "
-                             "use a larger input or pass layer= explicitly")
-        return [next(i for i in run.layers() if i.name == best.name)]
+        return [default_layer(run)]
     specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
     if not specs:
         raise LayerError("layer=[] names no layer; pass a name, a layer object, or None")
@@ -101,12 +214,62 @@ def resolve_layers(run: Run, spec: Any, *, allow_1x1: bool = False) -> list[Laye
     return infos
 
 
+# ---- layouts -----------------------------------------------------------------------------------
+def layer_layout(run: Run, info: LayerInfo, shape: Sequence[int], layout: str | None) -> str:
+    """The layout of ``info``'s 4-D output of ``shape``: ``layout`` when given (refused when
+    the layer's evidence proves the other one), else proven by
+    :func:`xplain.layers.decide_layout` — from the layer's kind, parameters and the input's grid
+    without a forward pass, and from the probe's provenance only when those leave it open.
+    Refused with :class:`~xplain.errors.LayerError` when nothing tells the two apart. Decided
+    once per layer and run."""
+    decided = run.__dict__.setdefault("_cam_layouts", {})
+    if info.name in decided:
+        return decided[info.name]
+    B = run.backend
+    in_shape = B.shape(run.inputs)
+    grid = (in_shape[2], in_shape[3]) if len(in_shape) == 4 else None
+    auto, reason = decide_layout(*own_layout(B, info, shape), None, plausible_layouts(shape, grid))
+    if auto is None and layout is None:
+        found = _probe(run).get(info.name)
+        if found is not None and tuple(found.output_shape or ())[1:] == tuple(shape)[1:]:
+            auto, reason = found.layout, found.layout_reason or reason
+    shown = f"(N, {', '.join(str(d) for d in shape[1:])})"
+    if layout is not None and auto is not None and layout != auto:
+        raise LayerError(f"layout={layout!r} contradicts layer {info.name!r}: its output {shown} "
+                         f"is {auto} ({reason}); remove layout= or pass layout={auto!r}")
+    chosen = layout or auto
+    if chosen is None:
+        raise LayerError(f"cannot tell whether layer {info.name!r}'s output {shown} is (N, C, h, w) "
+                         f"or channels-last (N, h, w, C): {reason}; pass "
+                         f"layout='channels_first' or layout='channels_last'")
+    decided[info.name] = chosen
+    return chosen
+
+
+def to_channels_first(run: Run, info: LayerInfo, t: Tensor, layout: str | None) -> Tensor:
+    """A captured activation or gradient of ``info`` as ``(N, C, h, w)`` (see
+    :func:`layer_layout`)."""
+    B = run.backend
+    if layer_layout(run, info, B.shape(t), layout) == CHANNELS_FIRST:
+        return t
+    return B.permute_dims(t, (0, 3, 1, 2))
+
+
+def from_channels_first(run: Run, info: LayerInfo, t: Tensor) -> Tensor:
+    """``(N, C, h, w)`` back in ``info``'s own layout, to substitute for its output (after
+    :func:`to_channels_first` decided the layout)."""
+    if run.__dict__["_cam_layouts"][info.name] == CHANNELS_FIRST:
+        return t
+    return run.backend.permute_dims(t, (0, 2, 3, 1))
+
+
 @contextmanager
 def captured(run: Run, infos: Sequence[LayerInfo], *, grad: bool,
              replace: dict[str, Tensor] | None = None) -> Iterator[dict[str, dict[str, Tensor]]]:
     """Within the block, forward passes record each target layer's activation.
 
-    Yields ``{"act": {name: A}, "z": {name: Z}}``. ``A`` is a copy of the layer's output, safe
+    Yields ``{"act": {name: A}, "z": {name: Z}}``, in the layer's own layout (see
+    :func:`to_channels_first`). ``A`` is a copy of the layer's output, safe
     from later in-place ops (torchvision's ``ReLU(inplace=True)``). With ``grad=True`` the
     output is replaced by ``output + Z`` where ``Z`` is a zero leaf tensor that records
     gradients: ``d score / d Z`` is the gradient with respect to the layer's output. Nothing
@@ -128,7 +291,9 @@ def captured(run: Run, infos: Sequence[LayerInfo], *, grad: bool,
             if not B.is_tensor(out) or len(B.shape(out)) != 4:
                 raise LayerError(f"layer {name!r} outputs "
                                  f"{B.shape(out) if B.is_tensor(out) else type(out).__name__}; "
-                                 f"CAM methods need a 4-D (N, C, h, w) feature map")
+                                 f"CAM methods need a 4-D (N, C, h, w) or (N, h, w, C) feature "
+                                 f"map — pick a layer listed by xplain.layers(model, "
+                                 f"input_shape) with a 4-D output")
             if name in rec["act"] or name in seen:
                 raise LayerError(f"layer {name!r} ({info.type_name}) runs more than once per "
                                  f"forward pass (a reused module), so its activation is "

@@ -1,9 +1,11 @@
 """LRP benchmark: composites against a raw forward+backward, and against Zennit in the same run.
 
-The issue's bar (resnet50 and vgg16, batch 8, 224², CPU): LRP-ε ≤ 1.2× a raw forward+backward;
+The bars (resnet50 and vgg16, batch 8, 224², CPU): LRP-ε ≤ 1.2× a raw forward+backward;
 ``epsilon_gamma_box`` / ``epsilon_plus_flat`` ≤ 1.6× and faster than Zennit's equivalent
 composite (with the torchvision canonizers Zennit needs for BatchNorm and residual sums).
-``--quick`` uses batch 2 and fewer repeats.
+efficientnet_b0 and mobilenet_v3_large (squeeze-and-excitation gates, SiLU/Hardswish, random
+weights with calibrated BatchNorm from :mod:`xplain.testing.classifiers`): LRP ≤ 1.6×; Zennit
+has no canonizer for their gates, so no peer row. ``--quick`` uses batch 2 and fewer repeats.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 import xplain  # noqa: E402
 from common import Table, forward_only, interleaved, make_input, raw_forward_backward, set_threads  # noqa: E402,E501
-from xplain.testing.zoo import build  # noqa: E402
+from xplain.testing import classifiers  # noqa: E402
+from xplain.testing.zoo import VISION_MODELS, build  # noqa: E402
 
 CASES = (
     ("LRP-ε (composite epsilon)", {"composite": "epsilon"}),
@@ -59,7 +62,8 @@ def _zennit_call(model, x, composite):
 
 
 def main(quick: bool = False, frameworks: tuple[str, ...] = ("torch", "paddle"),
-         models: tuple[str, ...] = ("resnet50", "vgg16")) -> Table:
+         models: tuple[str, ...] = ("resnet50", "vgg16", "efficientnet_b0", "mobilenet_v3_large")
+         ) -> Table:
     """Time xplain's cases *interleaved* with the raw forward+backward (one round of every
     case, then the next; medians), so load and allocator state hit the baseline and the cases
     alike. Zennit runs in a second interleaved group with its own raw baseline: its passes
@@ -70,7 +74,10 @@ def main(quick: bool = False, frameworks: tuple[str, ...] = ("torch", "paddle"),
     for fw in frameworks:
         set_threads(fw)
         for name in models:
-            model = build(name, fw)
+            if name not in VISION_MODELS and name not in classifiers.names(fw):
+                continue  # efficientnet: torchvision only
+            model = (build(name, fw) if name in VISION_MODELS
+                     else classifiers.build(name, fw, num_classes=1000))
             x = make_input(fw, batch, size)
             raw = raw_forward_backward(fw, model, x)
             fwd = forward_only(fw, model, x)
@@ -83,7 +90,7 @@ def main(quick: bool = False, frameworks: tuple[str, ...] = ("torch", "paddle"),
             peers: dict[str, Callable[[], Any]] = {}
             for case, opts in CASES:
                 ours[case] = (lambda o=opts, m=model, xx=x: xplain.explain(m, xx, method="lrp", target=0, **o))
-                comp = _zennit(name, case) if fw == "torch" else None
+                comp = _zennit(name, case) if fw == "torch" and name in VISION_MODELS else None
                 if comp is not None:
                     peers[case] = _zennit_call(model, x, comp)
             t = interleaved(ours, repeats)
@@ -108,7 +115,9 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--framework", action="append", choices=("torch", "paddle"))
-    p.add_argument("--model", action="append", choices=("resnet50", "vgg16", "resnet18"))
+    p.add_argument("--model", action="append",
+                   choices=("resnet50", "vgg16", "resnet18", "efficientnet_b0", "mobilenet_v3_large"))
     args = p.parse_args()
     print(main(args.quick, tuple(args.framework or ("torch", "paddle")),
-               tuple(args.model or ("resnet50", "vgg16"))).markdown())
+               tuple(args.model or ("resnet50", "vgg16", "efficientnet_b0", "mobilenet_v3_large"))
+               ).markdown())

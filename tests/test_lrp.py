@@ -231,11 +231,12 @@ def test_pass_rule_on_activation(fw):
                          rules={"1": "pass"})
     h = W1 @ x[0]
     s = 1 / (1 + np.exp(-h))
-    Rs = s * W2[2]  # LRP-0 at the last layer; pass: same relevance at the sigmoid's input
-    ref = reference("epsilon", W1, np.zeros(5), x[0], Rs, epsilon=1e-6)
+    # LRP-0 at the last layer; pass: the sigmoid's input gets its output relevance less the
+    # share of the offset sigmoid(0) = 1/2, absorbed like a bias: R_h = (s − 1/2)·g
+    Rh = (s - 0.5) * W2[2]
+    ref = reference("epsilon", W1, np.zeros(5), x[0], Rh, epsilon=1e-6)
     np.testing.assert_allclose(exp.numpy()[0], ref, rtol=1e-4, atol=1e-6)
-    # the sigmoid's input relevance equals its output relevance, so the sum is the logit
-    np.testing.assert_allclose(exp.numpy().sum(), Rs.sum(), rtol=1e-4)
+    np.testing.assert_allclose(exp.numpy().sum(), (s * W2[2]).sum() - 0.5 * W2[2].sum(), rtol=1e-4)
 
 
 # ---- conservation ----------------------------------------------------------------------------------
@@ -432,7 +433,10 @@ def test_standalone_batchnorm_gets_its_own_rule(fw):
     model = zero_biases(fw, model)
     x = _input(fw, 8)
     exp = xplain.explain(model, x, method="lrp", target=[0, 1], composite="epsilon_plus")
-    assert exp.rules["2"].startswith("pass") and "merged" not in exp.rules["3"]
+    # the BatchNorm after a ReLU cannot be merged: ε on it as the affine map it is; the conv
+    # after it reads a signed input, so z⁺ is replaced by ε there
+    assert exp.rules["2"].startswith("epsilon") and "merged" not in exp.rules["3"]
+    assert exp.rules["3"].startswith("epsilon") and exp.rules["0"].startswith("epsilon")
     np.testing.assert_allclose(fw.numpy(exp.relevance_sum), fw.numpy(exp.target_output), rtol=1e-3)
 
 
@@ -509,10 +513,12 @@ def test_unknown_layer_with_parameters_is_refused(fw):
         xplain.explain(model, x, method="lrp")
     exp = xplain.explain(model, x, method="lrp", rules={"1": "pass"})
     assert np.all(np.isfinite(exp.numpy()))
+    # activations of the table take 'pass' also without a composite; a softmax is refused
     sig = fw.sequential(fw.linear(3, 4), nn.Sigmoid(), fw.linear(4, 2))
-    with pytest.raises(LayerError, match="activation"):
-        xplain.explain(sig, x, method="lrp", composite=None)
-    xplain.explain(sig, x, method="lrp")  # built-in composites give activations 'pass'
+    assert xplain.explain(sig, x, method="lrp", composite=None).rules["1"] == "pass"
+    soft = fw.sequential(fw.linear(3, 4), nn.Softmax(), fw.linear(4, 2))
+    with pytest.raises(LayerError, match=r"'1' \(Softmax\) computes softmax, which is not element-wise"):
+        xplain.explain(soft, x, method="lrp")
 
 
 def test_user_composite_through_plugin_hook(fw):
@@ -525,11 +531,18 @@ def test_user_composite_through_plugin_hook(fw):
         def xplain_register_composites(registry):
             registry.add_composite("test_gamma_only", Composite({"conv": ("gamma", {"gamma": 0.1}),
                                                                  "linear": "epsilon"}))
+            registry.add_composite("test_gamma_signed", Composite({"conv": ("gamma", {"gamma": 0.1}),
+                                                                   "linear": "epsilon"}, signed=None))
 
     register(Pack, name="lrp-test-pack")
     try:
         model = zoo(fw, "tutorial_cnn")
         exp = xplain.explain(model, _input(fw, 32, batch=1), method="lrp", composite="test_gamma_only")
+        # conv2 reads a ReLU's output; conv1 reads the signed input, so it gets the composite's
+        # `signed` rule (ε) unless the composite keeps γ there (signed=None)
+        assert exp.rules["conv2"] == "gamma(gamma=0.1)"
+        assert exp.rules["conv1"] == "epsilon(epsilon=1e-06)"
+        exp = xplain.explain(model, _input(fw, 32, batch=1), method="lrp", composite="test_gamma_signed")
         assert exp.rules["conv1"] == "gamma(gamma=0.1)"
     finally:
         unregister(name="lrp-test-pack")

@@ -13,7 +13,7 @@ from .api import Explanation, explain, methods
 from .backend import Backend, LayerInfo
 from .backends import backend_for, backends
 from .layers import LayerSummary, layers
-from .errors import (BackendError, CheckpointError, InputError, LayerError, ModelError, OptionError, PluginError,
+from .errors import (BackendError, CheckpointError, ConservationWarning, InputError, LayerError, ModelError, OptionError, PluginError,
                      TargetError, XplainError)
 from .plugins import PluginWarning, hookimpl
 from .run import MethodResult, Run
@@ -24,5 +24,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Backend", "BackendError", "CheckpointError", "LayerSummary", "layers", "Explanation", "InputError", "LayerError", "LayerInfo",
     "MethodResult", "ModelError", "OptionError", "PluginError", "PluginWarning", "Run", "TargetError",
-    "Summary", "XplainError", "backend_for", "backends", "explain", "hookimpl", "methods", "summary", "__version__",
+    "ConservationWarning", "Summary", "XplainError", "backend_for", "backends", "explain", "hookimpl", "methods", "summary", "__version__",
 ]

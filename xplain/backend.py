@@ -37,7 +37,7 @@ LAYER_KINDS = (
     "linear",  # fully connected; params: weight (out, in), bias
     "batchnorm",  # attrs: eps; params: weight, bias, running_mean, running_var
     "relu",
-    "activation",  # any other element-wise nonlinearity (sigmoid, tanh, gelu, softmax ...)
+    "activation",  # any other activation; attrs: function (see ACTIVATIONS), inplace, at_zero, nonnegative
     "maxpool",
     "avgpool",
     "adaptive_avgpool",
@@ -48,6 +48,20 @@ LAYER_KINDS = (
     "container",  # Sequential / blocks / the root model: has children, computes via them
     "other",
 )
+
+
+#: Activation functions a backend names in ``LayerInfo.attrs["function"]`` of an
+#: ``"activation"`` layer → whether it is element-wise (``y_i = f(x_i)``). The other attrs:
+#: ``inplace`` (the module overwrites its input), ``at_zero`` (``f(0)`` as a float) and
+#: ``nonnegative`` (``f(x) ≥ 0`` for every x). An activation layer a backend does not know is
+#: ``"other"``.
+ACTIVATIONS: dict[str, bool] = {
+    **dict.fromkeys(("relu6", "hardtanh", "leaky_relu", "prelu", "rrelu", "elu", "selu", "celu",
+                     "gelu", "silu", "hardswish", "mish", "sigmoid", "tanh", "softsign",
+                     "hardsigmoid", "softplus", "log_sigmoid", "tanhshrink", "softshrink",
+                     "hardshrink", "threshold"), True),
+    **dict.fromkeys(("softmax", "log_softmax", "softmin", "glu", "maxout"), False),
+}
 
 
 @dataclass
@@ -210,6 +224,16 @@ class Backend(Protocol):
         forward and one fused op backward instead of four element-wise passes, which matters
         on large activations (ResNet-50 at batch 8). The result may differ from the unfused
         formula by a few float32 ulps of the gradient."""
+
+    def watch_gradient(self, x: Tensor, fn: Callable[[Tensor], None]) -> Tensor:
+        """``x`` itself; in a backward pass through ``x``, ``fn(g)`` is called with the gradient
+        arriving at ``x`` (hooks registered on ``x`` earlier have already applied), and the
+        gradient is left unchanged. LRP's conservation ledger reads relevance this way."""
+
+    def alias(self, x: Tensor) -> Tensor:
+        """A tensor with the values of ``x`` and a graph node of its own, so the gradient that
+        reaches the alias is the gradient of its uses only (no copy where the framework allows
+        a view)."""
 
     def replace_gradient(self, value: Tensor, routes: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
         """A tensor with the value of ``value`` whose incoming gradient ``g`` flows to ``value``

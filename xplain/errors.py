@@ -41,3 +41,9 @@ class CheckpointError(InputError):
 
 class ModelError(XplainError, RuntimeError):
     """The model's output cannot be explained (not a 2-D score tensor, wrong framework...)."""
+
+
+class ConservationWarning(UserWarning):
+    """An LRP explanation whose relevance does not balance: the target output differs from the
+    relevance plus what biases and stabilisers absorbed by more than the stated tolerance. The
+    message names the numbers, the layers that absorbed most, and what to check."""

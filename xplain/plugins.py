@@ -99,6 +99,9 @@ class Registry:
     composites: dict[str, Any] = field(default_factory=dict)
     #: composite name → the plugin that registered it (backends and methods carry ``.plugin``).
     composite_plugins: dict[str, str] = field(default_factory=dict)
+    #: element-wise layer class (or class name) → f(0), for LRP's ``pass`` rule.
+    activations: dict[Any, float] = field(default_factory=dict)
+    activation_plugins: dict[Any, str] = field(default_factory=dict)
     current_plugin: str = ""
 
     def add_backend(self, name: str, *, detect: Callable[[Any], bool], load: Callable[[], Any]) -> None:
@@ -133,10 +136,29 @@ class Registry:
         self.composites[name] = composite
         self.composite_plugins[name] = self.current_plugin
 
-    def plugin_of(self, table: str, name: str) -> str:
-        """The plugin that registered ``name`` in ``table`` (``backends``/``methods``/``composites``)."""
+    def add_activation(self, layer_type: Any, *, at_zero: float = 0.0) -> None:
+        """Declare a layer class of your own (the class, or its name) as an element-wise
+        activation ``y_i = f(x_i)`` with ``f(0) = at_zero``, so that LRP gives it the ``pass``
+        rule instead of refusing it (an unknown parameter-free layer is refused, because its
+        gradient is not an LRP rule in general)."""
+        if not isinstance(layer_type, (str, type)):
+            raise PluginError(f"add_activation takes a layer class or class name, got "
+                              f"{type(layer_type).__name__}")
+        value = float(at_zero)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise PluginError(f"add_activation({layer_type!r}): at_zero={at_zero!r} must be finite")
+        self._check_new("activation", getattr(layer_type, "__name__", layer_type), {
+            getattr(k, "__name__", k): v for k, v in self.activations.items()})
+        self.activations[layer_type] = value
+        self.activation_plugins[layer_type] = self.current_plugin
+
+    def plugin_of(self, table: str, name: Any) -> str:
+        """The plugin that registered ``name`` in ``table`` (``backends``/``methods``/
+        ``composites``/``activations``)."""
         if table == "composites":
             return self.composite_plugins.get(name, "")
+        if table == "activations":
+            return self.activation_plugins.get(name, "")
         return getattr(self, table)[name].plugin
 
     def _check_new(self, kind: str, name: str, table: dict[str, Any]) -> None:
@@ -164,10 +186,16 @@ class XplainSpecs:
     def xplain_register_composites(self, registry: Registry) -> None:
         """Register LRP composites with ``registry.add_composite(name, composite)``."""
 
+    @hookspec
+    def xplain_register_layers(self, registry: Registry) -> None:
+        """Declare layer classes of your own, e.g. ``registry.add_activation(MySwish)``."""
+
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_HOOKS = ("xplain_register_backends", "xplain_register_methods", "xplain_register_composites")
-_KINDS = (("backends", "backend"), ("methods", "method"), ("composites", "LRP composite"))
+_HOOKS = ("xplain_register_backends", "xplain_register_methods", "xplain_register_composites",
+          "xplain_register_layers")
+_KINDS = (("backends", "backend"), ("methods", "method"), ("composites", "LRP composite"),
+          ("activations", "activation layer"))
 
 _lock = threading.RLock()
 _manager: pluggy.PluginManager | None = None
@@ -330,6 +358,8 @@ def _merge(reg: Registry, part: Registry, plugin: str) -> list[str]:
                 getattr(reg, table)[key] = value
                 if table == "composites":
                     reg.composite_plugins[key] = plugin
+                if table == "activations":
+                    reg.activation_plugins[key] = plugin
                 continue
             first = reg.plugin_of(table, key)
             note = " (built-ins cannot be replaced)" if first in BUILTIN_NAMES else ""

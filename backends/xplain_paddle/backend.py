@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import copy
 import itertools
+import math
 import threading
 from typing import Any
 from collections.abc import Callable
@@ -296,6 +297,16 @@ def damp_gradient(x, eps):
     return scale_gradient(x, a / (a + eps))
 
 
+def watch_gradient(x, fn):
+    if not x.stop_gradient:
+        x.register_hook(lambda g: fn(g))  # returns None: the gradient is unchanged
+    return x
+
+
+def alias(x):
+    return x.view(x.shape)  # a view node: no copy, a gradient of its own
+
+
 class _Replace(paddle.autograd.PyLayer):
     """Value of the first input, gradient times each scale into the routed tensors: one
     product per route backward, instead of a subtraction and an addition forward and both
@@ -469,9 +480,41 @@ _KINDS: list[tuple[tuple[type, ...], str]] = [
     ((nn.Flatten,), "flatten"),
     ((nn.Dropout, nn.Dropout2D, nn.Dropout3D, nn.AlphaDropout), "dropout"),
     ((nn.Identity,), "identity"),
-    ((nn.Sigmoid, nn.Tanh, nn.GELU, nn.Silu, nn.ELU, nn.LeakyReLU, nn.Softmax, nn.LogSoftmax,
-      nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Softplus), "activation"),
 ]
+
+#: Activation layers → the neutral function name of ``xplain.backend.ACTIVATIONS``.
+_ACTIVATIONS: list[tuple[type, str]] = [
+    (nn.ReLU6, "relu6"), (nn.Hardtanh, "hardtanh"), (nn.LeakyReLU, "leaky_relu"),
+    (nn.PReLU, "prelu"), (nn.RReLU, "rrelu"), (nn.ELU, "elu"), (nn.SELU, "selu"), (nn.CELU, "celu"),
+    (nn.GELU, "gelu"), (nn.Silu, "silu"), (nn.Swish, "silu"), (nn.Hardswish, "hardswish"),
+    (nn.Mish, "mish"), (nn.Sigmoid, "sigmoid"), (nn.Tanh, "tanh"), (nn.Softsign, "softsign"),
+    (nn.Hardsigmoid, "hardsigmoid"), (nn.Softplus, "softplus"), (nn.LogSigmoid, "log_sigmoid"),
+    (nn.Tanhshrink, "tanhshrink"), (nn.Softshrink, "softshrink"), (nn.Hardshrink, "hardshrink"),
+    (nn.ThresholdedReLU, "threshold"), (nn.Softmax, "softmax"), (nn.Softmax2D, "softmax"),
+    (nn.LogSoftmax, "log_softmax"), (nn.GLU, "glu"), (nn.Maxout, "maxout"),
+]
+
+
+def _activation_attrs(m: nn.Layer, function: str) -> dict[str, Any]:
+    """``function``, ``inplace`` (paddle's layers never are), ``at_zero`` (f(0)) and
+    ``nonnegative`` (f ≥ 0 everywhere) of an activation layer (see
+    ``xplain.backend.ACTIVATIONS``)."""
+    at_zero = 0.0
+    nonnegative = function in ("relu6", "sigmoid", "hardsigmoid", "softplus")
+    if function in ("sigmoid", "hardsigmoid"):  # paddle's Hardsigmoid: x/6 + 1/2, clipped
+        at_zero = 0.5
+    elif function == "softplus":
+        at_zero = math.log(2.0) / float(m._beta)
+    elif function == "log_sigmoid":
+        at_zero = -math.log(2.0)
+    elif function == "hardtanh":
+        at_zero = sorted((float(m._min), 0.0, float(m._max)))[1]  # clamp(0, min, max)
+        nonnegative = float(m._min) >= 0
+    elif function == "threshold":  # y = x if x > threshold else value
+        value = float(getattr(m, "_value", 0.0))
+        at_zero = 0.0 if 0.0 > float(m._threshold) else value
+        nonnegative = float(m._threshold) >= 0 and value >= 0
+    return {"function": function, "inplace": False, "at_zero": at_zero, "nonnegative": nonnegative}
 
 
 def _tuple(v: Any, n: int) -> tuple:
@@ -482,11 +525,17 @@ def _tuple(v: Any, n: int) -> tuple:
 
 def _layer_info(lname: str, m: nn.Layer) -> LayerInfo:
     kind = next((k for types, k in _KINDS if isinstance(m, types)), None)
+    function = next((f for t, f in _ACTIVATIONS if isinstance(m, t)), None)
+    if function is not None:
+        kind = "activation"
     has_children = bool(m._sub_layers)
     if kind is None:
         kind = "container" if has_children else "other"
     params: dict[str, Any] = {}
     attrs: dict[str, Any] = {}
+    if function is not None:
+        attrs = _activation_attrs(m, function)
+        params = dict(m.named_parameters(include_sublayers=False))
     if kind == "conv":
         nd = len(m.weight.shape) - 2
         pad = m._padding
@@ -506,7 +555,7 @@ def _layer_info(lname: str, m: nn.Layer) -> LayerInfo:
         attrs = {"output_size": m._output_size}
     elif kind == "relu":
         attrs = {"inplace": False}
-    elif kind == "other":
+    elif kind in ("other", "container"):  # a container's own parameters (attention, layer scale)
         params = dict(m.named_parameters(include_sublayers=False))
     return LayerInfo(lname, kind, type(m).__name__, m, params, attrs, has_children)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import math
 from typing import Any
 from collections.abc import Callable
 
@@ -294,6 +295,16 @@ def damp_gradient(x, eps):
     return x
 
 
+def watch_gradient(x, fn):
+    if x.requires_grad:
+        x.register_hook(lambda g: fn(g))  # returns None: the gradient is unchanged
+    return x
+
+
+def alias(x):
+    return x.view_as(x)
+
+
 class _Replace(torch.autograd.Function):
     """Value of the first input, gradient times each scale into the routed tensors.
 
@@ -471,9 +482,45 @@ _KINDS: list[tuple[tuple[type, ...], str]] = [
     ((nn.Flatten,), "flatten"),
     ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout), "dropout"),
     ((nn.Identity,), "identity"),
-    ((nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Softmax, nn.LogSoftmax,
-      nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Softplus), "activation"),
 ]
+
+#: Activation modules → the neutral function name of ``xplain.backend.ACTIVATIONS``. Order
+#: matters: ``ReLU6`` is a subclass of ``Hardtanh``.
+_ACTIVATIONS: list[tuple[type, str]] = [
+    (nn.ReLU6, "relu6"), (nn.Hardtanh, "hardtanh"), (nn.LeakyReLU, "leaky_relu"),
+    (nn.PReLU, "prelu"), (nn.RReLU, "rrelu"), (nn.ELU, "elu"), (nn.SELU, "selu"), (nn.CELU, "celu"),
+    (nn.GELU, "gelu"), (nn.SiLU, "silu"), (nn.Hardswish, "hardswish"), (nn.Mish, "mish"),
+    (nn.Sigmoid, "sigmoid"), (nn.Tanh, "tanh"), (nn.Softsign, "softsign"),
+    (nn.Hardsigmoid, "hardsigmoid"), (nn.Softplus, "softplus"), (nn.LogSigmoid, "log_sigmoid"),
+    (nn.Tanhshrink, "tanhshrink"), (nn.Softshrink, "softshrink"), (nn.Hardshrink, "hardshrink"),
+    (nn.Threshold, "threshold"), (nn.Softmax, "softmax"), (nn.Softmax2d, "softmax"),
+    (nn.LogSoftmax, "log_softmax"), (nn.Softmin, "softmin"), (nn.GLU, "glu"),
+]
+
+#: Modules that are the identity in evaluation mode, found by class name (torchvision.ops is
+#: optional): EfficientNet's and ConvNeXt's stochastic depth.
+_IDENTITY_IN_EVAL = ("StochasticDepth",)
+
+
+def _activation_attrs(m: nn.Module, function: str) -> dict[str, Any]:
+    """``function``, ``inplace``, ``at_zero`` (f(0)) and ``nonnegative`` (f ≥ 0 everywhere)
+    of an activation module (see ``xplain.backend.ACTIVATIONS``)."""
+    at_zero = 0.0
+    nonnegative = function in ("relu6", "sigmoid", "hardsigmoid", "softplus")
+    if function in ("sigmoid", "hardsigmoid"):
+        at_zero = 0.5
+    elif function == "softplus":
+        at_zero = math.log(2.0) / float(m.beta)
+    elif function == "log_sigmoid":
+        at_zero = -math.log(2.0)
+    elif function == "hardtanh":
+        at_zero = sorted((float(m.min_val), 0.0, float(m.max_val)))[1]  # clamp(0, min, max)
+        nonnegative = float(m.min_val) >= 0
+    elif function == "threshold":  # y = x if x > threshold else value
+        at_zero = 0.0 if 0.0 > float(m.threshold) else float(m.value)
+        nonnegative = float(m.threshold) >= 0 and float(m.value) >= 0
+    return {"function": function, "inplace": bool(getattr(m, "inplace", False)),
+            "at_zero": at_zero, "nonnegative": nonnegative}
 
 
 def _tuple(v: Any, n: int) -> tuple:
@@ -482,11 +529,19 @@ def _tuple(v: Any, n: int) -> tuple:
 
 def _layer_info(lname: str, m: nn.Module) -> LayerInfo:
     kind = next((k for types, k in _KINDS if isinstance(m, types)), None)
+    function = next((f for t, f in _ACTIVATIONS if isinstance(m, t)), None)
+    if function is not None:
+        kind = "activation"
+    elif kind is None and type(m).__name__ in _IDENTITY_IN_EVAL:
+        kind = "dropout"
     has_children = next(iter(m.children()), None) is not None
     if kind is None:
         kind = "container" if has_children else "other"
     params: dict[str, Any] = {}
     attrs: dict[str, Any] = {}
+    if function is not None:
+        attrs = _activation_attrs(m, function)
+        params = dict(m.named_parameters(recurse=False))
     if kind == "conv":
         nd = m.weight.ndim - 2
         params = {"weight": m.weight, "bias": m.bias}
@@ -506,7 +561,7 @@ def _layer_info(lname: str, m: nn.Module) -> LayerInfo:
         attrs = {"output_size": m.output_size}
     elif kind == "relu":
         attrs = {"inplace": bool(m.inplace)}
-    elif kind == "other":
+    elif kind in ("other", "container"):  # a container's own parameters (attention, layer scale)
         params = dict(m.named_parameters(recurse=False))
     return LayerInfo(lname, kind, type(m).__name__, m, params, attrs, has_children)
 

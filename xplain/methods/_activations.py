@@ -15,11 +15,15 @@ from contextlib import contextmanager
 from typing import Any
 from collections.abc import Callable, Iterator
 
-from ..backend import LayerInfo, Tensor
+from ..backend import ACTIVATIONS, LayerInfo, Tensor
 from ..run import Run
 
-#: ``kind == "activation"`` layers that are not element-wise and so have no per-element rule.
-NOT_ELEMENTWISE = frozenset({"Softmax", "LogSoftmax", "Softmax2d", "Softmax2D", "LogSoftmax2D"})
+
+
+def is_elementwise(info: LayerInfo) -> bool:
+    """A ReLU, or an activation layer whose function is element-wise (not softmax, GLU ...)."""
+    return info.kind == "relu" or (info.kind == "activation"
+                                   and ACTIVATIONS.get(info.attrs.get("function"), False))
 
 #: ``replace(info, x, y) -> new output``: ``x`` the layer's input, ``y`` its output.
 Replace = Callable[[LayerInfo, Tensor, Tensor], Tensor]
@@ -31,7 +35,7 @@ def activation_layers(run: Run, kinds: tuple[str, ...]) -> list[LayerInfo]:
     seen: set[int] = set()
     found = []
     for info in run.layers():
-        if info.kind in kinds and not info.has_children and info.type_name not in NOT_ELEMENTWISE:
+        if info.kind in kinds and not info.has_children and is_elementwise(info):
             if id(info.module) not in seen:
                 seen.add(id(info.module))
                 found.append(info)

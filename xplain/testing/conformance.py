@@ -300,6 +300,24 @@ def check_damp_gradient(B, T):
 
 
 @check
+def check_watch_gradient_and_alias(B, T):
+    a = np.array([[1.0, -2.0, 0.5]], dtype=np.float32)
+    w = np.array([[2.0, 3.0, -1.0]], dtype=np.float32)
+    seen = []
+    with B.enable_grad():
+        x = B.with_grad(T(a))
+        y = x * 3.0
+        alias = B.alias(y)
+        B.watch_gradient(alias, lambda g: seen.append(B.to_numpy(g)))
+        # y is used twice: through the alias (gradient w) and directly (gradient 1)
+        (g,) = B.grad(B.sum(alias * T(w)) + B.sum(y), x)
+    close(alias, 3.0 * a, B)
+    assert len(seen) == 1, "watch_gradient must call fn once per backward"
+    np.testing.assert_allclose(seen[0], w, rtol=1e-6)  # only the alias' own use
+    np.testing.assert_allclose(B.to_numpy(g), 3.0 * (w + 1.0), rtol=1e-6)  # gradient unchanged
+
+
+@check
 def check_replace_gradient(B, T):
     v = np.array([[1.0, -2.0, 3.0, 0.5]], dtype=np.float32)
     a = np.array([[0.5, 1.0, -1.0, 2.0]], dtype=np.float32)

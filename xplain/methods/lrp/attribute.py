@@ -19,48 +19,32 @@ evaluated without a graph.
 """
 from __future__ import annotations
 
-import difflib
+import warnings
 from contextlib import nullcontext
-import fnmatch
 from dataclasses import dataclass, field
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from ...backend import LAYER_KINDS, LayerInfo, iter_chunks
-from ...errors import LayerError, OptionError
+from ...backend import LayerInfo, iter_chunks
+from ...errors import ConservationWarning, LayerError, OptionError
 from ...options import NonNegativeFloat, PositiveFloat
 from ...run import MethodResult, Run
-from .canonize import Probe, batchnorm_affine, channel_scale, merged_bias, probe
-from .composites import DEFAULT, Composite, lookup
-from .rules import INPUT_MODIFIERS, Rule, make_rule, modify_param, piecewise_slopes, stabilize
-
-#: Layer kinds whose gradient is already the LRP rule (LRP-0 / winner-take-all / identity).
-_GRADIENT_KINDS = ("relu", "maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool", "flatten",
-                   "dropout", "identity", "container")
-_PARAM_KINDS = ("conv", "linear", "batchnorm")
-_GLOB = set("*?[")
-
-
-@dataclass
-class LayerPlan:
-    """The rule one executed layer gets, and where its replacement is emitted."""
-
-    info: LayerInfo
-    rule: Rule
-    bn: LayerInfo | None = None  # BatchNorm merged into this conv/linear
-    optimistic: bool = False  # skip output-sign groups for negative outputs (a ReLU follows)
-    found: Probe | None = None  # the (cached) probe, corrected when an optimistic guess fails
-    cache: dict[str, Any] = field(default_factory=dict)  # modified parameters, once per call
-
+from .canonize import batchnorm_affine, channel_scale, merged_bias, probe
+from . import elementwise
+from .composites import DEFAULT, lookup
+from .ledger import Conservation, Ledger, TOLERANCE, per_sample
+from .planning import LayerPlan, assign_rules
+from .rules import INPUT_MODIFIERS, Rule, modify_param, piecewise_slopes, stabilize
 
 @dataclass
 class _Forward:
     """Per-forward bookkeeping filled by the hooks."""
 
     pending: dict[int, tuple[Any, list, Any]] = field(default_factory=dict)  # -> (out, groups, input)
-    explicit: list[tuple[tuple[int, ...], list[tuple[Any, int]]]] = field(default_factory=list)
+    # (layer name, input shape, [(leaf, stacked terms)]) of each explicit rule's call
+    explicit: list[tuple[str, tuple[int, ...], list[tuple[Any, int]]]] = field(default_factory=list)
     probes: list[tuple[Any, Any]] = field(default_factory=list)
     # id(wire) -> (wire, value, plan, groups) of an optimistic plan, emitted at its ReLU's output
     # ((wire, None, None, None) once a ReLU took it)
@@ -69,131 +53,7 @@ class _Forward:
     # (optimistic plan, flag): the flag is set when the plan's output was read by more than a ReLU
     tripped: list[tuple[LayerPlan, list[bool]]] = field(default_factory=list)
     relu_outputs: dict[int, tuple[Any, int]] = field(default_factory=dict)  # id -> (tensor, version)
-
-
-# ---- rule assignment ---------------------------------------------------------------------------
-def _split_user_rules(rules: Mapping[str, Any] | None, names: set[str]) -> tuple[dict, list, dict]:
-    exact: dict[str, Any] = {}
-    globs: list[tuple[str, Any]] = []
-    kinds: dict[str, Any] = {}
-    for key, spec in (rules or {}).items():
-        if not isinstance(key, str):
-            raise OptionError(f"LRP rules keys must be layer names, glob patterns or layer kinds, got "
-                              f"{key!r}")
-        if key.startswith("kind:"):
-            kinds[key[5:]] = spec
-        elif key.startswith("name:"):
-            exact[key[5:]] = spec
-        elif key in LAYER_KINDS:
-            kinds[key] = spec
-        elif _GLOB & set(key):
-            if not any(fnmatch.fnmatchcase(n, key) for n in names):
-                raise LayerError(f"LRP rules pattern {key!r} matches no layer of the model; list layer "
-                                 f"names with xplain.layers(model)")
-            globs.append((key, spec))
-        else:
-            exact[key] = spec
-    for key in exact:
-        if key not in names:
-            close = difflib.get_close_matches(key, sorted(names), n=6, cutoff=0.6)
-            raise LayerError(f"LRP rules name a layer {key!r} the model does not have"
-                             + (f"; similar names: {close}" if close else "")
-                             + f"; layer kinds usable as keys: {list(LAYER_KINDS)}")
-    bad = [k for k in kinds if k not in LAYER_KINDS]
-    if bad:
-        raise OptionError(f"unknown layer kind(s) {bad} in LRP rules; kinds are {list(LAYER_KINDS)}")
-    return exact, globs, kinds
-
-
-def _match(name: str, exact: Mapping[str, Any], globs: list[tuple[str, Any]]) -> Any:
-    if name in exact:
-        return exact[name]
-    for pattern, spec in globs:
-        if fnmatch.fnmatchcase(name, pattern):
-            return spec
-    return None
-
-
-def _how_to(info: LayerInfo) -> str:
-    return (f"give it a rule, e.g. rules={{{info.name!r}: 'pass'}} if it is element-wise, "
-            f"{{{info.name!r}: 'epsilon'}} to propagate with its own gradient, or "
-            f"{{{info.name!r}: 'zero'}} if it is linear")
-
-
-def assign_rules(layers: list[LayerInfo], found: Probe, composite: Composite,
-                 rules: Mapping[str, Any] | None, options: Mapping[str, Any]) -> dict[str, LayerPlan]:
-    """The :class:`LayerPlan` of every executed layer that needs a hook (see ``lrp`` for the
-    precedence of user rules and the composite). Raises :class:`LayerError` for layers LRP
-    cannot handle without a rule, and for rules a layer cannot take."""
-    by_name = {info.name: info for info in layers}
-    exact, globs, kinds = _split_user_rules(rules, set(by_name) - {""})
-    comp_exact, comp_globs, _ = ({k: v for k, v in composite.names.items() if not (_GLOB & set(k))},
-                                 [(k, v) for k, v in composite.names.items() if _GLOB & set(k)], None)
-    plans: dict[str, LayerPlan] = {}
-    for name in found.order:
-        info = by_name[name]
-        if name in found.merged_bn:
-            continue  # takes the rule of the conv/linear it is merged into
-        spec = _match(name, exact, globs)
-        if spec is None:
-            spec = _match(name, comp_exact, comp_globs)
-        if spec is None and name == found.first and composite.first is not None:
-            spec = composite.first
-        if spec is None:
-            spec = kinds.get(info.kind, composite.kinds.get(info.kind))
-        if spec is None:
-            if info.kind == "activation":
-                raise LayerError(f"layer {name!r} ({info.type_name}) is an activation other than ReLU, "
-                                 f"whose LRP rule is not its gradient; {_how_to(info)} (or "
-                                 f"rules={{'activation': 'pass'}} for all of them)")
-            if info.kind == "other" and any(v is not None for v in info.params.values()):
-                raise LayerError(f"layer {name!r} ({info.type_name}) has parameters and xplain does "
-                                 f"not know what it computes, so no LRP rule can be derived; "
-                                 f"{_how_to(info)}")
-            if info.kind in _PARAM_KINDS:
-                spec = "zero"
-            else:
-                continue  # ReLU, pooling, flatten ...: the gradient is the rule
-        rule = make_rule(spec, options)
-        _check(info, rule, found)
-        if rule.kind == "gradient":
-            continue
-        bn = found.merged.get(name)
-        plan = LayerPlan(info, rule, None if bn is None else by_name[bn], found=found)
-        emitter = plan.bn.name if plan.bn is not None else name
-        # γ's group for negative outputs is dead where a ReLU zeroes their gradient: skip it
-        # (one conv less forward and backward), and verify that only the ReLU reads it (see _emit)
-        plan.optimistic = (emitter in found.feeds_relu
-                           and any(g.outputs == "negative" for g in rule.groups))
-        plans[name] = plan
-    return plans
-
-
-def _check(info: LayerInfo, rule: Rule, found: Probe) -> None:
-    name = f"{info.name!r} ({info.type_name})"
-    if rule.needs_params:
-        if info.kind not in _PARAM_KINDS:
-            raise LayerError(f"LRP rule {rule.name!r} needs a conv, linear or BatchNorm layer, but layer "
-                             f"{name} is of kind {info.kind!r}; use 'pass', 'epsilon' or 'zero' there")
-        if info.kind == "conv" and (info.attrs.get("transposed")
-                                    or info.attrs.get("padding_mode", "zeros") != "zeros"):
-            raise LayerError(f"LRP rule {rule.name!r} re-evaluates layer {name} with modified weights, "
-                             f"which xplain supports only for ordinary zero-padded convolutions; use "
-                             f"rules={{{info.name!r}: 'epsilon'}} for it")
-        if info.kind == "batchnorm" and info.params.get("running_var") is None:
-            raise LayerError(f"BatchNorm layer {name} has no running statistics, so it is not an affine "
-                             f"map in evaluation; give it rules={{{info.name!r}: 'pass'}}")
-    if rule.explicit and info.name not in found.input_users and not (
-            info.name == found.first and found.first_takes_input):
-        where = (f"the first layer {found.first!r} reads a transformed input, so no layer qualifies"
-                 if not found.first_takes_input and not found.input_users else
-                 f"{sorted(found.input_users) or [found.first]} read the model input")
-        raise LayerError(f"LRP rule {rule.name!r} does not have the form input×gradient and can only be "
-                         f"used on a layer that reads the model input directly ({where}), not on "
-                         f"{name}; use e.g. rules={{{info.name!r}: 'epsilon'}} (or 'zplus', 'gamma')")
-    if rule.kind == "pass" and info.kind in ("conv", "linear"):
-        raise LayerError(f"the 'pass' rule is for element-wise layers; layer {name} is a {info.kind} "
-                         f"layer — use 'epsilon', 'zplus', 'gamma' ... there")
+    ledger: Ledger | None = None  # relevance absorbed by biases and stabilisers
 
 
 # ---- the hooks ---------------------------------------------------------------------------------
@@ -478,7 +338,7 @@ def _explicit_terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[_G
             with B.no_grad():
                 z = _stacked_value(B, info, inputs, weights, bias, constant)
             leaf = B.with_grad(B.concat(inputs, axis=1) if len(inputs) > 1 else inputs[0])
-            state.explicit.append((tuple(B.shape(a)), [(leaf, len(inputs))]))
+            state.explicit.append((info.name, tuple(B.shape(a)), [(leaf, len(inputs))]))
             weight = B.concat(weights, axis=1) if len(weights) > 1 else weights[0]
             groups.append(_Group(z, group.coefficient, group.outputs, z_nonneg, False, weight, leaf))
             continue
@@ -490,7 +350,7 @@ def _explicit_terms(B: Any, plan: LayerPlan, a: Any, state: _Forward) -> list[_G
             w, b = _signed_params(B, plan, term)
             zt = _apply(B, info, leaf, w, b)
             z = zt if z is None else z + zt
-        state.explicit.append((tuple(B.shape(a)), leaves))
+        state.explicit.append((info.name, tuple(B.shape(a)), leaves))
         groups.append(_Group(z, group.coefficient, group.outputs, z_nonneg))
     return groups
 
@@ -642,15 +502,6 @@ def _epsilon(B: Any, y: Any, eps: float) -> Any:
     return B.damp_gradient(y, eps)
 
 
-def _pass(B: Any, a: Any, y: Any, eps: float, info: LayerInfo) -> Any:
-    """Pass: ``R_a = R_y`` for element-wise layers, as gradient ``g·y/a`` into ``a``."""
-    if B.shape(a) != B.shape(y):
-        raise LayerError(f"the 'pass' rule needs an element-wise layer, but {info.name!r} "
-                         f"({info.type_name}) maps {B.shape(a)} to {B.shape(y)}; use 'epsilon' there")
-    ys, as_ = B.stop_gradient(y), B.stop_gradient(a)
-    return ys + (a - as_) * (ys / stabilize(B, as_, eps))
-
-
 def _install(B: Any, plans: Mapping[str, LayerPlan], state: _Forward, relus: list) -> list:
     handles = []
 
@@ -668,45 +519,93 @@ def _install(B: Any, plans: Mapping[str, LayerPlan], state: _Forward, relus: lis
         call, state.relu_call = state.relu_call, None
         if call is not None:  # the optimistic plan's replacement, at the ReLU output
             output = _compose(B, call[0], B.stop_gradient(output), call[1], True)
+            state.ledger.measured_out(call[0].info.name, output)
         # held until the pass ends (the ReLU's own backward keeps it anyway), so ids stay unique
         if B.is_tensor(output):
             state.relu_outputs[id(output)] = (output, B.version(output))
         return output if call is not None else None
 
-    def layer_hook(plan: LayerPlan):
+    ledger = state.ledger
+
+    def copy(plan: LayerPlan) -> bool:  # the emitted output is changed in place later
+        return (plan.bn.name if plan.bn is not None else plan.info.name) in plan.found.modified_outputs
+
+    def layer_hook(plan: LayerPlan, stash: list | None):
         rule = plan.rule
+        name = plan.info.name
 
         def hook(_layer: Any, inputs: tuple, output: Any) -> Any:
-            if rule.kind == "epsilon":
-                return None if plan.bn is not None else _epsilon(B, output, rule.stabilizer)
+            if rule.kind in ("epsilon", "gradient"):
+                if plan.bn is not None:
+                    return None  # emitted at the BatchNorm's output
+                if rule.kind == "gradient":
+                    ledger.bias(name, output, _base(B, plan, "bias"))
+                    return None
+                ledger.epsilon(name, output, rule.stabilizer, _base(B, plan, "bias"), copy(plan))
+                return _epsilon(B, output, rule.stabilizer)
+            if rule.kind == "gate":
+                return elementwise.gate(B, output)
             if rule.kind == "pass":
-                return _pass(B, inputs[0], output, rule.stabilizer, plan.info)
+                a = stash.pop() if stash is not None else inputs[0]
+                out = elementwise.pass_through(B, a, output, rule.stabilizer, plan.at_zero, plan.info)
+                ledger.passed(name, out, a, output, plan.at_zero, rule.stabilizer, copy(plan))
+                return out
+            # terms: inputs[0] is the alias handed in by the pre-hook (see _install)
+            if not rule.explicit:
+                ledger.measured_in(name, inputs[0])
             groups = _terms(B, plan, inputs[0], state)
             if plan.bn is not None:  # emitted at the BatchNorm's output
                 state.pending[id(output)] = (output, groups, inputs[0])
                 return None
-            return _emit(B, plan, output, groups, state, inputs[0])
+            return _measured(plan, _emit(B, plan, output, groups, state, inputs[0]))
         return hook
+
+    def _measured(plan: LayerPlan, out: Any) -> Any:
+        if not plan.optimistic:  # an optimistic plan is measured at its ReLU's output
+            ledger.measured_out(plan.info.name, out, copy(plan))
+        return out
 
     def bn_hook(plan: LayerPlan):
         rule = plan.rule
+        name = plan.info.name
 
         def hook(_layer: Any, inputs: tuple, output: Any) -> Any:
+            if rule.kind == "gradient":
+                ledger.bias(name, output, _base(B, plan, "bias"))
+                return None
             if rule.kind == "epsilon":
+                ledger.epsilon(name, output, rule.stabilizer, _base(B, plan, "bias"), copy(plan))
                 return _epsilon(B, output, rule.stabilizer)
             entry = state.pending.pop(id(inputs[0]), None)
             if entry is None or entry[0] is not inputs[0]:
                 raise LayerError(f"BatchNorm {plan.bn.name!r} did not receive the output of "
                                  f"{plan.info.name!r} as in the probe pass (the model's control flow "
                                  f"changed); pass merge_batchnorm=False")
-            return _emit(B, plan, output, entry[1], state, entry[2])
+            return _measured(plan, _emit(B, plan, output, entry[1], state, entry[2]))
         return hook
+
+    def alias_pre_hook(_layer: Any, inputs: tuple) -> tuple | None:
+        # the terms rule's input gradient, and only it, reaches the alias (see Ledger)
+        if not inputs or not B.is_tensor(inputs[0]):
+            return None
+        a = inputs[0]
+        alias = B.alias(a)
+        seen = state.relu_outputs.get(id(a))
+        if seen is not None and seen[0] is a and B.version(a) == seen[1]:
+            state.relu_outputs[id(alias)] = (alias, B.version(alias))  # a ReLU's output too
+        return (alias,) + tuple(inputs[1:])
 
     try:
         for plan in plans.values():
+            stash = None
+            if plan.rule.kind == "pass" and plan.info.attrs.get("inplace"):
+                stash = []
+                handles.append(B.add_forward_pre_hook(plan.info.module, elementwise.keep_input(stash)))
+            if plan.rule.kind == "terms":
+                handles.append(B.add_forward_pre_hook(plan.info.module, alias_pre_hook))
             if rule_needs_layer_hook(plan):
-                handles.append(B.add_forward_hook(plan.info.module, layer_hook(plan)))
-            if plan.bn is not None and plan.rule.kind in ("epsilon", "terms"):
+                handles.append(B.add_forward_hook(plan.info.module, layer_hook(plan, stash)))
+            if plan.bn is not None and plan.rule.kind in ("epsilon", "terms", "gradient"):
                 handles.append(B.add_forward_hook(plan.bn.module, bn_hook(plan)))
         for module in relus:
             handles.append(B.add_forward_pre_hook(module, relu_pre_hook))
@@ -719,7 +618,7 @@ def _install(B: Any, plans: Mapping[str, LayerPlan], state: _Forward, relus: lis
 
 
 def rule_needs_layer_hook(plan: LayerPlan) -> bool:
-    return not (plan.rule.kind == "epsilon" and plan.bn is not None)
+    return not (plan.rule.kind in ("epsilon", "gradient") and plan.bn is not None)
 
 
 def _layer_probe(B: Any, state: _Forward):
@@ -779,7 +678,7 @@ def lrp(run: Run, *, composite: Any = DEFAULT, rules: Mapping[str, Any] | None =
         raise OptionError(f"rules must be a dict {{layer name / pattern / kind: rule}}, got "
                           f"{type(rules).__name__}")
     found = probe(run, merge_batchnorm=merge_batchnorm)
-    plans = assign_rules(run.layers(), found, comp, rules, options)
+    plans = assign_rules(run.layers(), found, comp, rules, options, registry().activations)
     probe_module = None
     if layer is not None:
         target = run.layer(layer)
@@ -818,6 +717,8 @@ def lrp(run: Run, *, composite: Any = DEFAULT, rules: Mapping[str, Any] | None =
         "rules": {name: p.rule.describe() + (f" (merged with {p.bn.name})" if p.bn is not None else "")
                   for name, p in plans.items()},
     }
+    extras["conservation"] = _balance(B, rel, tout, [p[3] for p in parts],
+                                      [B.shape(p[0])[0] for p in parts], ndim)
     if layer is not None:
         maps = [p[2] for p in parts]
         per_call = [B.concat([m[i] for m in maps], axis=0) if len(maps) > 1 else maps[0][i]
@@ -828,12 +729,41 @@ def lrp(run: Run, *, composite: Any = DEFAULT, rules: Mapping[str, Any] | None =
     return MethodResult(rel, extras)
 
 
+def _balance(B: Any, rel: Any, tout: Any, ledgers: list[dict[str, np.ndarray]], rows: list[int],
+             ndim: int) -> Conservation:
+    """The :class:`Conservation` of one call (chunks' ledgers joined); warns when it is off."""
+    target = B.to_numpy(tout).astype(np.float64).reshape(-1)
+    relevance = B.to_numpy(B.sum(rel, axis=tuple(range(1, ndim))) if ndim > 1 else rel)
+    relevance = relevance.astype(np.float64).reshape(-1)
+    names = list(dict.fromkeys(n for led in ledgers for n in led))
+    layers = {}
+    for name in names:
+        layers[name] = np.concatenate([led.get(name, np.zeros(r)) for led, r in zip(ledgers, rows)])
+    absorbed = sum(layers.values(), np.zeros_like(target))
+    report = Conservation(target, relevance, absorbed, layers, TOLERANCE)
+    off = np.flatnonzero(~report.balanced)
+    if off.size:
+        n = int(off[0])
+        largest = ", ".join(f"{name} ({v:.3g})" for name, v in report.largest(3))
+        warnings.warn(
+            f"LRP relevance is not conserved for sample(s) {off.tolist()[:8]}: sample {n} has target "
+            f"output {target[n]:.6g}, relevance {relevance[n]:.6g}, absorbed by biases and "
+            f"stabilisers {absorbed[n]:.6g} (off by {report.error[n]:.2g} of the largest, tolerance "
+            f"{TOLERANCE:g}). Relevance was created or lost outside the rules' bookkeeping: a "
+            f"functional operation in the model's forward (torch.sigmoid, x * y, a gate computed "
+            f"outside a module), a layer given a rule that does not fit it, or an optimistic rule. "
+            f"Layers that absorbed the most: {largest or 'none'}. exp.conservation has the numbers "
+            f"per sample and layer", ConservationWarning, stacklevel=2)
+    return report
+
+
 def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndarray | None,
-              probe_module: Any, used: list[np.ndarray], relus: list) -> tuple[Any, Any, list]:
-    """One modified forward+backward on batch ``x``: (relevance, target outputs, layer maps).
-    ``targets=None`` explains each sample's argmax, appended to ``used``."""
+              probe_module: Any, used: list[np.ndarray], relus: list) -> tuple[Any, Any, list, dict]:
+    """One modified forward+backward on batch ``x``: (relevance, target outputs, layer maps,
+    absorbed relevance per layer). ``targets=None`` explains each sample's argmax, appended to
+    ``used``."""
     B = run.backend
-    state = _Forward()
+    state = _Forward(ledger=Ledger(B))
     handles = _install(B, plans, state, relus)
     try:
         if probe_module is not None:
@@ -845,7 +775,7 @@ def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndar
                 targets = B.to_numpy(B.argmax(out, axis=1)).astype(np.int64)
                 used.append(targets)
             score = run.target_score(out, targets)
-            leaves = [leaf for _, ls in state.explicit for leaf, _ in ls]
+            leaves = [leaf for _, _, ls in state.explicit for leaf, _ in ls]
             probes = [e for e, _ in state.probes]
             grads = B.grad(score, [xg] + leaves + probes)
             wrong = [plan for plan, flag in state.tripped if flag]
@@ -863,7 +793,7 @@ def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndar
     rel = x * grads[0]
     shape = B.shape(x)
     i = 1
-    for in_shape, ls in state.explicit:
+    for layer_name, in_shape, ls in state.explicit:
         r = None
         for leaf, stacked in ls:
             part = B.stop_gradient(leaf) * grads[i]
@@ -878,7 +808,9 @@ def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndar
                              f"input {in_shape} is not the model input {shape}; give that layer an "
                              f"input×gradient rule such as 'epsilon' or 'zplus'")
         if r is not None:
+            state.ledger.add(layer_name, -per_sample(B, B.stop_gradient(r)))
             rel = rel + B.reshape(r, shape)
     layer_maps = [y * grads[i + k] for k, (_, y) in enumerate(state.probes)]
     tout = B.stop_gradient(run.target_outputs(out, targets))
-    return B.stop_gradient(rel), tout, [B.stop_gradient(m) for m in layer_maps]
+    return (B.stop_gradient(rel), tout, [B.stop_gradient(m) for m in layer_maps],
+            state.ledger.per_layer())

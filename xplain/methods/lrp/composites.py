@@ -22,9 +22,14 @@ name                           first layer  conv         linear
 ``zero``                       —            LRP-0        LRP-0
 =============================  ===========  ===========  ============
 
-In every built-in composite, non-ReLU activations get ``pass`` and BatchNorm layers that cannot
-be merged into a preceding conv/linear (DenseNet's BN→ReLU→Conv) get ``pass`` too; ReLU,
-pooling, flatten, dropout and sums propagate by the gradient (LRP-0, exact for them).
+In every built-in composite, element-wise activations other than ReLU get ``pass`` (relevance
+passes unchanged, a constant offset ``f(0)`` absorbed like a bias), gates (squeeze-and-excitation)
+get ``gate``, and BatchNorm layers that cannot be merged into a preceding conv/linear
+(DenseNet's BN→ReLU→Conv) get ε as the affine maps they are; ReLU, pooling, flatten, dropout and
+sums propagate by the gradient (LRP-0, exact for them). A conv/linear layer whose kind rule is
+z⁺, γ or αβ but whose input is not provably non-negative (after a linear bottleneck, a SiLU, a
+sum) gets the composite's ``signed`` rule instead (ε): those rules are defined for the
+non-negative inputs a ReLU produces.
 
 Register your own through the plugin hook::
 
@@ -55,15 +60,18 @@ class Composite:
         first: rule for the first conv/linear layer executed (the one reading the input), or
             ``None``. Explicit rules (flat, w², z^B) are only possible there.
         description: one line for listings.
+        signed: rule for a conv/linear layer whose *kind* rule is z⁺, γ or αβ but whose input
+            is not provably non-negative; ``None`` keeps the kind rule there.
     """
 
     kinds: Mapping[str, RuleSpec] = field(default_factory=dict)
     names: Mapping[str, RuleSpec] = field(default_factory=dict)
     first: RuleSpec | None = None
     description: str = ""
+    signed: RuleSpec | None = "epsilon"
 
 
-_BASE = {"activation": "pass", "batchnorm": "pass"}
+_BASE = {"activation": "pass", "batchnorm": "epsilon"}
 
 #: Built-in composites, registered by :mod:`xplain.methods.plugin`.
 BUILTIN: dict[str, Composite] = {

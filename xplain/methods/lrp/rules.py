@@ -16,7 +16,10 @@ Four kinds of rules:
 
 * ``gradient`` — no replacement at all (LRP-0 for linear layers, exact for ReLU/pooling/sums).
 * ``epsilon`` — the layer's own output is the denominator: no extra convolution needed.
-* ``pass`` — element-wise layers: relevance passes unchanged (``R_a = R_y``).
+* ``pass`` — element-wise layers: relevance passes unchanged (``R_a = R_y``), less the share of
+  a constant offset ``f(0)``, which is absorbed like a bias.
+* ``gate`` — a multiplicative gate (squeeze-and-excitation): its output is a constant weight
+  of the signal it multiplies, so no relevance enters the gate's branch.
 * ``terms`` — modified weights/inputs (γ, z⁺, αβ); and *explicit* term rules (flat, w², z^B)
   whose inputs are not the layer input (ones, box bounds) and which are therefore only possible
   where the relevance of the input is read directly: the first layer.
@@ -35,7 +38,7 @@ import numpy as np
 from ...errors import OptionError
 
 #: Names accepted wherever a rule is expected (``rules={"conv": "gamma"}``).
-RULE_NAMES = ("zero", "gradient", "epsilon", "pass", "gamma", "zplus", "alpha1beta0", "alphabeta",
+RULE_NAMES = ("zero", "gradient", "epsilon", "pass", "gate", "gamma", "zplus", "alpha1beta0", "alphabeta",
               "alpha2beta1", "flat", "wsquare", "zbox")
 
 #: Term input modifiers; ``low`` / ``high`` / ``identity-high`` / ``high-low`` use the z^B bounds.
@@ -78,7 +81,7 @@ class Rule:
 
     Attributes:
         name: rule name (``"gamma"`` ...), for messages and ``extras["rules"]``.
-        kind: ``gradient`` | ``epsilon`` | ``pass`` | ``terms``.
+        kind: ``gradient`` | ``epsilon`` | ``pass`` | ``gate`` | ``terms``.
         groups: for ``terms`` rules, the groups of terms.
         stabilizer: ε added to denominators with their sign (``0`` counts as positive).
         explicit: relevance is not ``input ⊙ gradient`` (flat, w², z^B): first layer only.
@@ -136,6 +139,13 @@ def epsilon(epsilon: float = 1e-6) -> Rule:
 def pass_(stabilizer: float = 1e-6) -> Rule:
     """Pass: for element-wise layers (activations, standalone BatchNorm): ``R_a = R_y``."""
     return Rule("pass", "pass", stabilizer=_nonneg("stabilizer", stabilizer))
+
+
+def gate() -> Rule:
+    """Gate: the layer's output is a constant in the backward pass (Arras et al., "Explaining
+    Recurrent Neural Network Predictions in Sentiment Analysis", WASSA 2017): in ``x * s`` all
+    relevance goes to the signal ``x`` (``R_x = x·s·R/(x·s) = R``), none to the gate ``s``."""
+    return Rule("gate", "gate")
 
 
 def gamma(gamma: float = 0.25, stabilizer: float = 1e-6) -> Rule:
@@ -235,6 +245,7 @@ _FACTORIES = {
     "zero": lambda o: zero(), "gradient": lambda o: zero(),
     "epsilon": lambda o: epsilon(o.get("epsilon", 1e-6)),
     "pass": lambda o: pass_(o.get("stabilizer", 1e-6)),
+    "gate": lambda o: gate(),
     "gamma": lambda o: gamma(o.get("gamma", 0.25), o.get("stabilizer", 1e-6)),
     "zplus": lambda o: zplus(o.get("stabilizer", 1e-6)),
     "alpha1beta0": lambda o: zplus(o.get("stabilizer", 1e-6)),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -133,7 +134,7 @@ def sweep(framework: str, only: list[str], out: Path) -> None:
     if framework == "torch":
         import torch
 
-        torch.set_num_threads(2)
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     for name in only or classifiers.names(framework):
         if (framework, name) in done:
             continue
@@ -149,13 +150,13 @@ def sweep(framework: str, only: list[str], out: Path) -> None:
 
 
 def _lrp_cell(lrp: dict, key: str) -> str:
-    if "refused" in lrp:
-        return "refused: " + (lrp.get("expected") or lrp["refused"])
+    if "refused" in lrp:  # the reason once, in the first LRP column
+        return ("refused: " + (lrp.get("expected") or lrp["refused"])) if key != "epsilon" else "refused"
     return f"conserved ({lrp[key]:.0e})" if lrp[key] < 1e-3 else f"**off by {lrp[key]:.1e}**"
 
 
-def render(path: Path) -> str:
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+def render(paths: list[Path]) -> str:
+    rows = [json.loads(line) for path in paths for line in path.read_text().splitlines()]
     lines = ["| framework | constructor | px | LRP default (zero bias) | LRP-ε (zero bias) | "
              "report with biases | Grad-CAM default layer | saliency |",
              "|---|---|---:|---|---|---|---|---|"]
@@ -177,7 +178,7 @@ if __name__ == "__main__":
     p.add_argument("--framework", choices=("torch", "paddle"))
     p.add_argument("--only", nargs="*", default=[])
     p.add_argument("--out", type=Path, default=Path("zoo_rows.jsonl"))
-    p.add_argument("--render", type=Path)
+    p.add_argument("--render", type=Path, nargs="*")
     args = p.parse_args()
     if args.render:
         print(render(args.render))

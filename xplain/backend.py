@@ -230,6 +230,11 @@ class Backend(Protocol):
         arriving at ``x`` (hooks registered on ``x`` earlier have already applied), and the
         gradient is left unchanged. LRP's conservation ledger reads relevance this way."""
 
+    def batch_dot(self, x: Tensor, y: Tensor) -> Tensor:
+        """``Σ x·y`` over every axis but the first, shape ``(N,)``, for ``x`` and ``y`` of one
+        shape: without a full-size temporary where the framework allows (a batched matrix
+        product), which matters for LRP's ledger on every layer output."""
+
     def alias(self, x: Tensor) -> Tensor:
         """A tensor with the values of ``x`` and a graph node of its own, so the gradient that
         reaches the alias is the gradient of its uses only (no copy where the framework allows

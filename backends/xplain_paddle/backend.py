@@ -307,6 +307,11 @@ def alias(x):
     return x.view(x.shape)  # a view node: no copy, a gradient of its own
 
 
+def batch_dot(x, y):
+    n = x.shape[0]
+    return paddle.bmm(x.reshape([n, 1, -1]), y.reshape([n, -1, 1])).reshape([n])
+
+
 class _Replace(paddle.autograd.PyLayer):
     """Value of the first input, gradient times each scale into the routed tensors: one
     product per route backward, instead of a subtraction and an addition forward and both

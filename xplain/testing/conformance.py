@@ -300,6 +300,17 @@ def check_damp_gradient(B, T):
 
 
 @check
+def check_batch_dot(B, T):
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((3, 4, 5, 2)).astype(np.float32)
+    b = rng.standard_normal((3, 4, 5, 2)).astype(np.float32)
+    got = B.to_numpy(B.batch_dot(T(a), T(b)))
+    want = (a.astype(np.float64) * b).reshape(3, -1).sum(1)
+    assert got.shape == (3,), f"batch_dot must return (N,), got {got.shape}"
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@check
 def check_watch_gradient_and_alias(B, T):
     a = np.array([[1.0, -2.0, 0.5]], dtype=np.float32)
     w = np.array([[2.0, 3.0, -1.0]], dtype=np.float32)

@@ -541,14 +541,16 @@ def _install(B: Any, plans: Mapping[str, LayerPlan], state: _Forward, relus: lis
                 if rule.kind == "gradient":
                     ledger.bias(name, output, _base(B, plan, "bias"))
                     return None
-                ledger.epsilon(name, output, rule.stabilizer, _base(B, plan, "bias"), copy(plan))
-                return _epsilon(B, output, rule.stabilizer)
+                return _ledgered_epsilon(plan, output)
             if rule.kind == "gate":
                 return elementwise.gate(B, output)
             if rule.kind == "pass":
                 a = stash.pop() if stash is not None else inputs[0]
-                out = elementwise.pass_through(B, a, output, rule.stabilizer, plan.at_zero, plan.info)
-                ledger.passed(name, out, a, output, plan.at_zero, rule.stabilizer, copy(plan))
+                ratio = elementwise.pass_ratio(B, a, output, rule.stabilizer, plan.at_zero, plan.info)
+                kept = B.stop_gradient(a) * ratio  # before the ratio is handed over
+                values = ledger.values(output, copy(plan))
+                out = elementwise.pass_through(B, a, output, ratio)
+                ledger.passed(name, out, values, kept)
                 return out
             # terms: inputs[0] is the alias handed in by the pre-hook (see _install)
             if not rule.explicit:
@@ -559,6 +561,15 @@ def _install(B: Any, plans: Mapping[str, LayerPlan], state: _Forward, relus: lis
                 return None
             return _measured(plan, _emit(B, plan, output, groups, state, inputs[0]))
         return hook
+
+    def _ledgered_epsilon(plan: LayerPlan, y: Any) -> Any:
+        # the relevance entering (gradient g, watched before ε scales it) and leaving (g̃,
+        # watched after)
+        values = ledger.values(y, copy(plan))
+        ledger.out(plan.info.name, y, values)
+        out = _epsilon(B, y, plan.rule.stabilizer)
+        ledger.epsilon_in(plan.info.name, out, values, _base(B, plan, "bias"))
+        return out
 
     def _measured(plan: LayerPlan, out: Any) -> Any:
         if not plan.optimistic:  # an optimistic plan is measured at its ReLU's output
@@ -574,8 +585,7 @@ def _install(B: Any, plans: Mapping[str, LayerPlan], state: _Forward, relus: lis
                 ledger.bias(name, output, _base(B, plan, "bias"))
                 return None
             if rule.kind == "epsilon":
-                ledger.epsilon(name, output, rule.stabilizer, _base(B, plan, "bias"), copy(plan))
-                return _epsilon(B, output, rule.stabilizer)
+                return _ledgered_epsilon(plan, output)
             entry = state.pending.pop(id(inputs[0]), None)
             if entry is None or entry[0] is not inputs[0]:
                 raise LayerError(f"BatchNorm {plan.bn.name!r} did not receive the output of "

@@ -11,24 +11,29 @@ from typing import Any
 
 from ...backend import LayerInfo
 from ...errors import LayerError
-from .rules import stabilize
 
 
-def pass_through(B: Any, a: Any, y: Any, eps: float, at_zero: float, info: LayerInfo) -> Any:
-    """Pass for ``y = f(a)`` element-wise: ``R_a = R_y − f(0)·g`` (relevance passes unchanged;
-    a constant offset ``f(0)``, as of a sigmoid, is absorbed like a bias), as the gradient
-    ``g · (y − f(0)) / stab(a)`` into ``a``.
+def pass_ratio(B: Any, a: Any, y: Any, eps: float, at_zero: float, info: LayerInfo) -> Any:
+    """``(y − f(0)) / stab(a)`` for ``y = f(a)`` element-wise: the pass rule's factor from the
+    output gradient to the input gradient.
 
-    ``(y − f(0)) / a`` is bounded for every activation of ``xplain.backend.ACTIVATIONS`` (by
-    the largest slope of ``f``), so the gradient stays finite where ``a`` is near 0; the
-    stabiliser ``ε`` (``stab(a) = a ± ε``) absorbs ``(y − f(0))·ε/(|a| + ε)·g`` there.
-    """
-    if B.shape(a) != B.shape(y):
+    Pass: ``R_a = R_y − f(0)·g`` (relevance passes unchanged; a constant offset ``f(0)``, as of
+    a sigmoid, is absorbed like a bias). ``(y − f(0)) / a`` is bounded for every activation of
+    ``xplain.backend.ACTIVATIONS`` (by the largest slope of ``f``), so the gradient stays finite
+    where ``a`` is near 0; the stabiliser ``ε`` (``stab(a) = a ± ε``) absorbs
+    ``(y − f(0))·ε/(|a| + ε)·g`` there."""
+    if B.shape(a) != B.shape(y):  # the gradient is routed element by element
         raise LayerError(f"the 'pass' rule needs an element-wise layer, but {info.name!r} "
                          f"({info.type_name}) maps {B.shape(a)} to {B.shape(y)}; use 'epsilon' there")
-    ys, as_ = B.stop_gradient(y), B.stop_gradient(a)
-    num = ys if at_zero == 0.0 else ys - at_zero
-    return ys + (a - as_) * (num / stabilize(B, as_, eps))
+    ys = B.stop_gradient(y)
+    # a copy of the input is handed over to hold the ratio (the input itself is read later)
+    return B.signed_ratio(ys if at_zero == 0.0 else ys - at_zero, B.stop_gradient(a) + 0.0, eps)
+
+
+def pass_through(B: Any, a: Any, y: Any, ratio: Any) -> Any:
+    """Pass as a replacement of ``y``: its value, and ``g · ratio`` (:func:`pass_ratio`, handed
+    over) as the gradient into ``a``."""
+    return B.replace_gradient(B.stop_gradient(y), [(a, ratio)])
 
 
 def gate(B: Any, y: Any) -> Any:

@@ -5,13 +5,15 @@ LRP conserves relevance up to what biases and stabilisers absorb: per sample, th
 equals Σ relevance (at the input) + Σ absorbed. Each rule's absorption is known in closed form
 from the gradient ``g`` arriving at the layer's output:
 
-* ε on an affine layer (bias ``b``, BatchNorm merged): ``Σ g·(b·|y| + ε·y)/(|y| + ε)``;
+* ε on an affine layer (bias ``b``, BatchNorm merged): ``Σ y·g − Σ (y − b)·g̃`` with ``g̃`` the
+  gradient the ε rule hands on (``= Σ g·(b·|y| + ε·y)/(|y| + ε)``);
 * LRP-0 (the gradient) on an affine layer: ``Σ g·b``;
-* pass on ``y = f(a)``: ``Σ g·(y − (y − f(0))·a/stab(a))`` (the offset ``f(0)`` and the
+* pass on ``y = f(a)``: ``Σ g·y − Σ g·a·(y − f(0))/stab(a)`` (the offset ``f(0)`` and the
   stabiliser);
 * a gate, ReLU, pooling, sums: nothing (their gradient is exact LRP).
 
-Rules that re-evaluate a layer with modified weights (z⁺, γ, αβ, flat, w², z^B, tested against
+Each sum is a per-sample dot product (``Backend.batch_dot``: no full-size temporary) or a
+per-channel reduction. Rules that re-evaluate a layer with modified weights (z⁺, γ, αβ, flat, w², z^B, tested against
 numpy references) are *measured*: ``Σ y·g`` at their output minus ``Σ a·g`` at an alias of their
 input that only they read. Relevance that a layer or a functional operation xplain does not see
 creates or loses (a ``torch.sigmoid`` in the forward, an unknown rule) is therefore not in the
@@ -24,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from .rules import stabilize
 
 #: Relative tolerance of the balance: float32 sums over 1e5–1e6 terms carry ~1e-6 relative
 #: error each; measured on both zoos ≤ 5e-5 (tests/test_lrp_zoo.py). 1e-3 is 20× above that
@@ -60,50 +61,57 @@ class Ledger:
         (``None``: nothing flows there) adds nothing."""
         self.B.watch_gradient(t, lambda g: None if g is None else fn(g))
 
-    def _values(self, t: Any, copy: bool) -> Any:
+    def values(self, t: Any, copy: bool) -> Any:
         """``t``'s values now: a copy where the model changes ``t`` in place later
         (``Probe.modified_outputs``), else the tensor itself (no pass over it)."""
         return self.B.stop_gradient(t) + 0.0 if copy else self.B.stop_gradient(t)
 
-    def epsilon(self, name: str, y: Any, eps: float, bias: Any, copy: bool = False) -> None:
-        """ε on output ``y`` (watched before the ε rule scales its gradient)."""
+    def out(self, name: str, y: Any, values: Any) -> None:
+        """``+Σ y·g`` (the relevance entering the layer) at output ``y`` with ``values``."""
         B = self.B
-        ys = self._values(y, copy)
+        self._watch(y, lambda g: self._add(name, B.batch_dot(g, values)))
+
+    def epsilon_in(self, name: str, y: Any, values: Any, bias: Any) -> None:
+        """``−Σ (y − b)·g̃`` (the relevance ε passes into the layer's input, ``b`` the merged
+        bias), watched *after* the ε rule has scaled the gradient to ``g̃``: the input's
+        relevance of an affine map is its output minus the bias, times the gradient it gets."""
+        B = self.B
 
         def fn(g: Any) -> None:
-            num = ys * eps if bias is None else ys * eps + B.abs(ys) * _channels(B, bias, ys)
-            self._add(name, per_sample(B, g * num / (B.abs(ys) + eps)))
+            r_in = B.batch_dot(g, values)
+            if bias is not None:
+                r_in = r_in - self._bias_share(g, bias)
+            self._add(name, -r_in)
         self._watch(y, fn)
 
-    def bias(self, name: str, y: Any, bias: Any) -> None:
-        """LRP-0 on an affine output ``y`` with ``bias``."""
+    def _bias_share(self, g: Any, bias: Any) -> Any:
+        """``Σ_c b_c Σ_rest g`` per sample: channel sums first, so no full-size temporary."""
         B = self.B
+        nd = len(B.shape(g))
+        per_channel = B.sum(g, axis=tuple(range(2, nd))) if nd > 2 else g
+        return B.sum(per_channel * B.reshape(bias, (1, -1)), axis=1)
+
+    def bias(self, name: str, y: Any, bias: Any) -> None:
+        """LRP-0 on an affine output ``y`` with ``bias``: ``Σ g·b``."""
         if bias is None:
             return
-        self._watch(y, lambda g: self._add(name, per_sample(B, g * _channels(B, bias, g))))
+        self._watch(y, lambda g: self._add(name, self._bias_share(g, bias)))
 
-    def passed(self, name: str, out: Any, a: Any, y: Any, at_zero: float, eps: float,
-               copy: bool = False) -> None:
-        """pass on ``y = f(a)``, emitted as ``out``."""
+    def passed(self, name: str, out: Any, values: Any, kept: Any) -> None:
+        """pass on ``y = f(a)`` emitted as ``out``: ``Σ g·y − Σ g·kept`` with ``values`` of
+        ``y`` and ``kept = a·(y − f(0))/stab(a)`` (what reaches ``a`` per unit of gradient)."""
         B = self.B
-        ys, as_ = self._values(y, copy), B.stop_gradient(a)
-
-        def fn(g: Any) -> None:
-            kept = (ys - at_zero) * as_ / stabilize(B, as_, eps)
-            self._add(name, per_sample(B, g * (ys - kept)))
-        self._watch(out, fn)
+        self._watch(out, lambda g: self._add(name, B.batch_dot(g, values) - B.batch_dot(g, kept)))
 
     def measured_out(self, name: str, out: Any, copy: bool = False) -> None:
         """``+Σ y·g`` at a measured layer's output ``out``."""
-        B = self.B
-        ys = self._values(out, copy)
-        self._watch(out, lambda g: self._add(name, per_sample(B, g * ys)))
+        self.out(name, out, self.values(out, copy))
 
     def measured_in(self, name: str, alias: Any) -> None:
         """``−Σ a·g`` at the alias of a measured layer's input."""
         B = self.B
         a = B.stop_gradient(alias)
-        self._watch(alias, lambda g: self._add(name, -per_sample(B, g * a)))
+        self._watch(alias, lambda g: self._add(name, -B.batch_dot(g, a)))
 
     def add(self, name: str, value: Any) -> None:
         """A per-sample amount computed outside the backward pass (explicit first-layer rules:

@@ -17,6 +17,7 @@ Conventions (shared by all backends, checked by :mod:`xplain.testing.conformance
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from contextlib import AbstractContextManager as ContextManager
 from typing import Any, Protocol, runtime_checkable
@@ -62,6 +63,31 @@ ACTIVATIONS: dict[str, bool] = {
                      "hardshrink", "threshold"), True),
     **dict.fromkeys(("softmax", "log_softmax", "softmin", "glu", "maxout"), False),
 }
+
+
+def activation_attrs(function: str, *, inplace: bool = False, softplus_beta: float = 1.0,
+                     clamp: tuple[float, float] | None = None,
+                     threshold: tuple[float, float] | None = None) -> dict[str, Any]:
+    """The ``attrs`` of an ``"activation"`` layer computing ``function`` (a key of
+    :data:`ACTIVATIONS`): ``function``, ``inplace``, ``at_zero`` (f(0)) and ``nonnegative``
+    (f ≥ 0 everywhere). Backends pass what only the layer object knows: Softplus' β,
+    Hardtanh's ``(min, max)``, Threshold's ``(threshold, value)`` (``y = x if x > threshold else
+    value``)."""
+    at_zero = 0.0
+    nonnegative = function in ("relu6", "sigmoid", "hardsigmoid", "softplus")
+    if function in ("sigmoid", "hardsigmoid"):  # both frameworks' Hardsigmoid: x/6 + 1/2, clipped
+        at_zero = 0.5
+    elif function == "softplus":
+        at_zero = math.log(2.0) / softplus_beta
+    elif function == "log_sigmoid":
+        at_zero = -math.log(2.0)
+    elif function == "hardtanh" and clamp is not None:
+        at_zero = sorted((clamp[0], 0.0, clamp[1]))[1]  # clamp(0, min, max)
+        nonnegative = clamp[0] >= 0
+    elif function == "threshold" and threshold is not None:
+        at_zero = 0.0 if 0.0 > threshold[0] else threshold[1]
+        nonnegative = threshold[0] >= 0 and threshold[1] >= 0
+    return {"function": function, "inplace": inplace, "at_zero": at_zero, "nonnegative": nonnegative}
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 import builtins
 import copy
 import itertools
-import math
 import threading
 from typing import Any
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from paddle import nn
 
 from xplain.checks import NO_INPUT_GRADIENT
 from xplain.errors import ModelError
-from xplain.backend import (LayerInfo, distinct, make_routes, put_back_slots, replaced_slots, sum_routes,
+from xplain.backend import (LayerInfo, activation_attrs, distinct, make_routes, put_back_slots, replaced_slots, sum_routes,
                             take_scales)
 
 name = "paddle"
@@ -501,25 +500,12 @@ _ACTIVATIONS: list[tuple[type, str]] = [
 
 
 def _activation_attrs(m: nn.Layer, function: str) -> dict[str, Any]:
-    """``function``, ``inplace`` (paddle's layers never are), ``at_zero`` (f(0)) and
-    ``nonnegative`` (f ≥ 0 everywhere) of an activation layer (see
-    ``xplain.backend.ACTIVATIONS``)."""
-    at_zero = 0.0
-    nonnegative = function in ("relu6", "sigmoid", "hardsigmoid", "softplus")
-    if function in ("sigmoid", "hardsigmoid"):  # paddle's Hardsigmoid: x/6 + 1/2, clipped
-        at_zero = 0.5
-    elif function == "softplus":
-        at_zero = math.log(2.0) / float(m._beta)
-    elif function == "log_sigmoid":
-        at_zero = -math.log(2.0)
-    elif function == "hardtanh":
-        at_zero = sorted((float(m._min), 0.0, float(m._max)))[1]  # clamp(0, min, max)
-        nonnegative = float(m._min) >= 0
-    elif function == "threshold":  # y = x if x > threshold else value
-        value = float(getattr(m, "_value", 0.0))
-        at_zero = 0.0 if 0.0 > float(m._threshold) else value
-        nonnegative = float(m._threshold) >= 0 and value >= 0
-    return {"function": function, "inplace": False, "at_zero": at_zero, "nonnegative": nonnegative}
+    """``xplain.backend.activation_attrs`` of an activation layer (paddle's are never in place)."""
+    return activation_attrs(
+        function, softplus_beta=float(m._beta) if function == "softplus" else 1.0,
+        clamp=(float(m._min), float(m._max)) if function == "hardtanh" else None,
+        threshold=(float(m._threshold), float(getattr(m, "_value", 0.0)))
+        if function == "threshold" else None)
 
 
 def _tuple(v: Any, n: int) -> tuple:

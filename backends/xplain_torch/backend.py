@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
-import math
 from typing import Any
 from collections.abc import Callable
 
@@ -19,7 +18,7 @@ from torch import nn
 
 from xplain.checks import NO_INPUT_GRADIENT
 from xplain.errors import ModelError
-from xplain.backend import (LayerInfo, distinct, make_routes, put_back_slots, replaced_slots, sum_routes,
+from xplain.backend import (LayerInfo, activation_attrs, distinct, make_routes, put_back_slots, replaced_slots, sum_routes,
                             take_scales)
 
 name = "torch"
@@ -511,24 +510,12 @@ _IDENTITY_IN_EVAL = ("StochasticDepth",)
 
 
 def _activation_attrs(m: nn.Module, function: str) -> dict[str, Any]:
-    """``function``, ``inplace``, ``at_zero`` (f(0)) and ``nonnegative`` (f ≥ 0 everywhere)
-    of an activation module (see ``xplain.backend.ACTIVATIONS``)."""
-    at_zero = 0.0
-    nonnegative = function in ("relu6", "sigmoid", "hardsigmoid", "softplus")
-    if function in ("sigmoid", "hardsigmoid"):
-        at_zero = 0.5
-    elif function == "softplus":
-        at_zero = math.log(2.0) / float(m.beta)
-    elif function == "log_sigmoid":
-        at_zero = -math.log(2.0)
-    elif function == "hardtanh":
-        at_zero = sorted((float(m.min_val), 0.0, float(m.max_val)))[1]  # clamp(0, min, max)
-        nonnegative = float(m.min_val) >= 0
-    elif function == "threshold":  # y = x if x > threshold else value
-        at_zero = 0.0 if 0.0 > float(m.threshold) else float(m.value)
-        nonnegative = float(m.threshold) >= 0 and float(m.value) >= 0
-    return {"function": function, "inplace": bool(getattr(m, "inplace", False)),
-            "at_zero": at_zero, "nonnegative": nonnegative}
+    """``xplain.backend.activation_attrs`` of an activation module."""
+    return activation_attrs(
+        function, inplace=bool(getattr(m, "inplace", False)),
+        softplus_beta=float(m.beta) if function == "softplus" else 1.0,
+        clamp=(float(m.min_val), float(m.max_val)) if function == "hardtanh" else None,
+        threshold=(float(m.threshold), float(m.value)) if function == "threshold" else None)
 
 
 def _tuple(v: Any, n: int) -> tuple:

@@ -178,7 +178,7 @@ def test_rule_matches_reference_conv(fw, rule, params, nonneg):
                                          ("alphabeta", {"alpha": 2.0, "beta": 1.0})])
 def test_rule_matches_reference_with_batchnorm_merged(fw, rule, params, nonneg, relu):
     """conv → BatchNorm (scales of both signs) [→ ReLU]: the rule sees the merged affine map
-    (modified weights are one scaled leaky ReLU of the conv weight, see attribute._params).
+    (modified weights are one scaled leaky ReLU of the conv weight, see lrp.params.layer_param).
     With the ReLU, γ takes the optimistic plan; without, the two-sided one on non-negative input."""
     cin, cout, H, classes = 2, 4, 5, 3
     W1 = RNG.standard_normal((cout, cin, 3, 3)).astype(np.float32)
@@ -396,13 +396,13 @@ def test_pass_leaves_nothing_alive(fw, composite):
     call."""
     import gc
 
-    from xplain.methods.lrp.attribute import _Forward
+    from xplain.methods.lrp.hooks import PassState
 
     model = zoo(fw, "resnet18")
     for _ in range(2):
         xplain.explain(model, _input(fw, 64), method="lrp", composite=composite, low=-6.0, high=6.0)
     gc.collect()
-    alive = [o for o in gc.get_objects() if type(o) is _Forward]
+    alive = [o for o in gc.get_objects() if type(o) is PassState]
     assert not alive, f"{len(alive)} LRP pass states are still alive after the calls"
 
 
@@ -645,3 +645,43 @@ def test_relu_output_known_non_negative_without_a_pass(fw, monkeypatch, shift):
     Rh = h * (h > 0) * np.divide(Ra, a, out=np.zeros_like(Ra), where=a != 0)
     Rx = reference("zplus", M1, np.zeros(M1.shape[0]), x[0].reshape(-1), Rh)
     np.testing.assert_allclose(exp.numpy().reshape(-1), Rx, rtol=1e-4, atol=1e-5 * np.abs(Rx).max())
+
+
+@pytest.mark.parametrize("composite", ["epsilon", "epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1"])
+def test_reference_kernels_give_the_same_relevance(fw, composite):
+    """The engine on the reference LRP kernels alone (plain backend ops, each kernel's defining
+    formula) gives the relevance and conservation report of the backend's fused kernels: the
+    oracle for every override as LRP uses it (BatchNorm merged, 1x1 routes, two-sided γ, the
+    first layer's stacked terms). float32: the fused kernels reorder a few operations."""
+    from xplain.methods.lrp.kernels import reference_only
+
+    model = zoo(fw, "resnet18")
+    x = _input(fw, 48)
+    kw = dict(method="lrp", composite=composite, low=-6.0, high=6.0, target=3)
+    fused = xplain.explain(model, x, **kw)
+    with reference_only():
+        ref = xplain.explain(model, x, **kw)
+    a, b = fused.numpy(), ref.numpy()
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+    np.testing.assert_allclose(fused.extras["conservation"].absorbed, ref.extras["conservation"].absorbed,
+                               rtol=1e-4, atol=1e-5 * np.abs(fw.numpy(fused.extras["target_output"])).max())
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "efficientnet_b0"])
+def test_reference_kernels_on_gated_networks(fw, name):
+    """As above on networks with gates, in-place Hardswish/SiLU under ``pass`` and a sigmoid's
+    offset absorbed: the pass rule's ratio and gradient route through the reference kernels."""
+    from xplain.methods.lrp.kernels import reference_only
+    from xplain.testing import classifiers
+
+    if name not in classifiers.names(fw.name):
+        pytest.skip(f"{name} is not in {fw.name}'s zoo")
+    model = classifiers.build(name, fw.name)
+    size = classifiers.input_size(name, fw.name)
+    x = _input(fw, size)
+    fused = xplain.explain(model, x, method="lrp", target=1)
+    with reference_only():
+        ref = xplain.explain(model, x, method="lrp", target=1)
+    a, b = fused.numpy(), ref.numpy()
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+    assert fused.extras["conservation"].balanced.all() and ref.extras["conservation"].balanced.all()

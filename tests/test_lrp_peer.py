@@ -5,6 +5,13 @@ EpsilonGammaBox (z^B first layer, γ=0.25 on convolutions, ε on linear layers) 
 torchvision canonizers (BatchNorm merging, ResNet residual sums) against xplain's composites of
 the same names, which need no canonizer: cosine similarity > 0.999 per sample, and the same
 relevance sum.
+
+Zennit 1.0.0 (tox ``peers`` on Python ≥ 3.11.11) and 0.5.1 (older Pythons, which 1.0.0 does not
+install on) both pass with the same code and tolerances. They differ in BatchNorm merging: 0.5.1
+leaves each merged BatchNorm with its ``eps``, so the canonized network scales by 1/√(1+eps) there
+(forward and relevance); 1.0.0 also zeroes ``eps`` and reproduces the original forward, as xplain
+does. On resnet18 (eps=1e-5) that moves the relevance sums ~5e-5 apart under 0.5.1, ~4e-6 under
+1.0.0; vgg16 has no BatchNorm and gives the same numbers with both.
 """
 from __future__ import annotations
 

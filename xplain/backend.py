@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 from contextlib import AbstractContextManager as ContextManager
 from typing import Any, Protocol, runtime_checkable
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -204,13 +204,6 @@ class Backend(Protocol):
         ``S`` descending. Signs of singular vectors are arbitrary (callers fix them)."""
     def take_along_axis(self, x: Tensor, indices: Tensor, /, *, axis: int) -> Tensor: ...
     def relu(self, x: Tensor, /) -> Tensor: ...
-    def scaled_leaky_relu(self, x: Tensor, scale: Tensor | float, slope: float, /) -> Tensor:
-        """``leaky_relu(x ⊙ scale, slope)``: ``x·scale`` where that is ``> 0``, ``slope·x·scale``
-        elsewhere (``scale`` broadcasts against ``x``, e.g. one value per output channel of a
-        weight), as one new tensor without gradient, in two passes over ``x``. LRP's parameter
-        modifiers with a merged BatchNorm (``γ``, ``z⁺``: ``p ↦ α·p⁺ + β·p⁻``) are one such call
-        on the layer's own weight, instead of four element-wise ops."""
-
     def softmax(self, x: Tensor, /, *, axis: int = -1) -> Tensor: ...
     def interpolate(self, x: Tensor, /, size: Sequence[int], *, mode: str = "bilinear") -> Tensor:
         """Resize the trailing spatial dims of an ``NC...`` tensor (``align_corners=False``)."""
@@ -241,16 +234,6 @@ class Backend(Protocol):
         gradient it passes back to ``x`` is then scaled. Used by LRP-ε (gradient times
         ``|y| / (|y| + ε)``)."""
 
-    def damp_gradient(self, x: Tensor, eps: float) -> Tensor:
-        """A tensor with the value of ``x`` whose gradient is the incoming gradient times
-        ``|x| / (|x| + eps)`` (``eps > 0``), with ``|x|`` taken at the time of the call.
-
-        The LRP-ε rule on a layer output ``x`` (Montavon et al. 2019, eq. 5). The same as
-        ``scale_gradient(x, |x| / (|x| + eps))``, but a backend may fuse it: one kept tensor
-        forward and one fused op backward instead of four element-wise passes, which matters
-        on large activations (ResNet-50 at batch 8). The result may differ from the unfused
-        formula by a few float32 ulps of the gradient."""
-
     def watch_gradient(self, x: Tensor, fn: Callable[[Tensor], None]) -> Tensor:
         """``x`` itself; in a backward pass through ``x``, ``fn(g)`` is called with the gradient
         arriving at ``x`` (hooks registered on ``x`` earlier have already applied), and the
@@ -265,68 +248,6 @@ class Backend(Protocol):
         """A tensor with the values of ``x`` and a graph node of its own, so the gradient that
         reaches the alias is the gradient of its uses only (no copy where the framework allows
         a view)."""
-
-    def replace_gradient(self, value: Tensor, routes: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
-        """A tensor with the value of ``value`` whose incoming gradient ``g`` flows to ``value``
-        itself (when it requires one) and, as ``g * scale``, into each ``through`` of
-        ``routes = [(through, scale), ...]`` (``through`` broadcastable-equal in shape to
-        ``value``; ``scale`` a constant).
-
-        The same as ``value + Σ scale_gradient(through − stop_gradient(through), scale)``
-        (LRP's forward replacement: value exact, gradient the rule), which a backend may fuse
-        into one product per route backward.
-
-        ``value`` and the scales are handed over: where ``value`` needs no gradient the result
-        may share its storage (a later in-place op on the result then changes ``value`` too),
-        and the backward, which runs once, may overwrite the scales. Callers must not read
-        either afterwards."""
-
-    def stabilized_ratio(self, num: Tensor, den: Tensor, eps: float) -> Tensor:
-        """``num / (|den| + eps)`` (``eps > 0``), shaped like ``den``.
-
-        ``den`` is handed over: its storage may hold the result, so the caller must not read it
-        afterwards (LRP passes a modified layer output, which is needed only for its gradient
-        route). Saves the temporaries of three element-wise ops on the largest activations."""
-
-    def signed_ratio(self, num: Tensor, den: Tensor, eps: float) -> Tensor:
-        """``num / (den + eps·sign(den))`` with ``sign(0) = +1`` (``eps > 0``), shaped like
-        ``den``: LRP's sign-preserving stabiliser for a denominator of either sign. ``den`` is
-        handed over as in :meth:`stabilized_ratio`."""
-
-    def floored_ratio(self, num: Tensor, den: Tensor, floor: float | None) -> Tensor:
-        """``num / max(den, floor)`` (``floor=None``: ``num / den``), shaped like ``den``.
-
-        ``den`` is handed over as in :meth:`stabilized_ratio`. LRP folds the stabiliser ε into
-        a denominator known to be ``>= 0`` (through the layer's bias): one pass instead of
-        three."""
-
-    def gamma_ratios(self, y: Tensor, q: Tensor, gamma: float, eps: float) -> tuple[Tensor, Tensor]:
-        """``(u / D, y / D)`` with ``u = max(y, −(1+γ)·y)`` and ``D = u + q + eps``, for
-        ``q ≥ 0``: the two gradient scales of LRP-γ on non-negative inputs (derivation in
-        ``xplain.methods.lrp.attribute._shared_gamma``). ``eps`` may be 0 where ``q`` already
-        includes it (``q > 0``). ``q`` is handed over as in :meth:`stabilized_ratio`."""
-
-    def route_to_input(self, value: Tensor, x: Tensor, routes: Sequence[tuple[Tensor, Tensor]],
-                       conv: Mapping[str, Any] | None) -> Tensor:
-        """A tensor with the value of ``value`` (which needs no gradient) whose incoming gradient
-        ``g`` flows only into ``x``, as ``Σ_k W_kᵀ (s_k ⊙ g)`` for ``routes = [(W_k, s_k), ...]``.
-
-        ``W_kᵀ`` is the input gradient (vector-Jacobian product) at ``x`` of the convolution
-        with weight ``W_k`` and ``conv``'s ``stride``, ``padding`` and ``dilation`` (``groups``
-        must be 1), or, with ``conv=None``, of the linear map ``x @ W_kᵀ`` (neutral layouts);
-        ``s_k`` has ``value``'s shape. The same as
-        ``replace_gradient(value, [(layer(x, W_k), s_k), ...])`` without those forwards and
-        without a graph behind them: LRP's two-sided γ rule (``_shared_gamma``) routes both of
-        its products straight into the layer input this way. ``value`` and the scales are
-        handed over as in :meth:`replace_gradient`."""
-
-    def tripwire(self, value: Tensor, anchor: Tensor, on_use: Callable[[], None]) -> Tensor:
-        """A tensor with the value of ``value`` (it may share its storage; ``value`` needs no
-        gradient) that autograd sees as computed from ``anchor``: its backward calls ``on_use()``
-        and passes no gradient into ``anchor`` (zero, where the framework needs one). Any
-        differentiable use of it shows up as a call, any other use as none; with an ``anchor``
-        that needs no gradient it is ``value`` itself. LRP hands a tripwire of a layer output to
-        everything but the ReLU after it, to prove that nothing else reads that output."""
 
     def custom_vjp(self, forward: Callable[..., Tensor],
                    backward: Callable[[tuple, Tensor, Tensor], tuple]) -> Callable[..., Tensor]:
@@ -411,59 +332,6 @@ def iter_chunks(total: int, size: int) -> Iterator[slice]:
     size = max(1, int(size))
     for start in range(0, total, size):
         yield slice(start, min(total, start + size))
-
-
-def take_scales(ctx: Any) -> tuple[Sequence[Tensor], bool]:
-    """For backend implementations of :meth:`Backend.replace_gradient` and
-    :meth:`Backend.route_to_input`: the scales kept on ``ctx.scales``, taken off it (they are
-    handed over for one backward), and ``ctx.distinct``: whether the caller passed distinct
-    tensors (only then may each be overwritten in place; see :func:`distinct`)."""
-    scales, ctx.scales = ctx.scales, None
-    if scales is None:
-        raise RuntimeError("the backward of replace_gradient / route_to_input ran twice "
-                           "(retain_graph=True); its scales were consumed by the first backward")
-    return scales, ctx.distinct
-
-
-def distinct(tensors: Sequence[Tensor]) -> bool:
-    """Whether no tensor object occurs twice (checked on the caller's objects: detached copies
-    are new objects even where they share storage)."""
-    return len({id(t) for t in tensors}) == len(tensors)
-
-
-@dataclass
-class Routes:
-    """For backend implementations of :meth:`Backend.route_to_input`: its arguments, kept on
-    the autograd node for the backward (weights and scales detached, see :func:`make_routes`)."""
-
-    weights: tuple
-    scales: list | None  # handed over: taken by the backward (see take_scales)
-    distinct: bool
-    conv: Mapping[str, Any] | None
-    shape: tuple  # of x
-
-
-def make_routes(x: Tensor, routes: Sequence[tuple[Tensor, Tensor]], conv: Mapping[str, Any] | None,
-                detach: Callable[[Tensor], Tensor]) -> Routes:
-    """The :class:`Routes` of a :meth:`Backend.route_to_input` call (``detach`` of the backend)."""
-    if conv is not None and conv.get("groups", 1) != 1:
-        raise ValueError("route_to_input needs an ungrouped convolution (groups=1)")
-    scales = [s for _, s in routes]
-    return Routes(tuple(detach(w) for w, _ in routes), [detach(s) for s in scales], distinct(scales),
-                  conv, tuple(x.shape))
-
-
-def sum_routes(routes: Routes, g: Tensor, input_gradient: Callable[[Tensor, Tensor], Tensor],
-               multiply_: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    """For backend implementations of :meth:`Backend.route_to_input`: ``Σ_k
-    input_gradient(W_k, s_k ⊙ g)`` over the routes (see :func:`take_scales`; ``multiply_(s, g)``
-    multiplies in place), accumulated in place."""
-    scales, unique = take_scales(routes)
-    total = None
-    for w, s in zip(routes.weights, scales):
-        part = input_gradient(w, multiply_(s, g) if unique else s * g)
-        total = part if total is None else total.add_(part)
-    return total
 
 
 def replaced_slots(slots: Sequence[tuple], current: Callable[[Any], Sequence[dict]],

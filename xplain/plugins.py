@@ -79,6 +79,15 @@ class BackendEntry:
 
 
 @dataclass
+class KernelEntry:
+    """Fused LRP kernels for one backend (see :mod:`xplain.methods.lrp.kernels`)."""
+
+    name: str  # the backend's name
+    load: Callable[[], Any]
+    plugin: str = ""
+
+
+@dataclass
 class MethodEntry:
     """An attribution method as registered."""
 
@@ -102,6 +111,8 @@ class Registry:
     #: element-wise layer class (or class name) → f(0), for LRP's ``pass`` rule.
     activations: dict[Any, float] = field(default_factory=dict)
     activation_plugins: dict[Any, str] = field(default_factory=dict)
+    #: backend name → its fused LRP kernels (optional; the reference kernels serve otherwise).
+    lrp_kernels: dict[str, KernelEntry] = field(default_factory=dict)
     current_plugin: str = ""
 
     def add_backend(self, name: str, *, detect: Callable[[Any], bool], load: Callable[[], Any]) -> None:
@@ -114,6 +125,14 @@ class Registry:
         """
         self._check_new("backend", name, self.backends)
         self.backends[name] = BackendEntry(name, detect, load, self.current_plugin)
+
+    def add_lrp_kernels(self, backend: str, *, load: Callable[[], Any]) -> None:
+        """Register fused LRP kernels for backend ``backend``: ``load()`` returns an object
+        (a module) with any of :data:`xplain.methods.lrp.kernels.KERNELS` as functions of the
+        same signature. Each overrides the reference implementation in plain backend ops;
+        ``xplain.testing.conformance`` checks every override against it."""
+        self._check_new("LRP kernels for backend", backend, self.lrp_kernels)
+        self.lrp_kernels[backend] = KernelEntry(backend, load, self.current_plugin)
 
     def add_method(self, name: str, fn: Callable[..., Any], *, description: str = "") -> None:
         """Register attribution method ``name``.
@@ -195,7 +214,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _HOOKS = ("xplain_register_backends", "xplain_register_methods", "xplain_register_composites",
           "xplain_register_layers")
 _KINDS = (("backends", "backend"), ("methods", "method"), ("composites", "LRP composite"),
-          ("activations", "activation layer"))
+          ("activations", "activation layer"), ("lrp_kernels", "LRP kernels for backend"))
 
 _lock = threading.RLock()
 _manager: pluggy.PluginManager | None = None

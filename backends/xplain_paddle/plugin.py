@@ -18,3 +18,4 @@ def detect(obj: Any) -> bool:
 def xplain_register_backends(registry: Registry) -> None:
     registry.add_backend("paddle", detect=detect,
                          load=lambda: importlib.import_module("xplain_paddle.backend"))
+    registry.add_lrp_kernels("paddle", load=lambda: importlib.import_module("xplain_paddle.lrp_kernels"))

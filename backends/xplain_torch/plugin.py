@@ -19,3 +19,4 @@ def detect(obj: Any) -> bool:
 def xplain_register_backends(registry: Registry) -> None:
     registry.add_backend("torch", detect=detect,
                          load=lambda: importlib.import_module("xplain_torch.backend"))
+    registry.add_lrp_kernels("torch", load=lambda: importlib.import_module("xplain_torch.lrp_kernels"))

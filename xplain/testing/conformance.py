@@ -1,11 +1,15 @@
-"""Backend conformance suite: each op of :class:`xplain.backend.Backend` against numpy.
+"""Backend conformance suite: each op of :class:`xplain.backend.Backend` against numpy, and each
+LRP kernel (:mod:`xplain.methods.lrp.kernels`) against numpy and against the reference.
 
 Any backend, built-in or third-party, can be checked with::
 
     from xplain.testing.conformance import check_backend
     check_backend(my_backend)          # raises AssertionError naming the failing op
 
-Checks are plain functions ``check(B, T)`` where ``T(array)`` makes a backend tensor.
+Checks are plain functions ``check(B, T)`` where ``T(array)`` makes a backend tensor. LRP kernel
+checks are ``check(B, K, T)``, run on the reference kernels and on the backend's registered
+ones; :func:`check_overrides_match_reference` compares every override with the reference on
+random inputs, values and gradients.
 """
 from __future__ import annotations
 
@@ -46,13 +50,40 @@ def _seed_tensor(B: Any) -> Any:
     return mod.zeros([1])
 
 
+#: LRP kernel checks ``check(B, K, T)`` by kernel name.
+KERNEL_CHECKS: dict[str, Callable[[Any, Any, Callable[[Any], Any]], None]] = {}
+
+#: The kernel sets a kernel check runs on: the reference alone, and what LRP uses on the
+#: backend (its registered overrides, the reference for the rest).
+KERNEL_SETS = ("reference", "registered")
+
+
+def kernel_check(fn: Callable[[Any, Any, Callable[[Any], Any]], None]) -> Callable:
+    KERNEL_CHECKS[fn.__name__.removeprefix("check_")] = fn
+    return fn
+
+
+def kernels(B: Any, which: str) -> Any:
+    """The LRP kernels ``which`` (one of :data:`KERNEL_SETS`) of backend ``B``."""
+    from ..methods.lrp.kernels import ReferenceKernels, kernels_for
+
+    return ReferenceKernels(B) if which == "reference" else kernels_for(B)
+
+
 def run_check(B: Any, name: str) -> None:
     CHECKS[name](B, _tensor_maker(B))
+
+
+def run_kernel_check(B: Any, name: str, which: str) -> None:
+    KERNEL_CHECKS[name](B, kernels(B, which), _tensor_maker(B))
 
 
 def check_backend(B: Any) -> None:
     for name in sorted(CHECKS):
         run_check(B, name)
+    for name in sorted(KERNEL_CHECKS):
+        for which in KERNEL_SETS:
+            run_kernel_check(B, name, which)
 
 
 def close(actual: Any, expected: Any, B: Any, *, rtol: float = 1e-5, atol: float = 1e-6) -> None:
@@ -278,25 +309,25 @@ def check_scale_gradient(B, T):
         close(B.scale_gradient(T(a), T(s)), a, B)
 
 
-@check
-def check_damp_gradient(B, T):
+@kernel_check
+def check_damp_gradient(B, K, T):
     a = np.array([[1.0, -2.0, 0.0, 3e-6, -1e-6]], dtype=np.float32)
     w = np.array([[1.0, 3.0, -2.0, 4.0, 0.5]], dtype=np.float32)
     eps = 1e-6
     want = 2.0 * w * np.abs(2.0 * a) / (np.abs(2.0 * a) + eps)
     with B.enable_grad():  # a non-leaf, differentiated through a later ReLU-like op
         x = B.with_grad(T(a))
-        y = B.damp_gradient(x * 2.0, eps)
+        y = K.damp_gradient(x * 2.0, eps)
         (g,) = B.grad(B.sum(y * T(w)), x)
     close(y, 2.0 * a, B)
     np.testing.assert_allclose(B.to_numpy(g), want, rtol=1e-6, atol=1e-6 * np.abs(w).max())
     with B.enable_grad():  # a leaf
         x = B.with_grad(T(a))
-        (g,) = B.grad(B.sum(B.damp_gradient(x, eps) * T(w)), x)
+        (g,) = B.grad(B.sum(K.damp_gradient(x, eps) * T(w)), x)
     np.testing.assert_allclose(B.to_numpy(g), w * np.abs(a) / (np.abs(a) + eps), rtol=1e-6,
                                atol=1e-6 * np.abs(w).max())
     with B.no_grad():
-        close(B.damp_gradient(T(a), eps), a, B)
+        close(K.damp_gradient(T(a), eps), a, B)
 
 
 @check
@@ -328,8 +359,8 @@ def check_watch_gradient_and_alias(B, T):
     np.testing.assert_allclose(B.to_numpy(g), 3.0 * (w + 1.0), rtol=1e-6)  # gradient unchanged
 
 
-@check
-def check_replace_gradient(B, T):
+@kernel_check
+def check_replace_gradient(B, K, T):
     v = np.array([[1.0, -2.0, 3.0, 0.5]], dtype=np.float32)
     a = np.array([[0.5, 1.0, -1.0, 2.0]], dtype=np.float32)
     s1 = np.array([[0.5, 2.0, 0.0, -1.0]], dtype=np.float32)
@@ -339,7 +370,7 @@ def check_replace_gradient(B, T):
         x = B.with_grad(T(a))
         val = B.with_grad(T(v))  # its own gradient is the incoming one
         # the scales are handed over (the backward may overwrite them): fresh copies
-        y = B.replace_gradient(val, [(x * 2.0, T(s1.copy())), (x * x, T(s2.copy()))])
+        y = K.replace_gradient(val, [(x * 2.0, T(s1.copy())), (x * x, T(s2.copy()))])
         y = B.relu(y)  # a later op, differentiated as usual
         gx, gv = B.grad(B.sum(y * T(w)), [x, val])
     close(y, np.maximum(v, 0), B)
@@ -349,34 +380,34 @@ def check_replace_gradient(B, T):
     with B.enable_grad():  # one scale tensor for two routes: not overwritten by the first
         x = B.with_grad(T(a))
         st = T(s1.copy())
-        y = B.replace_gradient(T(v), [(x * 2.0, st), (x * x, st)])
+        y = K.replace_gradient(T(v), [(x * 2.0, st), (x * x, st)])
         (gx,) = B.grad(B.sum(y * T(w)), x)
     close(gx, w * s1 * 2.0 + w * s1 * 2.0 * a, B)
     with B.no_grad():
-        close(B.replace_gradient(T(v), [(T(a), T(s1))]), v, B)
+        close(K.replace_gradient(T(v), [(T(a), T(s1))]), v, B)
 
 
-@check
-def check_stabilized_ratio(B, T):
+@kernel_check
+def check_stabilized_ratio(B, K, T):
     num = np.array([[1.0, -2.0, 0.0, 3.0, -1e-7]], dtype=np.float32)
     den = np.array([[2.0, -4.0, 0.0, -1e-7, 5.0]], dtype=np.float32)
     eps = 1e-6
     with B.no_grad():  # den is handed over: a fresh copy
-        close(B.stabilized_ratio(T(num), T(den.copy()), eps), num / (np.abs(den) + eps), B, rtol=1e-6)
+        close(K.stabilized_ratio(T(num), T(den.copy()), eps), num / (np.abs(den) + eps), B, rtol=1e-6)
 
 
-@check
-def check_gamma_ratios(B, T):
+@kernel_check
+def check_gamma_ratios(B, K, T):
     y = np.array([[1.5, -2.0, 0.0, -1e-3, 4.0]], dtype=np.float32)
     q = np.array([[0.5, 1.0, 0.0, 2.0, 0.0]], dtype=np.float32)
     gamma, eps = 0.25, 1e-6
     u = np.maximum(y, -(1.0 + gamma) * y)
     d = u + q + eps
     with B.no_grad():
-        first, second = B.gamma_ratios(T(y), T(q.copy()), gamma, eps)
+        first, second = K.gamma_ratios(T(y), T(q.copy()), gamma, eps)
         close(first, u / d, B, rtol=1e-6)
         close(second, y / d, B, rtol=1e-6)
-        first, second = B.gamma_ratios(T(y), T(q + eps), gamma, 0.0)  # ε already in q
+        first, second = K.gamma_ratios(T(y), T(q + eps), gamma, 0.0)  # ε already in q
         close(first, u / d, B, rtol=1e-6)
         close(second, y / d, B, rtol=1e-6)
 
@@ -390,40 +421,40 @@ def check_version(B, T):
     assert B.version(x) != before, "version must change with an in-place op"
 
 
-@check
-def check_signed_ratio(B, T):
+@kernel_check
+def check_signed_ratio(B, K, T):
     num = np.array([[1.0, -2.0, 3.0, 3.0, -1.0, 2.0]], dtype=np.float32)
     den = np.array([[2.0, -4.0, 0.0, -0.0, -1e-7, 1e-7]], dtype=np.float32)
     eps = 1e-3
     want = num / (den + eps * np.where(den >= 0, 1.0, -1.0))  # sign(±0) = +1
     with B.no_grad():  # den is handed over: a fresh copy
-        close(B.signed_ratio(T(num), T(den.copy()), eps), want, B, rtol=1e-6)
+        close(K.signed_ratio(T(num), T(den.copy()), eps), want, B, rtol=1e-6)
 
 
-@check
-def check_floored_ratio(B, T):
+@kernel_check
+def check_floored_ratio(B, K, T):
     num = np.array([[1.0, -2.0, 0.0, 3.0, 4.0]], dtype=np.float32)
     den = np.array([[2.0, 4.0, 1e-7, -1.0, 0.5]], dtype=np.float32)
     with B.no_grad():  # den is handed over: fresh copies
-        close(B.floored_ratio(T(num), T(den.copy()), 1e-3), num / np.maximum(den, 1e-3), B, rtol=1e-6)
-        close(B.floored_ratio(T(num[:, :3]), T(den[:, :3].copy()), None), num[:, :3] / den[:, :3], B,
+        close(K.floored_ratio(T(num), T(den.copy()), 1e-3), num / np.maximum(den, 1e-3), B, rtol=1e-6)
+        close(K.floored_ratio(T(num[:, :3]), T(den[:, :3].copy()), None), num[:, :3] / den[:, :3], B,
               rtol=1e-6)
 
 
-@check
-def check_scaled_leaky_relu(B, T):
+@kernel_check
+def check_scaled_leaky_relu(B, K, T):
     w = np.array([[[-1.5, 2.0], [0.0, 3.0]], [[4.0, -0.5], [-2.0, 1.0]]], dtype=np.float32)
     scale = np.array([2.0, -0.5], dtype=np.float32).reshape(2, 1, 1)  # one per output channel
     x = T(w)
     for slope in (0.0, 0.8, 1.0, 1.25):
         ws = w * scale
-        close(B.scaled_leaky_relu(x, T(scale), slope), np.where(ws > 0, ws, slope * ws), B, rtol=1e-6)
-    close(B.scaled_leaky_relu(x, 1.25, 0.8), np.where(w > 0, 1.25 * w, w), B, rtol=1e-6)
+        close(K.scaled_leaky_relu(x, T(scale), slope), np.where(ws > 0, ws, slope * ws), B, rtol=1e-6)
+    close(K.scaled_leaky_relu(x, 1.25, 0.8), np.where(w > 0, 1.25 * w, w), B, rtol=1e-6)
     close(x, w, B, rtol=0)  # the input is left as it was
 
 
-@check
-def check_route_to_input(B, T):
+@kernel_check
+def check_route_to_input(B, K, T):
     """``Σ_k W_kᵀ(s_k ⊙ g)`` by its adjoint: ``<gx, x'> = Σ_k <s_k ⊙ g, layer(x', W_k)>`` for
     any ``x'`` (numpy reference convolution), for 3x3, 1x1 and strided 1x1 kernels and linear."""
     rng = np.random.default_rng(5)
@@ -458,7 +489,7 @@ def check_route_to_input(B, T):
                 else:
                     st = T(scales[0].copy())
                     routes, want_scales = [(T(w), st) for w in ws], [scales[0]] * 2
-                y = B.route_to_input(vt, xt, routes, conv)
+                y = K.route_to_input(vt, xt, routes, conv)
                 (gx,) = B.grad(B.sum(y * T(up)), xt)
             close(B.stop_gradient(y), value, B)
             close(vt, value, B)
@@ -470,20 +501,20 @@ def check_route_to_input(B, T):
                 assert abs(got - want) <= 1e-4 * max(1.0, abs(want)), (conv, variant, got, want)
     with B.no_grad():
         x = T(np.ones((1, 3), np.float32))
-        close(B.route_to_input(T(np.ones((1, 2), np.float32)), x, [(T(np.ones((2, 3), np.float32)),
+        close(K.route_to_input(T(np.ones((1, 2), np.float32)), x, [(T(np.ones((2, 3), np.float32)),
                                                                       T(np.ones((1, 2), np.float32)))],
                                None), np.ones((1, 2)), B)
 
 
-@check
-def check_tripwire(B, T):
+@kernel_check
+def check_tripwire(B, K, T):
     a = np.array([[1.0, -2.0, 3.0, 0.5]], dtype=np.float32)
     w = np.array([[1.0, 3.0, -2.0, 4.0]], dtype=np.float32)
     for used in (False, True):
         calls = []
         with B.enable_grad():
             x = B.with_grad(T(a))
-            wire = B.tripwire(B.stop_gradient(x * 2.0), x, lambda calls=calls: calls.append(1))
+            wire = K.tripwire(B.stop_gradient(x * 2.0), x, lambda calls=calls: calls.append(1))
             close(B.stop_gradient(wire), 2.0 * a, B)
             loss = B.sum(x * T(w)) + (B.sum(wire * T(w)) if used else 0.0)
             (g,) = B.grad(loss, x)
@@ -491,7 +522,7 @@ def check_tripwire(B, T):
         close(g, w, B)  # no gradient through the wire
     with B.no_grad():  # an anchor that needs no gradient: the value itself
         v = T(a)
-        close(B.tripwire(v, T(a), lambda: None), a, B)
+        close(K.tripwire(v, T(a), lambda: None), a, B)
 
 
 @check
@@ -565,3 +596,78 @@ def check_bfloat16_to_numpy(B, T):
     got = B.to_numpy(B.astype(T(a), "bfloat16"))
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, a)
+
+
+# ---- registered LRP kernels against the reference ---------------------------------------------
+def _kernel_cases(B: Any, T: Callable[[Any], Any], rng: np.random.Generator) -> dict[str, Callable]:
+    """Per kernel: ``run(K) -> list of numpy arrays`` (values, and gradients at a leaf for the
+    kernels that route gradients) on fixed random inputs; fresh tensors per call, as arguments
+    are handed over."""
+    x4 = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    den = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+    den[0, 0, 0, :3] = [0.0, -0.0, 1e-8]
+    num = rng.standard_normal(den.shape).astype(np.float32)
+    w3 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    w1 = rng.standard_normal((4, 3, 1, 1)).astype(np.float32)
+    up = rng.standard_normal((2, 4, 4, 3)).astype(np.float32)
+    conv3 = {"stride": (2, 2), "padding": (1, 1), "dilation": (1, 1), "groups": 1}
+    lin_w = rng.standard_normal((5, 6)).astype(np.float32)
+    lin_x = rng.standard_normal((3, 6)).astype(np.float32)
+    lin_up = rng.standard_normal((3, 5)).astype(np.float32)
+
+    def grad_at(make: Callable[[Any], Any], a: np.ndarray, w: np.ndarray) -> list:
+        with B.enable_grad():
+            x = B.with_grad(T(a))
+            y = make(x)
+            (g,) = B.grad(B.sum(y * T(w)), x)
+        return [B.to_numpy(B.stop_gradient(y)), B.to_numpy(g)]
+
+    def route(K: Any, x_arr: np.ndarray, weights: list, up_arr: np.ndarray, conv: Any) -> list:
+        scales = [np.abs(up_arr) + 0.5, up_arr * 0.25]
+        value = up_arr * 3.0
+        return grad_at(lambda x: K.route_to_input(T(value), x, [(T(w), T(s.copy()))
+                                                               for w, s in zip(weights, scales)], conv),
+                       x_arr, up_arr)
+
+    def tripwire(K: Any) -> list:
+        calls: list[int] = []
+        out = grad_at(lambda x: B.relu(x) + K.tripwire(B.stop_gradient(x * 2.0), x, lambda: calls.append(1)),
+                      x4[:, :, :4, :3], up[:, :3])
+        return out + [np.array(len(calls))]
+
+    return {
+        "scaled_leaky_relu": lambda K: [B.to_numpy(K.scaled_leaky_relu(T(w3), T(np.abs(w1[:, :1]) + 0.1), 0.3))],
+        "damp_gradient": lambda K: grad_at(lambda x: K.damp_gradient(x * 2.0, 1e-2), x4[:, :, :4, :3],
+                                           up[:, :3]),
+        "replace_gradient": lambda K: grad_at(
+            lambda x: K.replace_gradient(B.stop_gradient(x * 3.0), [(x * x, T(num[:, :3, :4, :3].copy())),
+                                                                     (x * 2.0, T(den[:, :3, :4, :3].copy()))]),
+            x4[:, :, :4, :3], up[:, :3]),
+        "stabilized_ratio": lambda K: [B.to_numpy(K.stabilized_ratio(T(num), T(den.copy()), 1e-3))],
+        "signed_ratio": lambda K: [B.to_numpy(K.signed_ratio(T(num), T(den.copy()), 1e-3))],
+        "floored_ratio": lambda K: [B.to_numpy(K.floored_ratio(T(num), T(np.abs(den)), 1e-3)),
+                                    B.to_numpy(K.floored_ratio(T(num), T(np.abs(den) + 0.1), None))],
+        "gamma_ratios": lambda K: [B.to_numpy(t) for t in K.gamma_ratios(T(num), T(np.abs(den)), 0.25, 1e-6)],
+        "route_to_input": lambda K: (route(K, x4[:, :, :7, :6], [w3, w3 * 0.5], up, conv3)
+                                     + route(K, x4[:, :, :4, :3], [w1, -w1], up[:, :, :4, :3], {**conv3, "stride": (1, 1), "padding": (0, 0)})
+                                     + route(K, lin_x, [lin_w, lin_w * lin_w], lin_up, None)),
+        "tripwire": tripwire,
+    }
+
+
+@check
+def check_overrides_match_reference(B, T):
+    """Every kernel the backend overrides gives the reference's values and gradients (float32:
+    fused formulas reorder a few operations, so up to a few ulps of the largest value)."""
+    from ..methods.lrp.kernels import ReferenceKernels, kernels_for
+
+    registered, reference = kernels_for(B), ReferenceKernels(B)
+    cases = _kernel_cases(B, T, np.random.default_rng(11))
+    for name in registered.overridden:
+        got, want = cases[name](registered), cases[name](reference)
+        assert len(got) == len(want), name
+        for g, w in zip(got, want):
+            scale = max(1.0, float(np.max(np.abs(w)))) if w.size else 1.0
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6 * scale,
+                                       err_msg=f"LRP kernel {name!r} of backend {B.name!r} differs "
+                                               f"from the reference")

@@ -51,7 +51,7 @@ class Probe:
         first_takes_input: whether that layer reads the model input (itself or reshaped).
         input_users: conv/linear layers that read the model input tensor itself.
         feeds_relu: layers whose output is read by a ReLU module (so the gradient at their
-            negative outputs is zero — verified at run time where it matters, see attribute.py).
+            negative outputs is zero — verified at run time where it matters, see hooks.py).
         per_sample_bytes: bytes of all layer outputs for one sample (for chunking).
         largest_bytes: bytes of the largest layer output for one sample (for chunking on CPU).
         nonneg_inputs: conv/linear layers whose input is provably non-negative (see above).

@@ -11,9 +11,10 @@ from typing import Any
 
 from ...backend import LayerInfo
 from ...errors import LayerError
+from .kernels import LRPKernels
 
 
-def pass_ratio(B: Any, a: Any, y: Any, eps: float, at_zero: float, info: LayerInfo) -> Any:
+def pass_ratio(B: Any, K: LRPKernels, a: Any, y: Any, eps: float, at_zero: float, info: LayerInfo) -> Any:
     """``(y − f(0)) / stab(a)`` for ``y = f(a)`` element-wise: the pass rule's factor from the
     output gradient to the input gradient.
 
@@ -27,13 +28,13 @@ def pass_ratio(B: Any, a: Any, y: Any, eps: float, at_zero: float, info: LayerIn
                          f"({info.type_name}) maps {B.shape(a)} to {B.shape(y)}; use 'epsilon' there")
     ys = B.stop_gradient(y)
     # a copy of the input is handed over to hold the ratio (the input itself is read later)
-    return B.signed_ratio(ys if at_zero == 0.0 else ys - at_zero, B.stop_gradient(a) + 0.0, eps)
+    return K.signed_ratio(ys if at_zero == 0.0 else ys - at_zero, B.stop_gradient(a) + 0.0, eps)
 
 
-def pass_through(B: Any, a: Any, y: Any, ratio: Any) -> Any:
+def pass_through(B: Any, K: LRPKernels, a: Any, y: Any, ratio: Any) -> Any:
     """Pass as a replacement of ``y``: its value, and ``g · ratio`` (:func:`pass_ratio`, handed
     over) as the gradient into ``a``."""
-    return B.replace_gradient(B.stop_gradient(y), [(a, ratio)])
+    return K.replace_gradient(B.stop_gradient(y), [(a, ratio)])
 
 
 def gate(B: Any, y: Any) -> Any:

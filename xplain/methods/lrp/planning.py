@@ -196,7 +196,7 @@ def assign_rules(layers: list[LayerInfo], found: Probe, composite: Composite,
                          at_zero=at_zero)
         emitter = plan.bn.name if plan.bn is not None else name
         # γ's group for negative outputs is dead where a ReLU zeroes their gradient: skip it
-        # (one conv less forward and backward), and verify that only the ReLU reads it (see _emit)
+        # (one conv less forward and backward), and verify that only the ReLU reads it (see emit.emit)
         plan.optimistic = (emitter in found.feeds_relu
                            and any(g.outputs == "negative" for g in rule.groups))
         plans[name] = plan

@@ -8,7 +8,7 @@ An Overview" (2019), eq. (10)::
 
 i.e. a rule is a set of *groups* (each with a denominator ``z_g`` and a coefficient ``c_g``) of
 *terms* (an input modifier ``a → a_k``, a parameter modifier ``ρ_k`` for weight and bias, and a
-sign). ``attribute.py`` turns this data into a forward replacement of the layer's output
+sign). ``emit.py`` turns this data into a forward replacement of the layer's output
 ``y' = sg(y) + Σ_g (z_g − sg(z_g)) ⊙ sg(c_g · y / stab(z_g))`` (value exactly ``y``, gradient
 carries the rule; docs/architecture.md §3), so no rule needs a class per framework.
 
@@ -304,7 +304,7 @@ def modify_param(B: Any, name: str, p: Any, gamma_: float) -> Any:
 def piecewise_slopes(name: str, gamma_: float) -> tuple[float, float] | None:
     """``(α, β)`` for a parameter modifier that maps ``p`` to ``α·p`` where ``p > 0`` and ``β·p``
     where ``p < 0`` with ``α > 0`` (``modify_param``'s value is then
-    ``Backend.scaled_leaky_relu(p, α, β/α)``), or ``None`` for the other modifiers."""
+    ``LRPKernels.scaled_leaky_relu(p, α, β/α)``), or ``None`` for the other modifiers."""
     slopes = {"identity": (1.0, 1.0), "positive": (1.0, 0.0), "gamma+": (1.0 + gamma_, 1.0),
               "gamma-": (1.0, 1.0 + gamma_), "gamma*positive": (gamma_, 0.0)}.get(name)
     return slopes if slopes is not None and slopes[0] > 0 else None

@@ -56,8 +56,7 @@ def stabilized_ratio(num, den, eps):
 
 def signed_ratio(num, den, eps):
     d = den.detach()
-    d.scale_(1.0, 0.0)  # handed over; −0 becomes +0, so sign(0) = +1
-    out = paddle.abs(d)
+    out = paddle.abs(d)  # den only read: the one new tensor
     out.scale_(1.0, eps)
     out.copysign_(d)
     return paddle.divide(num, out)

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from xplain.methods.lrp.kernels import distinct, make_routes, sum_routes, take_scales
 
+from .backend import batch_dot
+
 _CONV_FORWARD = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
@@ -19,16 +21,26 @@ def scaled_leaky_relu(x, scale, slope, /):
         return out if slope == 1.0 else F.leaky_relu_(out, slope)  # out is new: in place
 
 
-def damp_gradient(x, eps):
+def damp_gradient(x, eps, on_absorbed=None):
     if not x.requires_grad:
         return x
-    d = x.detach().abs().add_(eps)
-    if x.is_leaf:
-        s = (d - eps) / d
-        xs = x.detach()
-        return xs + (x - xs) * s
-    # g·|x|/(|x|+ε) = g − ε·g/(|x|+ε): one fused addcdiv, and only d kept from the forward
-    x.register_hook(lambda g: torch.addcdiv(g, g, d, value=-eps))
+    xd = x.detach()
+    s = torch.abs(xd).add_(eps)
+    torch.div(xd, s, out=s)  # x/(|x|+ε), signed: the one tensor kept
+    if x.is_leaf:  # a leaf's hook would also change what autograd.grad reports for it
+        x = x.view_as(x)
+    used = []
+
+    def hook(g):
+        if used:
+            raise RuntimeError("the backward of damp_gradient ran twice (retain_graph=True); "
+                               "its kept tensor was consumed by the first backward")
+        used.append(True)
+        if on_absorbed is not None:  # ε Σ g·x/(|x|+ε): a reduction, no temporary
+            on_absorbed(batch_dot(g, s).mul_(eps))
+        return s.abs_().mul_(g)  # g·|x|/(|x|+ε), in the kept tensor: no allocation
+
+    x.register_hook(hook)
     return x
 
 
@@ -77,8 +89,9 @@ def stabilized_ratio(num, den, eps):
 
 
 def signed_ratio(num, den, eps):
-    d = den.detach().add_(0.0)  # handed over; −0 becomes +0, so sign(0) = +1
-    return _divide_into(num, torch.abs(d).add_(eps).copysign_(d))
+    d = den.detach()
+    out = torch.abs(d).add_(eps).copysign_(d)  # den only read: the result's one new tensor
+    return _divide_into(num, out)
 
 
 def floored_ratio(num, den, floor):

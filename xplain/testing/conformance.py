@@ -328,6 +328,18 @@ def check_damp_gradient(B, K, T):
                                atol=1e-6 * np.abs(w).max())
     with B.no_grad():
         close(K.damp_gradient(T(a), eps), a, B)
+    # the stabiliser's share, per sample: eps Σ g·x/(|x| + eps), with a large eps
+    b = np.array([[1.0, -2.0, 0.5], [0.0, 3.0, -0.25]], dtype=np.float32)
+    wb = np.array([[2.0, 1.0, -1.0], [4.0, -0.5, 3.0]], dtype=np.float32)
+    for leaf in (False, True):
+        got = []
+        with B.enable_grad():
+            x = B.with_grad(T(b))
+            y = K.damp_gradient(x if leaf else x * 1.0, 0.5, got.append)
+            (g,) = B.grad(B.sum(y * T(wb)), x)
+        assert len(got) == 1, "on_absorbed must be called once per backward"
+        np.testing.assert_allclose(B.to_numpy(got[0]), 0.5 * (wb * b / (np.abs(b) + 0.5)).sum(1), rtol=1e-6)
+        np.testing.assert_allclose(B.to_numpy(g), wb * np.abs(b) / (np.abs(b) + 0.5), rtol=1e-6)
 
 
 @check
@@ -426,9 +438,12 @@ def check_signed_ratio(B, K, T):
     num = np.array([[1.0, -2.0, 3.0, 3.0, -1.0, 2.0]], dtype=np.float32)
     den = np.array([[2.0, -4.0, 0.0, -0.0, -1e-7, 1e-7]], dtype=np.float32)
     eps = 1e-3
-    want = num / (den + eps * np.where(den >= 0, 1.0, -1.0))  # sign(±0) = +1
-    with B.no_grad():  # den is handed over: a fresh copy
-        close(K.signed_ratio(T(num), T(den.copy()), eps), want, B, rtol=1e-6)
+    want = num / (den + eps * np.where(np.signbit(den), -1.0, 1.0))  # the sign bit: sign(−0) = −1
+    with B.no_grad():
+        d = T(den)
+        close(K.signed_ratio(T(num), d, eps), want, B, rtol=1e-6)
+        assert np.array_equal(np.signbit(B.to_numpy(d)), np.signbit(den)), "den must only be read"
+        close(d, den, B, rtol=0)
 
 
 @kernel_check
@@ -629,6 +644,11 @@ def _kernel_cases(B: Any, T: Callable[[Any], Any], rng: np.random.Generator) -> 
                                                                for w, s in zip(weights, scales)], conv),
                        x_arr, up_arr)
 
+    def damp(K: Any) -> list:
+        absorbed: list = []
+        out = grad_at(lambda x: K.damp_gradient(x * 2.0, 1e-2, absorbed.append), x4[:, :, :4, :3], up[:, :3])
+        return out + [B.to_numpy(a) for a in absorbed]
+
     def tripwire(K: Any) -> list:
         calls: list[int] = []
         out = grad_at(lambda x: B.relu(x) + K.tripwire(B.stop_gradient(x * 2.0), x, lambda: calls.append(1)),
@@ -637,8 +657,7 @@ def _kernel_cases(B: Any, T: Callable[[Any], Any], rng: np.random.Generator) -> 
 
     return {
         "scaled_leaky_relu": lambda K: [B.to_numpy(K.scaled_leaky_relu(T(w3), T(np.abs(w1[:, :1]) + 0.1), 0.3))],
-        "damp_gradient": lambda K: grad_at(lambda x: K.damp_gradient(x * 2.0, 1e-2), x4[:, :, :4, :3],
-                                           up[:, :3]),
+        "damp_gradient": lambda K: damp(K),
         "replace_gradient": lambda K: grad_at(
             lambda x: K.replace_gradient(B.stop_gradient(x * 3.0), [(x * x, T(num[:, :3, :4, :3].copy())),
                                                                      (x * 2.0, T(den[:, :3, :4, :3].copy()))]),

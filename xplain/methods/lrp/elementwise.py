@@ -27,8 +27,7 @@ def pass_ratio(B: Any, K: LRPKernels, a: Any, y: Any, eps: float, at_zero: float
         raise LayerError(f"the 'pass' rule needs an element-wise layer, but {info.name!r} "
                          f"({info.type_name}) maps {B.shape(a)} to {B.shape(y)}; use 'epsilon' there")
     ys = B.stop_gradient(y)
-    # a copy of the input is handed over to hold the ratio (the input itself is read later)
-    return K.signed_ratio(ys if at_zero == 0.0 else ys - at_zero, B.stop_gradient(a) + 0.0, eps)
+    return K.signed_ratio(ys if at_zero == 0.0 else ys - at_zero, B.stop_gradient(a), eps)
 
 
 def pass_through(B: Any, K: LRPKernels, a: Any, y: Any, ratio: Any) -> Any:

@@ -113,11 +113,10 @@ def compose(B: Any, K: LRPKernels, plan: LayerPlan, ys: Any, groups: list[TermGr
     return K.replace_gradient(ys, routes)
 
 
-def damped(K: LRPKernels, y: Any, eps: float) -> Any:
-    """LRP-ε with the layer's own output as denominator: gradient scaled by |y| / (|y| + ε).
-
-    ``damp_gradient`` keeps ``y`` itself and lets the backend fuse the factor, which matters on
-    networks with large activations (ResNet-50)."""
-    return K.damp_gradient(y, eps)
+def damped(K: LRPKernels, y: Any, eps: float, on_absorbed: Any = None) -> Any:
+    """LRP-ε with the layer's own output as denominator: gradient scaled by |y| / (|y| + ε);
+    ``on_absorbed`` receives what the stabiliser absorbs, per sample (see
+    :meth:`.kernels.LRPKernels.damp_gradient`, which a backend may fuse: large activations)."""
+    return K.damp_gradient(y, eps, on_absorbed)
 
 

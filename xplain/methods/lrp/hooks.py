@@ -85,10 +85,10 @@ def install(B: Any, K: LRPKernels, plans: Mapping[str, LayerPlan], state: PassSt
             if rule.kind == "pass":
                 a = stash.pop() if stash is not None else inputs[0]
                 ratio = elementwise.pass_ratio(B, K, a, output, rule.stabilizer, plan.at_zero, plan.info)
-                kept = B.stop_gradient(a) * ratio  # before the ratio is handed over
                 values = ledger.values(output, copy(plan))
-                out = elementwise.pass_through(B, K, a, output, ratio)
-                ledger.passed(name, out, values, kept)
+                source = B.alias(a)  # reached by the rule's gradient alone (see Ledger.passed)
+                out = elementwise.pass_through(B, K, source, output, ratio)
+                ledger.passed(name, out, values, source, plan.info)
                 return out
             # terms: inputs[0] is the alias handed in by the pre-hook (see install)
             if not rule.explicit:
@@ -101,12 +101,10 @@ def install(B: Any, K: LRPKernels, plans: Mapping[str, LayerPlan], state: PassSt
         return hook
 
     def _ledgered_epsilon(plan: LayerPlan, y: Any) -> Any:
-        # the relevance entering (gradient g, watched before ε scales it) and leaving (g̃,
-        # watched after)
-        values = ledger.values(y, copy(plan))
-        ledger.out(plan.info.name, y, values)
-        out = damped(K, y, plan.rule.stabilizer)
-        ledger.epsilon_in(plan.info.name, out, values, base_param(B, plan, "bias"))
+        # the stabiliser's share from the kernel, the bias's from the gradient it hands on
+        name = plan.info.name
+        out = damped(K, y, plan.rule.stabilizer, ledger.adder(name))
+        ledger.bias(name, out, base_param(B, plan, "bias"))
         return out
 
     def _measured(plan: LayerPlan, out: Any) -> Any:

@@ -41,15 +41,19 @@ class LRPKernels(Protocol):
         modifiers with a merged BatchNorm (``γ``, ``z⁺``: ``p ↦ α·p⁺ + β·p⁻``) are one such call
         on the layer's own weight, instead of four element-wise ops."""
 
-    def damp_gradient(self, x: Tensor, eps: float) -> Tensor:
-        """A tensor with the value of ``x`` whose gradient is the incoming gradient times
-        ``|x| / (|x| + eps)`` (``eps > 0``), with ``|x|`` taken at the time of the call.
+    def damp_gradient(self, x: Tensor, eps: float,
+                      on_absorbed: Callable[[Tensor], None] | None = None) -> Tensor:
+        """A tensor with the value of ``x`` whose gradient is the incoming gradient ``g`` times
+        ``|x| / (|x| + eps)`` (``eps > 0``), with ``x`` taken at the time of the call; in the
+        backward pass ``on_absorbed`` (if given) receives ``eps · Σ g·x/(|x| + eps)`` per
+        sample (shape ``(N,)``): the relevance the stabiliser absorbs, ``Σ x·g − Σ x·g̃``.
 
-        The LRP-ε rule on a layer output ``x`` (Montavon et al. 2019, eq. 5). The same as
-        ``scale_gradient(x, |x| / (|x| + eps))``, but a backend may fuse it: one kept tensor
-        forward and one fused op backward instead of four element-wise passes, which matters
-        on large activations (ResNet-50 at batch 8). The result may differ from the unfused
-        formula by a few float32 ulps of the gradient."""
+        The LRP-ε rule on a layer output ``x`` (Montavon et al. 2019, eq. 5), with its share
+        of the conservation ledger. The same as ``scale_gradient(x, |x| / (|x| + eps))`` plus a
+        gradient watch, but a backend may fuse it: one kept tensor ``x / (|x| + eps)`` (so a
+        later in-place change of ``x`` needs no copy for the ledger) and an allocation-free
+        backward, which matters on large activations. The result may differ from the unfused
+        formula by a few float32 ulps of the gradient. The backward runs once."""
 
     def replace_gradient(self, value: Tensor, routes: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
         """A tensor with the value of ``value`` whose incoming gradient ``g`` flows to ``value``
@@ -74,9 +78,11 @@ class LRPKernels(Protocol):
         route). Saves the temporaries of three element-wise ops on the largest activations."""
 
     def signed_ratio(self, num: Tensor, den: Tensor, eps: float) -> Tensor:
-        """``num / (den + eps·sign(den))`` with ``sign(0) = +1`` (``eps > 0``), shaped like
-        ``den``: LRP's sign-preserving stabiliser for a denominator of either sign. ``den`` is
-        handed over as in :meth:`stabilized_ratio`."""
+        """``num / (den + eps·sign(den))`` (``eps > 0``), shaped like ``den``, where ``sign`` is
+        ``den``'s sign bit (``+0`` counts as positive, ``−0`` as negative, so ``|den + eps·sign|``
+        is at least ``eps`` everywhere): LRP's sign-preserving stabiliser for a denominator of
+        either sign. ``den`` is only read (the pass rule's denominator is a layer input, which
+        other layers may read too): one new tensor for the result, and no copy of ``den``."""
 
     def floored_ratio(self, num: Tensor, den: Tensor, floor: float | None) -> Tensor:
         """``num / max(den, floor)`` (``floor=None``: ``num / den``), shaped like ``den``.
@@ -128,9 +134,19 @@ class ReferenceKernels:
         xs = B.stop_gradient(x) * scale
         return B.where(xs > 0, xs, xs * slope)
 
-    def damp_gradient(self, x: Tensor, eps: float) -> Tensor:
-        a = self.B.abs(self.B.stop_gradient(x))
-        return self.B.scale_gradient(x, a / (a + eps))
+    def damp_gradient(self, x: Tensor, eps: float,
+                      on_absorbed: Callable[[Tensor], None] | None = None) -> Tensor:
+        B = self.B
+        xs = B.stop_gradient(x)
+        s = xs / (B.abs(xs) + eps)
+        if on_absorbed is None or not B.requires_grad(x):
+            return B.scale_gradient(x, B.abs(s))
+        # a node of its own (also when x is a leaf), whose watch sees g before the scaling; a
+        # copy, not a view: an in-place change of a view reroutes the gradient of its base
+        # around the view's hooks
+        y = x * 1.0
+        B.watch_gradient(y, lambda g: on_absorbed(B.batch_dot(g, s) * eps))
+        return B.scale_gradient(y, B.abs(s))
 
     def replace_gradient(self, value: Tensor, routes: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
         B = self.B
@@ -144,7 +160,9 @@ class ReferenceKernels:
         return num / (self.B.abs(den) + eps)
 
     def signed_ratio(self, num: Tensor, den: Tensor, eps: float) -> Tensor:
-        return num / self.B.where(den >= 0, den + eps, den - eps)
+        B = self.B
+        negative = B.where(den == 0, 1.0 / den, den) < 0  # 1 / −0 = −inf: the sign bit of zeros
+        return num / B.where(negative, den - eps, den + eps)
 
     def floored_ratio(self, num: Tensor, den: Tensor, floor: float | None) -> Tensor:
         return num / (den if floor is None else self.B.maximum(den, floor))

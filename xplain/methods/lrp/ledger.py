@@ -6,10 +6,11 @@ equals Σ relevance (at the input) + Σ absorbed. Each rule's absorption is know
 from the gradient ``g`` arriving at the layer's output:
 
 * ε on an affine layer (bias ``b``, BatchNorm merged): ``Σ y·g − Σ (y − b)·g̃`` with ``g̃`` the
-  gradient the ε rule hands on (``= Σ g·(b·|y| + ε·y)/(|y| + ε)``);
+  gradient the ε rule hands on, i.e. ``ε·Σ g·y/(|y| + ε)`` (the stabiliser, computed by the
+  ε kernel from the tensor it keeps anyway) ``+ Σ b·g̃`` (the bias);
 * LRP-0 (the gradient) on an affine layer: ``Σ g·b``;
-* pass on ``y = f(a)``: ``Σ g·y − Σ g·a·(y − f(0))/stab(a)`` (the offset ``f(0)`` and the
-  stabiliser);
+* pass on ``y = f(a)``: ``Σ g·y − Σ g_a·a`` with ``g_a = g·(y − f(0))/stab(a)`` the gradient
+  the rule hands to ``a`` (the offset ``f(0)`` and the stabiliser);
 * a gate, ReLU, pooling, sums: nothing (their gradient is exact LRP).
 
 Each sum is a per-sample dot product (``Backend.batch_dot``: no full-size temporary) or a
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from ...errors import LayerError
 
 
 #: Relative tolerance of the balance: float32 sums over 1e5–1e6 terms carry ~1e-6 relative
@@ -66,23 +69,15 @@ class Ledger:
         (``Probe.modified_outputs``), else the tensor itself (no pass over it)."""
         return self.B.stop_gradient(t) + 0.0 if copy else self.B.stop_gradient(t)
 
+    def adder(self, name: str) -> Any:
+        """A callback adding a per-sample amount to layer ``name`` (for kernels that compute
+        their share in the backward pass, as ``LRPKernels.damp_gradient`` does)."""
+        return lambda value: self._add(name, value)
+
     def out(self, name: str, y: Any, values: Any) -> None:
         """``+Σ y·g`` (the relevance entering the layer) at output ``y`` with ``values``."""
         B = self.B
         self._watch(y, lambda g: self._add(name, B.batch_dot(g, values)))
-
-    def epsilon_in(self, name: str, y: Any, values: Any, bias: Any) -> None:
-        """``−Σ (y − b)·g̃`` (the relevance ε passes into the layer's input, ``b`` the merged
-        bias), watched *after* the ε rule has scaled the gradient to ``g̃``: the input's
-        relevance of an affine map is its output minus the bias, times the gradient it gets."""
-        B = self.B
-
-        def fn(g: Any) -> None:
-            r_in = B.batch_dot(g, values)
-            if bias is not None:
-                r_in = r_in - self._bias_share(g, bias)
-            self._add(name, -r_in)
-        self._watch(y, fn)
 
     def _bias_share(self, g: Any, bias: Any) -> Any:
         """``Σ_c b_c Σ_rest g`` per sample: channel sums first, so no full-size temporary."""
@@ -97,11 +92,24 @@ class Ledger:
             return
         self._watch(y, lambda g: self._add(name, self._bias_share(g, bias)))
 
-    def passed(self, name: str, out: Any, values: Any, kept: Any) -> None:
-        """pass on ``y = f(a)`` emitted as ``out``: ``Σ g·y − Σ g·kept`` with ``values`` of
-        ``y`` and ``kept = a·(y − f(0))/stab(a)`` (what reaches ``a`` per unit of gradient)."""
+    def passed(self, name: str, out: Any, values: Any, source: Any, info: Any) -> None:
+        """pass on ``y = f(a)`` emitted as ``out``, its gradient routed into ``source`` (an alias
+        of ``a`` that only the rule reads): ``Σ g·y − Σ g_a·a``, with ``values`` of ``y`` and
+        ``g_a`` the gradient reaching ``source``. ``a`` is read in the backward pass (no product
+        kept from the forward); a model that changed it in place meanwhile is refused."""
         B = self.B
-        self._watch(out, lambda g: self._add(name, B.batch_dot(g, values) - B.batch_dot(g, kept)))
+        a = B.stop_gradient(source)
+        version = B.version(a)
+
+        def fn(g: Any) -> None:
+            if B.version(a) != version:
+                raise LayerError(
+                    f"the input of {info.name!r} ({info.type_name}) was changed in place after the "
+                    f"layer read it, so LRP's conservation ledger cannot read it; give the layer "
+                    f"that changes it inplace=False, or pass rules={{{info.name!r}: 'zero'}}")
+            self._add(name, -B.batch_dot(g, a))
+        self._watch(out, lambda g: self._add(name, B.batch_dot(g, values)))
+        self._watch(source, fn)
 
     def measured_out(self, name: str, out: Any, copy: bool = False) -> None:
         """``+Σ y·g`` at a measured layer's output ``out``."""

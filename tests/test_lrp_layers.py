@@ -302,3 +302,49 @@ def test_functional_gate_is_caught_by_the_conservation_report(fw):
     # the gate branch's share: how much it is depends on the sample (here ≥ 6e-3 of the target
     # in one of them), far above the balance of the module gate (~1e-7)
     assert np.max(np.abs(c.target - c.relevance - c.absorbed) / np.abs(c.target)) > 3e-3
+
+
+def test_activation_input_changed_in_place_later(fw):
+    """The ledger of ``pass`` reads the activation's input in the backward pass; a model that
+    changes that input in place after the activation read it (``h.mul_(2)`` below) gets a copy
+    (the probe sees the change). Oracle: the same network with the change written out of place
+    (``h * 2``: a sum and a scalar product, exact under LRP) gives the same relevance, and both
+    balance."""
+    W1 = RNG.standard_normal((6, 4)).astype(np.float32)
+    W2 = RNG.standard_normal((3, 6)).astype(np.float32)
+    net = _mlp(fw, _act(fw, "silu"), W1, W2)
+    first, act, last = (net[i] for i in range(3))
+    x = fw.tensor(np.random.default_rng(3).standard_normal((2, 4)))
+
+    def in_place(inp):
+        h = first(inp)
+        y = act(h)
+        if fw.name == "torch":
+            h.mul_(2.0)
+        else:
+            h.scale_(2.0)
+        return last(y + h)
+
+    def out_of_place(inp):
+        h = first(inp)
+        return last(act(h) + h * 2.0)
+
+    maps = []
+    # in-place first: the probe is cached per model structure, and the forward is swapped here
+    for forward in (in_place, out_of_place):
+        net.forward = forward
+        try:
+            exp = xplain.explain(net, x, method="lrp", composite="epsilon", target=1)
+        finally:
+            del net.forward
+        assert exp.conservation.balanced.all()
+        maps.append(exp.numpy())
+    np.testing.assert_allclose(maps[1], maps[0], rtol=1e-5, atol=1e-6 * np.abs(maps[0]).max())
+    # a forward swapped after the probe was cached: the change is seen in the backward, refused
+    net2 = _mlp(fw, _act(fw, "silu"), W1, W2)
+    first, act, last = (net2[i] for i in range(3))
+    net2.forward = out_of_place
+    xplain.explain(net2, x, method="lrp", composite="epsilon", target=1)
+    net2.forward = in_place
+    with pytest.raises(LayerError, match="changed in place after the layer read it"):
+        xplain.explain(net2, x, method="lrp", composite="epsilon", target=1)

@@ -20,6 +20,7 @@ import numpy as np
 
 from .backend import Backend, LayerInfo, Tensor, iter_chunks
 from .checks import call_model, check_output, input_hint, select_output
+from .observe import observe_run, peek_run
 from .errors import InputError, LayerError, ModelError, OptionError
 from .targets import check_range
 
@@ -235,7 +236,8 @@ class Run:
 
     @property
     def per_sample_bytes_known(self) -> bool:
-        """Whether :meth:`per_sample_bytes` can answer without a probe forward pass."""
+        """Whether :meth:`per_sample_bytes` can answer without a forward pass: measured before,
+        or the model's observation (:mod:`xplain.observe`) for this input shape is cached."""
         if self._per_sample_bytes is None:
             try:
                 cached = _BYTES_CACHE.get(self.model, {}).get(self._bytes_key())
@@ -243,6 +245,10 @@ class Run:
                 cached = None
             if cached is not None:
                 self._per_sample_bytes, self._largest_bytes = cached
+            elif self.backend.hooks_unavailable(self.model) is None:
+                obs = peek_run(self)
+                if obs is not None:
+                    self.set_per_sample_bytes(*obs.leaf_output_bytes())
         return self._per_sample_bytes is not None
 
     def set_per_sample_bytes(self, activation_bytes: int, largest_bytes: int | None = None) -> None:
@@ -260,12 +266,17 @@ class Run:
             pass
 
     def per_sample_bytes(self) -> int:
-        """Estimated bytes one sample needs through forward+backward: the sum of every layer's
-        output size (activations kept for backward) plus the input, times two (their
-        gradients). Measured by one batch-1 no-grad probe, once per model and input shape."""
+        """Estimated bytes one sample needs through forward+backward: the sum of every leaf
+        layer's output size (activations kept for backward) plus the input, times two (their
+        gradients). From the model's observation (:func:`xplain.observe.observe_run`: one
+        batch-1 pass, shared with LRP's canonisation and the CAM layer choice), once per model
+        and input shape; a model whose layer hooks do not fire (compiled) is assumed to hold 64
+        input-sized activations."""
         if not self.per_sample_bytes_known:
-            with self.counting_output_bytes() as total, self.backend.no_grad():
-                call_model(self.backend, self.model, self.inputs[:1])
+            if self.backend.hooks_unavailable(self.model) is not None:
+                total = (64 * int(np.prod(self.backend.shape(self.inputs)[1:])) * 4, 0)
+            else:
+                total = observe_run(self).leaf_output_bytes()
             self.set_per_sample_bytes(*total)
         return self._per_sample_bytes
 
@@ -273,7 +284,7 @@ class Run:
     def counting_output_bytes(self) -> Iterator[list[int]]:
         """Within the block, count the bytes of every leaf layer's output: ``[sum, largest]``
         (the estimates :meth:`set_per_sample_bytes` takes), e.g. from a pass a method needs
-        anyway instead of :meth:`per_sample_bytes`' own probe."""
+        anyway (Grad-CAM's first sample) instead of :meth:`per_sample_bytes`' observation."""
         B = self.backend
         total = [0, 0]
 

@@ -1,5 +1,7 @@
 """A model summary table (layers, kernel and output shapes, parameters, multiply-adds),
-framework-neutral: one probe forward through the backend with hooks on every leaf layer.
+framework-neutral: read from the model's observation (:mod:`xplain.observe`: one batch-1 pass
+with hooks on every layer, shared with the layer listing and the explanations of the same model
+and input shape).
 
 The counts follow the convention of torchsummaryX, which users know from the CNN tutorials:
 
@@ -7,7 +9,7 @@ The counts follow the convention of torchsummaryX, which users know from the CNN
   buffers, not parameters). A layer called several times (torchvision's BasicBlock calls one
   ReLU twice) is listed once per call, its parameters counted once.
 * **mult-adds** — multiply-accumulate operations of convolutions and fully connected layers,
-  for the whole batch given in ``input_shape``:
+  for the whole batch given in ``input_shape`` (``batch ×`` one sample's):
   conv: ``out_numel × (in_channels / groups) × kh × kw``; linear: ``out_numel × in_features``.
   Additions of biases, BatchNorm, activations and pooling count 0 (torchsummaryX adds one per
   BatchNorm weight, a difference of < 0.01 % on ResNets).
@@ -25,6 +27,7 @@ import numpy as np
 from .backend import LayerInfo
 from .backends import backend_for
 from .errors import InputError
+from .observe import batched_shape, observe_model
 
 
 @dataclass
@@ -95,14 +98,19 @@ def summary(model: Any, input_shape: tuple[int, ...] = (1, 3, 224, 224), *,
             backend: str | None = None, dtype: str = "float32") -> Summary:
     """Per-layer table of a model: kernel shape, output shape, parameters, multiply-adds.
 
-    Runs one forward pass on zeros of ``input_shape`` (no gradients) with a forward hook on
-    every leaf layer; hooks are removed afterwards and the model is not modified (it is put in
-    eval mode for the probe and its flags restored).
+    Reads the model's observation (:func:`xplain.observe.observe_model`) for inputs shaped like
+    ``input_shape``: one batch-1 pass on seeded standard-normal numbers (run only when no
+    explanation or listing of this model and per-sample shape ran before), under the
+    borrowed-model guard: hooks are removed afterwards and the model is not modified (it is put
+    in eval mode for the pass and its flags restored). Output shapes are shown at the batch of
+    ``input_shape`` (:func:`xplain.observe.batched_shape`), mult-adds counted for all of it.
 
     Args:
         model: a model of any registered backend.
         input_shape: shape of the probe input, batch first.
         backend: force a backend by name (default: detected from the model).
+        dtype: numpy dtype the probe numbers are drawn in (the tensor then takes the floating
+            dtype of the model's parameters, as every probe input does).
 
     Returns:
         :class:`Summary` with ``rows``, ``total_params``, ``total_mult_adds``.
@@ -115,42 +123,35 @@ def summary(model: Any, input_shape: tuple[int, ...] = (1, 3, 224, 224), *,
     if len(input_shape) < 2 or any(int(s) <= 0 for s in input_shape):
         raise InputError(f"input_shape={input_shape} must be a batch-first shape of positive "
                          f"sizes, e.g. (1, 3, 224, 224)")
-    leaves = [i for i in B.layers(model) if not i.has_children and i.kind != "container"]
-    seen: dict[int, LayerInfo] = {}
-    for info in leaves:  # a module registered under two names is one layer
-        seen.setdefault(id(info.module), info)
-    calls: list[tuple[LayerInfo, tuple[int, ...] | None]] = []
-
-    def make_hook(info: LayerInfo):
-        def hook(_layer: Any, _inputs: tuple, output: Any) -> None:
-            out = output[0] if isinstance(output, (tuple, list)) and output else output
-            calls.append((info, B.shape(out) if B.is_tensor(out) else None))
-        return hook
-
-    probe = np.zeros(tuple(int(s) for s in input_shape), dtype=dtype)
-    with borrowed(B, model):
-        handles = [B.add_forward_hook(info.module, make_hook(info)) for info in seen.values()]
-        try:
-            # ``like`` must be a tensor of the model's framework: take any parameter
-            like = next((p for i in B.layers(model) for p in i.params.values() if p is not None), None)
-            if like is None:
-                raise InputError("summary() needs a model with at least one parameter")
-            x = B.asarray(probe, like=like)
-            with B.no_grad():
-                B.forward(model, x)
-        finally:
-            for h in handles:
-                h.remove()
+    batch = int(input_shape[0])
+    infos = B.layers(model)
+    by_name = {i.name: i for i in infos}
+    # ``like`` must be a tensor of the model's framework: take any parameter
+    like = next((p for i in infos for p in i.params.values() if p is not None), None)
+    if like is None:
+        raise InputError("summary() needs a model with at least one parameter")
+    sample = (1,) + tuple(int(s) for s in input_shape[1:])
+    # random numbers, not zeros: the observation is shared, and its value facts (signs, gates,
+    # which layers feed the scores) would be degenerate on zeros
+    probe = np.random.default_rng(0).standard_normal(sample).astype(dtype)
+    with B.gradient_lock(), borrowed(B, model):  # the shared pass takes a gradient (see observe)
+        obs = observe_model(B, model, B.asarray(probe, like=like), infos)
     result = Summary(input_shape=tuple(int(s) for s in input_shape))
     counted: set[int] = set()
-    for info, out_shape in calls:
+    for call in obs.calls:
+        info = by_name[call.name]
+        if not call.leaf or info.kind == "container":
+            continue
         first = id(info.module) not in counted
         counted.add(id(info.module))
         params = _layer_params(B, info) if first else 0
         kernel = (B.shape(info.params["weight"]) if info.kind in ("conv", "linear")
                   and info.params.get("weight") is not None else None)
-        row = SummaryRow(info.name, info.kind, info.type_name, kernel, out_shape, params,
-                         _mult_adds(B, info, out_shape))
+        shape = (call.output.shape if call.output is not None else
+                 call.output_shapes[0] if call.output_shapes else None)  # a tuple's first item
+        row = SummaryRow(info.name, info.kind, info.type_name, kernel,
+                         None if shape is None else batched_shape(shape, batch), params,
+                         batch * _mult_adds(B, info, shape))
         result.rows.append(row)
         result.total_params += row.params
         result.total_mult_adds += row.mult_adds

@@ -15,7 +15,6 @@ them (Ablation-CAM). Which layout a layer has is proven, never guessed
 from __future__ import annotations
 
 import difflib
-import numbers
 import re
 import weakref
 from contextlib import contextmanager
@@ -26,8 +25,9 @@ import numpy as np
 
 from ...backend import LayerInfo, Tensor
 from ...errors import LayerError
-from ...layers import (CHANNELS_FIRST, HEAD_POOLS, LayerSummary, decide_layout, last_spatial_layer,
-                       own_layout, plausible_layouts, probe)
+from ...layers import LayerSummary, last_spatial_layer, summarise
+from ...layout import CHANNELS_FIRST, HEAD_POOLS, decide_layout, own_layout, plausible_layouts
+from ...observe import Observation, observe_run
 from ...run import Run
 
 _INDEX = re.compile(r"\[(-?\d+)\]")
@@ -35,53 +35,26 @@ _INDEX = re.compile(r"\[(-?\d+)\]")
 #: The ``layout=`` option of every CAM method (``None``: detected).
 Layout = Literal["channels_first", "channels_last"]
 
-#: Probe results per model (weakly: the model is borrowed), keyed by :func:`_probe_key`: which
-#: layers feed the scores depends only on the architecture, the input shape and ``output=``.
-_PROBES: "weakref.WeakKeyDictionary[Any, dict[tuple, dict[str, LayerSummary]]]" = weakref.WeakKeyDictionary()
-
-
-def _probe_key(run: Run) -> tuple | None:
-    """What a probe's answer depends on: the input's shape and dtype, the ``output=`` selector
-    and the model's structure (each layer's name, object, class and parameter shapes, so a
-    replaced head is a new key). ``None`` (not cached) for a selector function, whose identity
-    says nothing about what it selects."""
-    sel = run.output
-    if sel is not None and not isinstance(sel, (numbers.Integral, str)):
-        return None
-    B = run.backend
-    structure = tuple((i.name, id(i.module), i.type_name,
-                       tuple(B.shape(p) for p in i.params.values() if B.is_tensor(p)))
-                      for i in run.layers())
-    return B.shape(run.inputs)[1:], B.dtype_name(run.inputs), sel, structure
+#: What the perturbation check (:func:`_feeding_by_perturbation`) found, per observation
+#: (weakly): the observation is cached per model, input shape and selector, and so is this.
+_PERTURBED: "weakref.WeakKeyDictionary[Observation, dict[str, bool]]" = weakref.WeakKeyDictionary()
 
 
 def _probe(run: Run) -> dict[str, LayerSummary]:
-    """The layers' output shapes, layouts and whether they feed the scores, from one batch-1
-    gradient pass (:func:`xplain.layers.probe` with the run's scores, ``output=`` applied), once
-    per model, input shape and selector."""
+    """The layers' output shapes, layouts and whether they feed the scores, from the model's
+    observation scored by ``run.forward`` (``output=`` applied; :func:`xplain.observe.observe_run`,
+    one batch-1 gradient pass shared with LRP, the memory estimate, the listing and the summary,
+    once per model, input shape and selector)."""
     cache = getattr(run, "_cam_probe", None)
     if cache is None:
-        B = run.backend
-        key = _probe_key(run)
-        try:
-            cache = None if key is None else _PROBES.get(run.model, {}).get(key)
-        except TypeError:  # a model that cannot be weakly referenced
-            cache = None
-        if cache is None:
-            cache = probe(B, run.model, run.inputs[:1], run.layers(), scores=run.forward)
-            try:
-                if key is not None:
-                    _PROBES.setdefault(run.model, {})[key] = cache
-            except TypeError:
-                pass
+        obs = observe_run(run, need_feeds=True)
+        cache = summarise(obs, run.layers())
+        for name, feeds in _PERTURBED.get(obs, {}).items():
+            cache[name].feeds = feeds
         run._cam_probe = cache  # one probe per run, shared by resolution and checks
-        if not run.per_sample_bytes_known:
-            # the same estimate as Run.per_sample_bytes (leaf outputs), from this probe instead
-            # of a second batch-1 forward pass
-            leaves = {i.name for i in run.layers() if not i.has_children}
-            sizes = [(s.calls, 4 * int(np.prod(s.output_shape))) for s in cache.values()
-                     if s.name in leaves and s.output_shape is not None]
-            run.set_per_sample_bytes(sum(c * b for c, b in sizes), max((b for _, b in sizes), default=0))
+        run._cam_observation = obs
+        if not run.per_sample_bytes_known:  # a selector function's observation is not cached
+            run.set_per_sample_bytes(*obs.leaf_output_bytes())
     return cache
 
 
@@ -108,6 +81,7 @@ def _feeding_by_perturbation(run: Run, cands: Sequence[LayerSummary]) -> LayerSu
         finally:
             handle.remove()
         s.feeds = not np.array_equal(got, base)
+        _PERTURBED.setdefault(run._cam_observation, {})[s.name] = s.feeds
         if s.feeds:
             return s
     return None
@@ -118,18 +92,20 @@ def default_layer(run: Run) -> LayerInfo:
     of known layout (``h * w > 1`` at this input, called once, not the head's global pooling)
     and that the explained scores depend on.
 
-    "Depend on" is decided by the probe's gradient (:func:`xplain.layers.probe`): one batch-1
-    forward and backward pass of a random projection of the scores that ``output=`` selects,
-    with a zero leaf added to every candidate's output, cached per model, input shape and
-    selector. Autodiff creates no gradient path where the scores do not depend on a tensor, so
-    a layer whose output does not reach them — an auxiliary head run for another output
-    (paddle's GoogLeNet computes its two auxiliary classifiers after the main one), a branch
-    computed and dropped — gets an exactly zero gradient and is never chosen (its Grad-CAM
-    would be all zero). A layer that does reach them gets a nonzero gradient for a random
-    projection, unless dead units (ReLUs off at the probe input) block every path — then its
-    map is zero there too, and an earlier layer is taken. The cost is paid once: about three
-    batch-1 forward passes on the first call for a model, input shape and selector. For a model
-    whose scores carry no gradient the same is checked by perturbing candidates
+    "Depend on" is decided by the observation's gradient (:mod:`xplain.observe`): one batch-1
+    forward pass with a zero leaf added to every candidate's output, and backward passes of a
+    random projection of the scores that ``output=`` selects, from the last candidate back to
+    the first that feeds (usually the last: a pass through the head alone), cached per model,
+    input shape and selector and shared with every other client of the observation. Autodiff
+    creates no gradient path where the scores do not depend on a tensor, so a layer whose output
+    does not reach them — an auxiliary head run for another output (paddle's GoogLeNet computes
+    its two auxiliary classifiers after the main one), a branch computed and dropped — gets an
+    exactly zero gradient and is never chosen (its Grad-CAM would be all zero). A layer that
+    does reach them gets a nonzero gradient for a random projection, unless dead units (ReLUs
+    off at the probe input) block every path — then its map is zero there too, and an earlier
+    layer is taken. The cost is paid once per model, input shape and selector, about two
+    batch-1 forward passes. For a model whose scores carry no gradient the same is checked by
+    perturbing candidates
     (:func:`_feeding_by_perturbation`).
     """
     summaries = _probe(run)

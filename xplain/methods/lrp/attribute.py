@@ -20,7 +20,7 @@ evaluated without a graph.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,7 @@ from ...backend import iter_chunks
 from ...errors import ConservationWarning, LayerError, OptionError
 from ...options import NonNegativeFloat, PositiveFloat
 from ...run import MethodResult, Run
-from .canonize import probe
+from .canonize import probe, without_relu_reader
 from .composites import DEFAULT, lookup
 from .hooks import PassState, install, layer_probe
 from .kernels import kernels_for
@@ -84,6 +84,11 @@ def lrp(run: Run, *, composite: Any = DEFAULT, rules: Mapping[str, Any] | None =
         raise OptionError(f"rules must be a dict {{layer name / pattern / kind: rule}}, got "
                           f"{type(rules).__name__}")
     found = probe(run, merge_batchnorm=merge_batchnorm)
+    latest = [found]
+
+    def learned(names: set[str]) -> None:
+        # the cached probe is immutable: a corrected copy replaces it for later calls
+        latest[0] = without_relu_reader(run, latest[0], names, merge_batchnorm=merge_batchnorm)
     plans = assign_rules(run.layers(), found, comp, rules, options, registry().activations)
     probe_module = None
     if layer is not None:
@@ -111,7 +116,7 @@ def lrp(run: Run, *, composite: Any = DEFAULT, rules: Mapping[str, Any] | None =
     used: list[np.ndarray] = []
     for sl in iter_chunks(n, size):
         t = None if given is None else given[sl]
-        parts.append(_one_pass(run, plans, run.inputs[sl], t, probe_module, used, relus))
+        parts.append(_one_pass(run, plans, run.inputs[sl], t, probe_module, used, relus, learned))
     if given is None:
         run.record_argmax_targets(np.concatenate(used))
     rel = parts[0][0] if len(parts) == 1 else B.concat([p[0] for p in parts], axis=0)
@@ -164,10 +169,12 @@ def _balance(B: Any, rel: Any, tout: Any, ledgers: list[dict[str, np.ndarray]], 
 
 
 def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndarray | None,
-              probe_module: Any, used: list[np.ndarray], relus: list) -> tuple[Any, Any, list, dict]:
+              probe_module: Any, used: list[np.ndarray], relus: list,
+              on_tripped: Callable[[set[str]], None]) -> tuple[Any, Any, list, dict]:
     """One modified forward+backward on batch ``x``: (relevance, target outputs, layer maps,
     absorbed relevance per layer). ``targets=None`` explains each sample's argmax, appended to
-    ``used``."""
+    ``used``. ``on_tripped(names)`` learns the layers whose optimistic plan a tripwire refuted
+    (their outputs are read by more than a ReLU); the pass is then redone with the full rules."""
     B = run.backend
     K = kernels_for(B)
     state = PassState(ledger=Ledger(B))
@@ -185,6 +192,7 @@ def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndar
             leaves = [leaf for _, _, ls in state.explicit for leaf, _ in ls]
             probes = [e for e, _ in state.probes]
             grads = B.grad(score, [xg] + leaves + probes)
+            state.ledger.refusal()
             wrong = [plan for plan, flag in state.tripped if flag]
     finally:
         for h in handles:
@@ -195,8 +203,8 @@ def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndar
     if wrong:  # a negative output is used after all (not only by a ReLU): the full rule there
         for plan in wrong:
             plan.optimistic = False
-            plan.found.feeds_relu.discard(plan.bn.name if plan.bn is not None else plan.info.name)
-        return _one_pass(run, plans, x, targets, probe_module, used, relus)
+        on_tripped({plan.bn.name if plan.bn is not None else plan.info.name for plan in wrong})
+        return _one_pass(run, plans, x, targets, probe_module, used, relus, on_tripped)
     rel = x * grads[0]
     shape = B.shape(x)
     i = 1

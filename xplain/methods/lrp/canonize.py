@@ -1,7 +1,7 @@
-"""Find the model's structure LRP needs, by watching one forward pass (no model surgery).
+"""Find the model's structure LRP needs, from the model's observation (no model surgery).
 
-A single-sample, no-grad *probe* forward with a hook on every leaf layer records, in execution
-order, each call's input and output tensors. From that:
+The shared batch-1 observation pass (:mod:`xplain.observe`) records, in execution order, each
+layer call's inputs and output by tensor identity, with the value facts LRP needs. From that:
 
 * **BatchNorm merging** (canonisation): a BatchNorm whose input *is* (tensor identity) the output
   of a conv/linear layer is merged into it — ``W' = W·s``, ``b' = (b − μ)·s + β`` with
@@ -19,28 +19,36 @@ order, each call's input and output tensors. From that:
   times that activation's output (squeeze-and-excitation: ``x * sigmoid(fc(pool(x)))``). LRP
   treats the gate as a constant weight (Arras et al., "Explaining Recurrent Neural Network
   Predictions in Sentiment Analysis", 2017), so relevance follows the signal.
+* **Outputs read by a ReLU** and **outputs changed in place later**, from the sums the pass
+  took when each output was produced, when a ReLU read it and at the end.
 
-Every probed tensor is kept referenced until matching is done: Python reuses the ``id()`` of a
-freed tensor, and DenseNet's many concatenations make that happen (docs/architecture.md §3).
+The :class:`Probe` is immutable and cached per model (weakly) under the observation's key and
+``merge_batchnorm``; :func:`without_relu_reader` replaces it there when a pass proves a guess
+about ReLU readers wrong (docs/architecture.md §3).
 """
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
-
-import numpy as np
+from collections.abc import Iterable, Mapping
 
 from ...backend import LayerInfo
-from ...checks import call_model
+from ...observe import Call, Observation, observe_run, structure_key
 from ...run import Run
 
 _AFFINE = ("conv", "linear")
 
 
-@dataclass
+def _frozen_map() -> Mapping:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
 class Probe:
-    """What the probe pass found.
+    """What LRP needs to know about the model, from its observation. Immutable: a correction is
+    a new probe (:func:`without_relu_reader`).
 
     Attributes:
         order: executed leaf layers by name, in first-call order.
@@ -60,47 +68,68 @@ class Probe:
         modified_outputs: conv/linear/BatchNorm/activation layers whose output tensor is changed
             in place later by something other than a ReLU (``out += identity``): their values
             must be copied where they are needed after the forward pass (the LRP ledger).
+        inputs_changed_later: activation layers (not in-place) whose input tensor is changed in
+            place after they read it: the ledger copies the input it reads backward.
     """
 
-    order: list[str] = field(default_factory=list)
-    calls: dict[str, int] = field(default_factory=dict)
-    merged: dict[str, str] = field(default_factory=dict)
-    merged_bn: set[str] = field(default_factory=set)
+    order: tuple[str, ...] = ()
+    calls: Mapping[str, int] = field(default_factory=_frozen_map)
+    merged: Mapping[str, str] = field(default_factory=_frozen_map)
+    merged_bn: frozenset[str] = frozenset()
     first: str | None = None
     first_takes_input: bool = False
-    input_users: set[str] = field(default_factory=set)
-    feeds_relu: set[str] = field(default_factory=set)
+    input_users: frozenset[str] = frozenset()
+    feeds_relu: frozenset[str] = frozenset()
     per_sample_bytes: int = 0
     largest_bytes: int = 0
     nonneg_inputs: frozenset[str] = frozenset()
     gates: frozenset[str] = frozenset()
     containers_with_params: tuple[str, ...] = ()
     modified_outputs: frozenset[str] = frozenset()
+    inputs_changed_later: frozenset[str] = frozenset()
 
 
-_CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+#: Probes per model (weakly: the model is borrowed), keyed by the observation's key and
+#: ``merge_batchnorm``. Only names are cached: parameters are always read afresh.
+_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple, Probe]]" = weakref.WeakKeyDictionary()
+
+
+def _key(run: Run, merge_batchnorm: bool) -> tuple:
+    return structure_key(run.backend, run.layers(), run.inputs[:1]), merge_batchnorm
 
 
 def probe(run: Run, *, merge_batchnorm: bool = True) -> Probe:
     """The :class:`Probe` of ``run``'s model for inputs shaped like ``run.inputs``.
 
-    Cached per model object (weakly) under the model's layer structure (names, module objects,
-    kinds) and the per-sample input shape, so explaining batch after batch costs one probe; a
-    model whose sub-layers are replaced gets a new probe. Only names are cached: parameters are
-    always read afresh.
+    Derived from the model's observation (:func:`xplain.observe.observe_run`: one batch-1 pass,
+    shared with the CAM layer choice, the memory estimate, the listing and the summary) and
+    cached per model object (weakly) under the model's layer structure and the per-sample input
+    shape and dtype, so explaining batch after batch costs no pass; a model whose sub-layers are
+    replaced gets a new probe.
     """
-    B = run.backend
-    signature = (tuple((i.name, id(i.module), i.kind) for i in run.layers()),
-                 tuple(B.shape(run.inputs)[1:]), B.dtype_name(run.inputs), merge_batchnorm)
+    key = _key(run, merge_batchnorm)
     try:
         per_model = _CACHE.setdefault(run.model, {})
     except TypeError:  # not weak-referenceable: no cache
         per_model = {}
-    if signature not in per_model:
+    if key not in per_model:
         if len(per_model) >= 8:
             per_model.clear()
-        per_model[signature] = _probe(run, merge_batchnorm)
-    return per_model[signature]
+        per_model[key] = derive(observe_run(run), run.layers(), merge_batchnorm)
+    return per_model[key]
+
+
+def without_relu_reader(run: Run, found: Probe, names: Iterable[str], *,
+                        merge_batchnorm: bool) -> Probe:
+    """``found`` with ``names`` removed from :attr:`Probe.feeds_relu` (a pass proved that
+    something besides a ReLU reads their outputs), put in the cache in place of ``found`` so
+    later calls on this model and input shape plan with it."""
+    new = replace(found, feeds_relu=found.feeds_relu - frozenset(names))
+    try:
+        _CACHE.setdefault(run.model, {})[_key(run, merge_batchnorm)] = new
+    except TypeError:
+        pass
+    return new
 
 
 #: Layer kinds whose output is non-negative wherever their input is (order statistics, means,
@@ -108,189 +137,137 @@ def probe(run: Run, *, merge_batchnorm: bool = True) -> Probe:
 _KEEP_SIGN = ("maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool", "flatten", "dropout",
               "identity")
 
+#: Kinds whose output's sum the in-place check follows (the outputs LRP's rules and ledger read).
+_SUMMED = ("conv", "linear", "batchnorm", "activation")
+
 
 def _nonneg_range(info: LayerInfo) -> bool:
     """The layer's output is ≥ 0 for every input."""
     return info.kind == "relu" or (info.kind == "activation" and bool(info.attrs.get("nonnegative")))
 
 
-def _probe(run: Run, merge_batchnorm: bool) -> Probe:
-    """Run the probe forward on ``run.inputs[:1]`` and analyse it (see module docstring)."""
-    B = run.backend
-    infos = run.layers()
-    leaves = [info for info in infos if not info.has_children and info.name != ""]
-    if not leaves:  # the root itself is a single layer
-        leaves = [info for info in infos if not info.has_children]
-    containers = [info for info in infos if info.has_children and info.name != ""]
-    records: list[tuple[LayerInfo, tuple, Any]] = []  # holds every probed tensor alive
-    container_records: list[tuple[LayerInfo, tuple, Any]] = []
-    read_nonneg: dict[int, bool] = {}  # id(record's inputs) -> min(input) >= 0 when read
-
-    sums: dict[int, Any] = {}  # output sums, to see whether a tensor was modified in place later
-
-    def make_hook(info: LayerInfo):
-        def hook(_layer: Any, inputs: tuple, output: Any) -> None:
-            if info.kind in ("conv", "linear", "batchnorm", "activation") and B.is_tensor(output):
-                sums[id(output)] = B.sum(output)
-            records.append((info, tuple(inputs), output))
-        return hook
-
-    def affine_pre_hook(_layer: Any, inputs: tuple) -> None:
-        if inputs and B.is_tensor(inputs[0]):
-            read_nonneg[id(inputs[0])] = bool(B.all(inputs[0] >= 0))
-
-    gates: set[str] = set()
-    starts: list[int] = []  # len(records) when each running container started (a stack)
-
-    def container_pre_hook(_layer: Any, _inputs: tuple) -> None:
-        starts.append(len(records))
-
-    def container_hook(info: LayerInfo):
-        def hook(_layer: Any, inputs: tuple, output: Any) -> None:
-            start = starts.pop() if starts else 0
-            container_records.append((info, tuple(inputs), output))
-            gates.update(_gates_of(B, tuple(inputs), output, records[start:]))
-        return hook
-
-    def relu_pre_hook(_layer: Any, inputs: tuple) -> None:
-        # before an in-place ReLU overwrites it: is this input still its producer's output?
-        if inputs and id(inputs[0]) in sums and not isinstance(sums[id(inputs[0])], tuple):
-            sums[id(inputs[0])] = (sums[id(inputs[0])], B.sum(inputs[0]))
-
-    handles = []
-    x = run.inputs[:1]
-    try:
-        for info in leaves:
-            handles.append(B.add_forward_hook(info.module, make_hook(info)))
-            if info.kind == "relu":
-                handles.append(B.add_forward_pre_hook(info.module, relu_pre_hook))
-            if info.kind in _AFFINE:
-                handles.append(B.add_forward_pre_hook(info.module, affine_pre_hook))
-        for info in containers:
-            handles.append(B.add_forward_pre_hook(info.module, container_pre_hook))
-            handles.append(B.add_forward_hook(info.module, container_hook(info)))
-        with B.no_grad():
-            call_model(B, run.model, x)
-    finally:
-        for h in handles:
-            h.remove()
-
-    result = Probe()
-    produced_by: dict[int, tuple[LayerInfo, Any]] = {}
-    nonneg: dict[int, tuple[Any, bool]] = {}  # id(tensor) -> (tensor, provably >= 0), latest writer
+def derive(obs: Observation, infos: Iterable[LayerInfo], merge_batchnorm: bool) -> Probe:
+    """The :class:`Probe` from an observation (see the module docstring); ``infos``: the model's
+    layers (for the activations' ranges and the containers' parameters)."""
+    by_name = {i.name: i for i in infos}
+    leaves = [c for c in obs.calls if c.leaf]
+    calls: dict[str, int] = {}
+    for c in leaves:
+        calls[c.name] = calls.get(c.name, 0) + 1
+    total, largest = obs.leaf_output_bytes()
+    first, takes_input, input_users = None, False, set()
+    produced_by: dict[int, Call] = {}  # token -> the last conv/linear that output it
+    nonneg: dict[int, bool] = {}  # token -> provably >= 0, as left by its last writer
     nonneg_inputs: set[str] = set()
     signed_inputs: set[str] = set()  # read a signed input in at least one call
-    for info, inputs, output in records:
-        result.calls[info.name] = result.calls.get(info.name, 0) + 1
-        if result.calls[info.name] == 1:
-            result.order.append(info.name)
-        if B.is_tensor(output):
-            size = int(np.prod(B.shape(output))) * 4
-            result.per_sample_bytes += size
-            result.largest_bytes = max(result.largest_bytes, size)
-        a = inputs[0] if inputs else None
-        seen = nonneg.get(id(a)) if a is not None else None
-        a_nonneg = seen is not None and seen[0] is a and seen[1]
-        if info.kind in _AFFINE:
-            if result.first is None:
-                result.first = info.name
-                result.first_takes_input = bool(inputs) and _is_view_of(B, inputs[0], x)
-            if inputs and inputs[0] is x:
-                result.input_users.add(info.name)
-            if B.is_tensor(output):
-                produced_by[id(output)] = (info, output)
-            if a_nonneg and read_nonneg.get(id(a), False):
-                nonneg_inputs.add(info.name)
-            else:
-                signed_inputs.add(info.name)
-        if B.is_tensor(output):
-            nonneg[id(output)] = (output, _nonneg_range(info) or (info.kind in _KEEP_SIGN and a_nonneg))
-    result.nonneg_inputs = frozenset(nonneg_inputs - signed_inputs)
-    result.gates = frozenset(gates)
-    result.containers_with_params = tuple(dict.fromkeys(
-        info.name for info, _, _ in container_records
-        if any(p is not None for p in info.params.values())))
-
-    outputs: dict[int, tuple[LayerInfo, Any]] = {}
-    for info, inputs, output in records:
-        if info.kind == "relu" and inputs:
-            hit = outputs.get(id(inputs[0]))
-            pair = sums.get(id(inputs[0]))
-            unchanged = isinstance(pair, tuple) and bool(B.all(pair[0] == pair[1]))
-            if hit is not None and hit[1] is inputs[0] and unchanged:  # not e.g. `out += identity`
-                result.feeds_relu.add(hit[0].name)
-        if B.is_tensor(output):
-            outputs[id(output)] = (info, output)
-
+    for c in leaves:
+        a = c.first_input
+        a_nonneg = a is not None and nonneg.get(a.token, False)
+        if c.kind in _AFFINE:
+            if first is None:
+                first, takes_input = c.name, c.input_views_model_input
+            if a is not None and a.token == obs.input.token:
+                input_users.add(c.name)
+            if c.output is not None:
+                produced_by[c.output.token] = c
+            (nonneg_inputs if a_nonneg and c.input_nonneg else signed_inputs).add(c.name)
+        if c.output is not None:
+            nonneg[c.output.token] = (_nonneg_range(by_name[c.name])
+                                      or (c.kind in _KEEP_SIGN and a_nonneg))
+    merged: dict[str, str] = {}
     if merge_batchnorm:
-        candidates: dict[str, str] = {}
-        for info, inputs, _output in records:
-            if info.kind != "batchnorm" or not inputs:
-                continue
-            hit = produced_by.get(id(inputs[0]))
-            if hit is not None and hit[1] is inputs[0]:  # identity, not a recycled id
-                candidates.setdefault(info.name, hit[0].name)
-        taken: set[str] = set()
-        for bn_name, lin_name in candidates.items():
-            # merge only clean one-to-one pairs that run once each (a reused module could meet
-            # different partners in different calls)
-            if (result.calls.get(bn_name) == 1 and result.calls.get(lin_name) == 1
-                    and lin_name not in taken):
-                taken.add(lin_name)
-                result.merged[lin_name] = bn_name
-                result.merged_bn.add(bn_name)
-    result.modified_outputs = frozenset(_modified_later(B, records, sums))
-    records.clear()  # matching done: the probed tensors may go
-    container_records.clear()
-    return result
+        merged = _merges(leaves, produced_by, calls)
+    return Probe(
+        order=tuple(calls), calls=MappingProxyType(calls), merged=MappingProxyType(merged),
+        merged_bn=frozenset(merged.values()), first=first, first_takes_input=takes_input,
+        input_users=frozenset(input_users), feeds_relu=frozenset(_relu_readers(obs, leaves)),
+        per_sample_bytes=total, largest_bytes=largest,
+        nonneg_inputs=frozenset(nonneg_inputs - signed_inputs),
+        gates=frozenset(obs.calls[g].name for c in obs.calls if c.name for g in c.gates),
+        containers_with_params=tuple(dict.fromkeys(
+            c.name for c in obs.calls if not c.leaf and c.name
+            and any(p is not None for p in by_name[c.name].params.values()))),
+        modified_outputs=frozenset(_modified_later(obs, leaves)),
+        inputs_changed_later=frozenset(_inputs_changed_later(obs, leaves, by_name)))
 
 
-def _modified_later(B: Any, records: list, sums: dict[int, Any]) -> set[str]:
+def _merges(leaves: list[Call], produced_by: dict[int, Call], calls: dict[str, int]) -> dict[str, str]:
+    """conv/linear → BatchNorm to merge: the BatchNorm reads that layer's output tensor, and
+    only clean one-to-one pairs that run once each (a reused module could meet different
+    partners in different calls)."""
+    candidates: dict[str, str] = {}
+    for c in leaves:
+        a = c.first_input
+        if c.kind == "batchnorm" and a is not None and a.token in produced_by:
+            candidates.setdefault(c.name, produced_by[a.token].name)
+    merged: dict[str, str] = {}
+    for bn_name, lin_name in candidates.items():
+        if calls.get(bn_name) == 1 and calls.get(lin_name) == 1 and lin_name not in merged:
+            merged[lin_name] = bn_name
+    return merged
+
+
+def _sums(obs: Observation, leaves: list[Call]) -> dict[int, Any]:
+    """token → the sum of a conv/linear/BatchNorm/activation output when its last such writer
+    produced it, paired with its sum when a ReLU first read it afterwards: ``(made, read)``."""
+    sums: dict[int, Any] = {}
+    for c in leaves:
+        a = c.first_input
+        if c.kind == "relu" and a is not None and a.token in sums \
+                and not isinstance(sums[a.token], tuple) and c.input_sum is not None:
+            sums[a.token] = (sums[a.token], c.input_sum)
+        if c.kind in _SUMMED and c.output is not None and c.output_sum is not None:
+            sums[c.output.token] = c.output_sum
+    return sums
+
+
+def _relu_readers(obs: Observation, leaves: list[Call]) -> set[str]:
+    """Layers whose output a ReLU module reads unchanged (not after ``out += identity``)."""
+    sums = _sums(obs, leaves)
+    found: set[str] = set()
+    last_writer: dict[int, Call] = {}
+    for c in leaves:
+        a = c.first_input
+        if c.kind == "relu" and a is not None and a.token in last_writer:
+            pair = sums.get(a.token)
+            if isinstance(pair, tuple) and pair[0] == pair[1]:
+                found.add(last_writer[a.token].name)
+        if c.output is not None:
+            last_writer[c.output.token] = c
+    return found
+
+
+def _modified_later(obs: Observation, leaves: list[Call]) -> set[str]:
     """Layers whose output was changed in place after it was produced, other than by the
     ReLU that reads it (which only zeroes values whose gradient is then zero anyway)."""
+    sums = _sums(obs, leaves)
     found: set[str] = set()
-    for info, _inputs, output in records:
-        entry = sums.get(id(output)) if B.is_tensor(output) else None
+    for c in leaves:
+        entry = sums.get(c.output.token) if c.output is not None else None
         if entry is None:
             continue
         if isinstance(entry, tuple):  # (sum when produced, sum when a ReLU read it)
-            changed = not bool(B.all(entry[0] == entry[1]))
+            changed = entry[0] != entry[1]
         else:
-            changed = not bool(B.all(entry == B.sum(output)))
+            changed = entry != obs.final_sums.get(c.output.token)
         if changed:
-            found.add(info.name)
+            found.add(c.name)
     return found
 
 
-def _gates_of(B: Any, inputs: tuple, out: Any, records: list) -> set[str]:
-    """Activation layers among ``records`` (the calls inside one container call) whose output
-    ``s`` multiplies the container's input ``x`` into its output (``out == x * s`` exactly, ``s`` broadcast): the
-    gates of squeeze-and-excitation blocks, found without knowing the block's code. Checked
-    when the container returns, before anything later can modify ``x`` or ``out`` in place."""
+def _inputs_changed_later(obs: Observation, leaves: list[Call], by_name: dict[str, LayerInfo]) -> set[str]:
+    """Activation layers (not in-place) whose input tensor is changed in place after they read
+    it (its sum at the end of the pass differs, or is unknown): LRP's ledger then keeps a copy
+    of the input it reads in the backward pass."""
     found: set[str] = set()
-    if not inputs or not B.is_tensor(inputs[0]) or not B.is_tensor(out):
-        return found
-    x = inputs[0]
-    full = B.shape(x)
-    if B.shape(out) != full:
-        return found
-    for info, _inputs, s in records:
-        if info.kind not in ("activation", "relu") or not B.is_tensor(s) or s is x or s is out:
+    for c in leaves:
+        a = c.first_input
+        if c.kind != "activation" or a is None or c.input_sum is None \
+                or by_name[c.name].attrs.get("inplace"):
             continue
-        shape = B.shape(s)
-        if len(shape) == len(full) and all(a in (1, b) for a, b in zip(shape, full)) \
-                and bool(B.all(x * s == out)):
-            found.add(info.name)
+        if obs.final_sums.get(a.token) != c.input_sum:
+            found.add(c.name)
     return found
-
-
-def _is_view_of(B: Any, a: Any, x: Any) -> bool:
-    """``a`` is the model input ``x`` itself or a reshaped copy of it (``x.view``, Flatten)."""
-    if a is x:
-        return True
-    if not B.is_tensor(a) or int(np.prod(B.shape(a))) != int(np.prod(B.shape(x))):
-        return False
-    return B.all(B.reshape(a, B.shape(x)) == x)
 
 
 def batchnorm_affine(B: Any, bn: LayerInfo) -> tuple[Any, Any]:

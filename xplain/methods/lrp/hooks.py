@@ -88,7 +88,8 @@ def install(B: Any, K: LRPKernels, plans: Mapping[str, LayerPlan], state: PassSt
                 values = ledger.values(output, copy(plan))
                 source = B.alias(a)  # reached by the rule's gradient alone (see Ledger.passed)
                 out = elementwise.pass_through(B, K, source, output, ratio)
-                ledger.passed(name, out, values, source, plan.info)
+                ledger.passed(name, out, values, source, plan.info,
+                              copy=name in plan.found.inputs_changed_later)
                 return out
             # terms: inputs[0] is the alias handed in by the pre-hook (see install)
             if not rule.explicit:

@@ -55,6 +55,9 @@ class Ledger:
 
     B: Any
     entries: dict[str, list] = field(default_factory=dict)
+    #: errors found in the backward pass, raised by :meth:`refusal` after it (an exception
+    #: raised inside a gradient hook reaches the caller wrapped by some frameworks)
+    problems: list[Exception] = field(default_factory=list)
 
     def _add(self, name: str, value: Any) -> None:
         self.entries.setdefault(name, []).append(value)
@@ -92,21 +95,24 @@ class Ledger:
             return
         self._watch(y, lambda g: self._add(name, self._bias_share(g, bias)))
 
-    def passed(self, name: str, out: Any, values: Any, source: Any, info: Any) -> None:
+    def passed(self, name: str, out: Any, values: Any, source: Any, info: Any, copy: bool) -> None:
         """pass on ``y = f(a)`` emitted as ``out``, its gradient routed into ``source`` (an alias
         of ``a`` that only the rule reads): ``Σ g·y − Σ g_a·a``, with ``values`` of ``y`` and
         ``g_a`` the gradient reaching ``source``. ``a`` is read in the backward pass (no product
-        kept from the forward); a model that changed it in place meanwhile is refused."""
+        kept from the forward), from a copy where the probe saw it changed in place later
+        (``copy``, ``Probe.inputs_changed_later``); a model that changed it anyway (its control
+        flow differs from the probe's) is refused."""
         B = self.B
-        a = B.stop_gradient(source)
+        a = self.values(source, copy)
         version = B.version(a)
 
         def fn(g: Any) -> None:
-            if B.version(a) != version:
-                raise LayerError(
+            if B.version(a) != version:  # raised after the backward (see refusal)
+                self.problems.append(LayerError(
                     f"the input of {info.name!r} ({info.type_name}) was changed in place after the "
                     f"layer read it, so LRP's conservation ledger cannot read it; give the layer "
-                    f"that changes it inplace=False, or pass rules={{{info.name!r}: 'zero'}}")
+                    f"that changes it inplace=False, or pass rules={{{info.name!r}: 'zero'}}"))
+                return
             self._add(name, -B.batch_dot(g, a))
         self._watch(out, lambda g: self._add(name, B.batch_dot(g, values)))
         self._watch(source, fn)
@@ -120,6 +126,11 @@ class Ledger:
         B = self.B
         a = B.stop_gradient(alias)
         self._watch(alias, lambda g: self._add(name, -B.batch_dot(g, a)))
+
+    def refusal(self) -> None:
+        """Raise the first problem the backward pass found, if any."""
+        if self.problems:
+            raise self.problems[0]
 
     def add(self, name: str, value: Any) -> None:
         """A per-sample amount computed outside the backward pass (explicit first-layer rules:

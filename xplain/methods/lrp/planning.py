@@ -48,7 +48,7 @@ class LayerPlan:
     rule: Rule
     bn: LayerInfo | None = None  # BatchNorm merged into this conv/linear
     optimistic: bool = False  # skip output-sign groups for negative outputs (a ReLU follows)
-    found: Probe | None = None  # the (cached) probe, corrected when an optimistic guess fails
+    found: Probe | None = None  # the (cached, immutable) probe the plan was made from
     at_zero: float = 0.0  # f(0) of an element-wise layer under ``pass``
     cache: dict[str, Any] = field(default_factory=dict)  # modified parameters, once per call
 

@@ -685,3 +685,12 @@ def test_reference_kernels_on_gated_networks(fw, name):
     a, b = fused.numpy(), ref.numpy()
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
     assert fused.extras["conservation"].balanced.all() and ref.extras["conservation"].balanced.all()
+
+
+def test_chunks_are_even():
+    """LRP splits a batch into chunks of (nearly) equal size: 8 samples at most 6 per pass are
+    two passes of 4, not 6 and 2."""
+    from xplain.methods.lrp.attribute import _even
+
+    assert [_even(8, s) for s in (1, 3, 4, 6, 8, 10)] == [1, 3, 4, 4, 8, 8]
+    assert _even(7, 3) == 3 and _even(5, 2) == 2 and _even(1, 4) == 1

@@ -101,14 +101,14 @@ def lrp(run: Run, *, composite: Any = DEFAULT, rules: Mapping[str, Any] | None =
     # the optimistic plans' replacements (see emit)
     relus = [info.module for info in run.layers() if info.kind == "relu"]
     n = run.batch_size
-    # Peak memory of a modified forward+backward is 1.15x (LRP-ε) to 1.55x (epsilon_gamma_box)
-    # the probe's activation estimate (resnet50, batch 8). Budgeting 4x keeps chunks small
-    # enough that glibc's default malloc reuses freed memory between passes instead of
-    # returning it to the OS: batch 8 in one pass cost 3.7x a raw pass there, two of 4 cost 2.0x.
-    # On CPU each layer output also stays under the mmap threshold (vgg16, torch: chunks of 2
-    # instead of 4 took γ-box from 1.43x to 1.36x a raw pass, LRP-ε from 1.09x to 0.99x).
-    size = run.max_batch or run.within_cpu_tensor_bytes(
-        max(1, run.memory_budget // max(1, 4 * found.per_sample_bytes)), found.largest_bytes)
+    # A modified forward+backward holds more than the probe's activation estimate: a kept
+    # tensor per rule (a ratio, a scale) beside each layer output. Budgeting 4x keeps chunks
+    # small enough that glibc's default malloc reuses freed memory between passes instead of
+    # returning it to the OS and faulting it in again; on CPU the largest layer output, counted
+    # 1.5x for the tensor kept beside it, stays under the mmap threshold. Chunks of equal size
+    # (benchmarks/RESULTS.md has the measurements)
+    size = run.max_batch or _even(n, run.within_cpu_tensor_bytes(
+        max(1, run.memory_budget // max(1, 4 * found.per_sample_bytes)), found.largest_bytes * 3 // 2))
     # without given targets each chunk takes its own argmax (samples are independent): no
     # extra forward pass just to resolve them
     given = run.given_targets
@@ -138,6 +138,16 @@ def lrp(run: Run, *, composite: Any = DEFAULT, rules: Mapping[str, Any] | None =
             raise LayerError(f"layer {layer!r} did not run in the forward pass; choose a layer that does")
         extras["layer_relevance"] = per_call[0] if len(per_call) == 1 else per_call
     return MethodResult(rel, extras)
+
+
+def _even(total: int, size: int) -> int:
+    """The chunk size that covers ``total`` samples in as many chunks as ``size`` needs, all of
+    (nearly) equal size: 8 samples at most 6 per chunk are two chunks of 4, not 6 and 2 (each
+    pass costs its hooks and kernels' fixed overhead; a small last pass buys nothing)."""
+    if total <= 0 or size <= 0:
+        return max(1, size)
+    chunks = -(-total // size)
+    return -(-total // chunks)
 
 
 def _balance(B: Any, rel: Any, tout: Any, ledgers: list[dict[str, np.ndarray]], rows: list[int],

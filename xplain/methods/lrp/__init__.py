@@ -1,8 +1,14 @@
 """Layer-wise Relevance Propagation (LRP), written once for every backend.
 
-* :mod:`.rules` — rules as data (ε, γ, z⁺, αβ, flat, w², z^B, pass, LRP-0);
+* :mod:`.rules` — rules as data (ε, γ, z⁺, αβ, flat, w², z^B, pass, gate, LRP-0);
 * :mod:`.composites` — which rule each layer gets, by kind, name pattern or first layer;
-* :mod:`.canonize` — BatchNorm merging and first-layer detection from a probe forward pass;
+* :mod:`.canonize` — what LRP needs to know of the model (BatchNorm to merge, the first layer,
+  signs, gates, in-place changes), from the model's observation pass (:mod:`xplain.observe`);
+* :mod:`.planning` — the rule of every executed layer, or a ``LayerError`` saying why none fits;
+* :mod:`.params`, :mod:`.terms`, :mod:`.elementwise`, :mod:`.emit` — modified parameters, a
+  rule's terms on one layer call, the element-wise rules, the replacement of a layer's output;
+* :mod:`.hooks` — the forward hooks of one modified pass; :mod:`.ledger` — the conservation
+  report; :mod:`.kernels` — LRP's own operations (reference + backends' fused overrides);
 * :mod:`.attribute` — the ``lrp`` method: relevance = input ⊙ modified gradient.
 
 Usage::

@@ -11,11 +11,15 @@ reused modules, in-place ReLUs, concatenations and functional ops (``x.view``) n
 code: the gradient of a sum is exactly LRP-0 at that node. Rules whose relevance is not of the
 ``input ⊙ c`` form (flat, w², z^B) read the gradient at fresh leaf tensors standing for their
 modified inputs, which is possible at the first layer. Where the rule is "the gradient times an
-element-wise factor" (ε; the ``(z − sg(z))`` parts), ``Backend.scale_gradient`` applies the factor
-in the backward pass instead of costing element-wise ops forward. Where ``z`` is one linear map
-of the layer input (1x1 and linear layers, two-sided γ, the first layer's stacked terms),
+element-wise factor" (ε; the ``(z − sg(z))`` parts), the kernels apply the factor in the
+backward pass instead of costing element-wise ops forward. Where ``z`` is one linear map of the
+layer input (1x1 and linear layers, two-sided γ, the first layer's stacked terms),
 ``LRPKernels.route_to_input`` takes ``Wᵀ(c ⊙ g)`` straight into the input, so ``z`` itself is
 evaluated without a graph.
+
+This module is the method: observe (:mod:`.canonize`), plan (:mod:`.planning`), run the
+modified passes in chunks (:mod:`.hooks`, :mod:`.terms`, :mod:`.emit` on the backend's
+:mod:`.kernels`), and balance the relevance against the target (:mod:`.ledger`).
 """
 from __future__ import annotations
 
@@ -104,11 +108,10 @@ def lrp(run: Run, *, composite: Any = DEFAULT, rules: Mapping[str, Any] | None =
     # A modified forward+backward holds more than the probe's activation estimate: a kept
     # tensor per rule (a ratio, a scale) beside each layer output. Budgeting 4x keeps chunks
     # small enough that glibc's default malloc reuses freed memory between passes instead of
-    # returning it to the OS and faulting it in again; on CPU the largest layer output, counted
-    # 1.5x for the tensor kept beside it, stays under the mmap threshold. Chunks of equal size
-    # (benchmarks/RESULTS.md has the measurements)
+    # returning it to the OS and faulting it in again; on CPU the largest layer output stays
+    # under the mmap threshold. Chunks of equal size (benchmarks/RESULTS.md has the measurements)
     size = run.max_batch or _even(n, run.within_cpu_tensor_bytes(
-        max(1, run.memory_budget // max(1, 4 * found.per_sample_bytes)), found.largest_bytes * 3 // 2))
+        max(1, run.memory_budget // max(1, 4 * found.per_sample_bytes)), found.largest_bytes))
     # without given targets each chunk takes its own argmax (samples are independent): no
     # extra forward pass just to resolve them
     given = run.given_targets

@@ -351,6 +351,11 @@ def check_batch_dot(B, T):
     want = (a.astype(np.float64) * b).reshape(3, -1).sum(1)
     assert got.shape == (3,), f"batch_dot must return (N,), got {got.shape}"
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # a large one (backends may switch strategy by size): float32 sums of 2^20 terms per sample
+    big = rng.standard_normal((2, 1 << 20)).astype(np.float32)
+    got = B.to_numpy(B.batch_dot(T(big), T(big[::-1].copy())))
+    want = (big.astype(np.float64) * big[::-1]).sum(1)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-2 * np.sqrt(big.shape[1]))
 
 
 @check

@@ -195,15 +195,14 @@ class ReferenceKernels:
         B = self.B
         if not B.requires_grad(anchor):
             return value
-        kept = B.stop_gradient(value)
-
-        def forward(a: Tensor) -> Tensor:
-            return kept + 0.0  # a tensor of its own: the function's output
-
-        def backward(inputs: tuple, _out: Tensor, _g: Tensor) -> tuple:
-            on_use()
-            return (B.zeros_like(inputs[0]),)
-        return B.custom_vjp(forward, backward)(anchor)
+        # a scalar 0 computed from the anchor (its gradient into the anchor is exactly 0),
+        # watched: a gradient reaches it only through a differentiable use of the result. No
+        # custom function whose saved output would tie the graph into a cycle (paddle never
+        # frees such a graph). The value is exact for a finite anchor.
+        total = B.sum(anchor)
+        link = (total - B.stop_gradient(total)) * 0.0
+        B.watch_gradient(link, lambda _g: on_use())
+        return B.stop_gradient(value) + link
 
 
 class _Kernels:

@@ -309,7 +309,9 @@ def custom_vjp(forward: Callable[..., paddle.Tensor], backward: Callable) -> Cal
         @staticmethod
         def forward(ctx, *inputs):
             out = forward(*inputs)
-            ctx.save_for_backward(*inputs, out)
+            # the output detached: saved as itself it would hold this node, a cycle paddle
+            # never frees (the whole graph leaked per call)
+            ctx.save_for_backward(*inputs, out.detach())
             return out
 
         @staticmethod

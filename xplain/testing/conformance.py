@@ -564,6 +564,27 @@ def check_custom_vjp(B, T):
 
 
 @check
+def check_custom_vjp_frees_its_output(B, T):
+    """A custom function's output is freed once the caller drops it: a backend that saves the
+    output on its own autograd node makes a cycle that some frameworks never collect (paddle
+    kept the whole graph of every guided-backprop call alive)."""
+    import gc
+    import weakref
+
+    fn = B.custom_vjp(lambda x: B.relu(x), lambda inputs, out, g: (B.where(out > 0, g, B.zeros_like(g)),))
+    with B.enable_grad():
+        x = B.with_grad(T(np.ones((2, 3), dtype=np.float32)))
+        h = x * 3.0
+        y = fn(h)
+        ref = weakref.ref(y)
+        (g,) = B.grad(B.sum(y), x)
+    close(g, np.full((2, 3), 3.0), B)
+    del y, h
+    gc.collect()
+    assert ref() is None, "custom_vjp's output outlived the call (a reference cycle through the graph)"
+
+
+@check
 def check_dtypes(B, T):
     a = np.array([1.5, 2.5], dtype=np.float32)
     assert B.dtype_name(T(a)) == "float32"

@@ -114,7 +114,7 @@ class Ledger:
                     f"that changes it inplace=False, or pass rules={{{info.name!r}: 'zero'}}"))
                 return
             self._add(name, -B.batch_dot(g, a))
-        self._watch(out, lambda g: self._add(name, B.batch_dot(g, values)))
+        self.out(name, out, values)
         self._watch(source, fn)
 
     def measured_out(self, name: str, out: Any, copy: bool = False) -> None:
@@ -130,7 +130,9 @@ class Ledger:
     def refusal(self) -> None:
         """Raise the first problem the backward pass found, if any."""
         if self.problems:
-            raise self.problems[0]
+            # taken off the ledger first: the raised error's traceback reaches the ledger
+            problem, self.problems = self.problems[0], []
+            raise problem
 
     def add(self, name: str, value: Any) -> None:
         """A per-sample amount computed outside the backward pass (explicit first-layer rules:

@@ -177,8 +177,7 @@ class ReferenceKernels:
     def route_to_input(self, value: Tensor, x: Tensor, routes: Sequence[tuple[Tensor, Tensor]],
                        conv: Mapping[str, Any] | None) -> Tensor:
         B = self.B
-        if conv is not None and conv.get("groups", 1) != 1:
-            raise ValueError("route_to_input needs an ungrouped convolution (groups=1)")
+        _check_ungrouped(conv)
         if not B.requires_grad(x):
             return value
         through = []
@@ -285,11 +284,15 @@ class Routes:
 def make_routes(x: Tensor, routes: Sequence[tuple[Tensor, Tensor]], conv: Mapping[str, Any] | None,
                 detach: Callable[[Tensor], Tensor]) -> Routes:
     """The :class:`Routes` of a :meth:`LRPKernels.route_to_input` call (``detach`` of the backend)."""
-    if conv is not None and conv.get("groups", 1) != 1:
-        raise ValueError("route_to_input needs an ungrouped convolution (groups=1)")
+    _check_ungrouped(conv)
     scales = [s for _, s in routes]
     return Routes(tuple(detach(w) for w, _ in routes), [detach(s) for s in scales], distinct(scales),
                   conv, tuple(x.shape))
+
+
+def _check_ungrouped(conv: Mapping[str, Any] | None) -> None:
+    if conv is not None and conv.get("groups", 1) != 1:
+        raise ValueError("route_to_input needs an ungrouped convolution (groups=1)")
 
 
 def sum_routes(routes: Routes, g: Tensor, input_gradient: Callable[[Tensor, Tensor], Tensor],

@@ -694,3 +694,31 @@ def test_chunks_are_even():
 
     assert [_even(8, s) for s in (1, 3, 4, 6, 8, 10)] == [1, 3, 4, 4, 8, 8]
     assert _even(7, 3) == 3 and _even(5, 2) == 2 and _even(1, 4) == 1
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "resnet18"])
+def test_shared_gamma_equals_the_rule_term_by_term(fw, name, monkeypatch):
+    """The two-sided γ rule from the layer's own output and ``q = γ(a⁺W⁺ + a⁻W⁻ + b⁺)``
+    (emit.shared_gamma) gives what its four terms give evaluated one by one (the generic path,
+    itself checked against numpy references above). mobilenet_v3_small: signed inputs after
+    Hardswish and linear bottlenecks, depthwise convolutions, BatchNorm merged; resnet18:
+    post-ReLU inputs and 1x1 routes. float32: the two paths sum in different orders."""
+    from xplain.methods.lrp import terms
+    from xplain.testing import classifiers
+
+    model = classifiers.build(name, fw.name) if name in classifiers.names(fw.name) else zoo(fw, name)
+    size = classifiers.input_size(name, fw.name) if name in classifiers.names(fw.name) else 48
+    x = _input(fw, size)
+    kw = dict(method="lrp", rules={"conv": "gamma", "linear": "epsilon"}, composite=None, gamma=0.25, target=2)
+    seen = []
+    shared = terms.shared_gamma_terms
+    monkeypatch.setattr(terms, "shared_gamma_terms",
+                        lambda B, K, plan, a, nonneg: (seen.append(nonneg), shared(B, K, plan, a, nonneg))[1])
+    fast = xplain.explain(model, x, **kw)
+    assert (False in seen) == (name == "mobilenet_v3_small") and True in seen
+    monkeypatch.setattr(terms, "is_two_sided_gamma", lambda rule: False)
+    slow = xplain.explain(model, x, **kw)
+    a, b = fast.numpy(), slow.numpy()
+    assert np.abs(b).max() > 0
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+    assert fast.extras["conservation"].balanced.all() and slow.extras["conservation"].balanced.all()

@@ -316,11 +316,13 @@ class Run:
         return self.within_cpu_tensor_bytes(max(1, self.memory_budget // max(1, need)),
                                             self._largest_bytes)
 
-    def within_cpu_tensor_bytes(self, size: int, largest_bytes: int | None) -> int:
+    def within_cpu_tensor_bytes(self, size: int, largest_bytes: int | None,
+                                limit: int = CPU_TENSOR_BYTES) -> int:
         """``size`` samples per pass, fewer on CPU where one layer output of ``largest_bytes``
-        per sample would exceed :data:`CPU_TENSOR_BYTES` (``None``: not known, no cap)."""
+        per sample would exceed ``limit`` bytes (default :data:`CPU_TENSOR_BYTES`; ``None``:
+        not known, no cap)."""
         if largest_bytes and self.backend.is_cpu(self.inputs):
-            return min(size, max(1, CPU_TENSOR_BYTES // largest_bytes))
+            return min(size, max(1, limit // largest_bytes))
         return size
 
     def chunks(self, total: int, *, backward: bool = True) -> Iterator[slice]:

@@ -454,17 +454,51 @@ _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
     """``t``'s bytes as a uint8 tensor (bit-exact comparison, NaN payloads included)."""
-    t = t.detach().contiguous()
-    return t.reshape(-1).view(torch.uint8) if t.numel() else t.reshape(-1)
+    t = t.detach().reshape(-1)  # a contiguous copy where t is not contiguous
+    return t.view(torch.uint8) if t.numel() else t
 
 
 def _slots(m: nn.Module) -> tuple[dict, dict, dict]:
     return m._parameters, m._buffers, m._modules
 
 
+def _hook_keys(m: nn.Module) -> dict:
+    """The keys of ``m``'s non-empty hook dicts (most modules have none: nothing is copied)."""
+    d = m.__dict__
+    return {h: tuple(d[h]) for h in _HOOK_DICTS if d.get(h)}
+
+
+def _packed_bits(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The bytes of ``tensors`` (non-empty, one device) in one new uint8 tensor: one copy and
+    one comparison for a model's many small buffers instead of one per buffer."""
+    return torch.cat([_bits(t) for t in tensors])
+
+
+def _buffer_groups(mods: list[tuple[str, nn.Module]]) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
+    by_device: dict[Any, list[torch.Tensor]] = {}
+    seen: set[int] = set()
+    for _, m in mods:
+        for b in m._buffers.values():
+            if b is not None and b.numel() and id(b) not in seen:
+                seen.add(id(b))
+                by_device.setdefault(b.device, []).append(b)
+    return [(bufs, _packed_bits(bufs)) for bufs in by_device.values()]
+
+
+def _named_parameters(mods: list[tuple[str, nn.Module]]) -> list[tuple[str, torch.Tensor]]:
+    """``model.named_parameters()`` from the module walk already made (one walk, not two)."""
+    out, seen = [], set()
+    for n, m in mods:
+        for k, p in m._parameters.items():
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                out.append((f"{n}.{k}" if n else k, p))
+    return out
+
+
 def snapshot(model: nn.Module, deep: bool = False) -> dict:
     mods = list(model.named_modules(remove_duplicate=False))
-    params = list(model.named_parameters())
+    params = _named_parameters(mods)
     return {
         "training": [(m, m.training) for _, m in mods],
         "requires_grad": [(p, p.requires_grad) for _, p in params],
@@ -473,15 +507,28 @@ def snapshot(model: nn.Module, deep: bool = False) -> dict:
                   if not isinstance(m, torch.jit.ScriptModule)],  # compiled: its slots are fixed
         # in-place ops bump _version; `p.data = t` changes the storage pointer
         "versions": [(n, p, p._version, p.data_ptr(), p.data) for n, p in params],
-        # buffers (BatchNorm statistics) are small: keep copies so they can be put back
+        # buffers (BatchNorm statistics) are small: keep their bytes so they can be put back
         # (BatchNorm's running-stat update does not bump the version counter: compare values)
-        "buffers": [(b, b.detach().clone()) for b in model.buffers()],
-        "hooks": [(m, {h: dict(getattr(m, h, {})) for h in _HOOK_DICTS}) for _, m in mods],
+        "buffers": _buffer_groups(mods),
+        "hooks": [(m, _hook_keys(m)) for _, m in mods],
         "grads": [(p, p.grad) for _, p in params],
         # edits through `.data` or under no_grad with a fresh version counter are invisible to
         # the cheap checks above: a deep snapshot keeps the values themselves
         "values": [(n, p, p.detach().clone()) for n, p in params] if deep else None,
     }
+
+
+def _put_back_buffers(groups: list[tuple[list[torch.Tensor], torch.Tensor]]) -> None:
+    for bufs, saved in groups:
+        if torch.equal(_packed_bits(bufs), saved):
+            continue
+        start = 0
+        for b in bufs:
+            n = b.numel() * b.element_size()
+            seg = saved[start:start + n]
+            start += n
+            if not torch.equal(_bits(b), seg):
+                b.copy_(seg.clone().view(b.dtype).reshape(b.shape))  # clone: aligned storage
 
 
 def restore(model: nn.Module, snap: dict) -> None:
@@ -494,18 +541,17 @@ def restore(model: nn.Module, snap: dict) -> None:
     for p, flag in snap["requires_grad"]:
         p.requires_grad_(flag)
     for m, saved in snap["hooks"]:
-        for h, before in saved.items():
-            current = getattr(m, h, None)
-            if current is None:
-                continue
-            for key in [k for k in current if k not in before]:
-                del current[key]
+        d = m.__dict__
+        for h in _HOOK_DICTS:
+            current = d.get(h)
+            if current:
+                before = saved.get(h, ())
+                for key in [k for k in current if k not in before]:
+                    del current[key]
     for p, g in snap["grads"]:
         p.grad = g
     with torch.no_grad():
-        for b, saved in snap["buffers"]:
-            if not torch.equal(_bits(b), _bits(saved)):
-                b.copy_(saved)
+        _put_back_buffers(snap["buffers"])
         for _, p, saved in snap["values"] or ():
             if not torch.equal(_bits(p), _bits(saved)):
                 p.data.copy_(saved)  # .data: the copy must not bump the version counter

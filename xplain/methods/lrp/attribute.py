@@ -41,6 +41,10 @@ from .ledger import Conservation, Ledger, TOLERANCE, per_sample
 from .params import total
 from .planning import LayerPlan, assign_rules
 
+#: On CPU, the most bytes one layer output of an LRP chunk takes (see the chunking in lrp).
+_CPU_LAYER_BYTES = 16 * 2**20
+
+
 # ---- the method --------------------------------------------------------------------------------
 def lrp(run: Run, *, composite: Any = DEFAULT, rules: Mapping[str, Any] | None = None,
         epsilon: NonNegativeFloat = 1e-6, gamma: NonNegativeFloat = 0.25, alpha: float = 2.0,
@@ -106,12 +110,14 @@ def lrp(run: Run, *, composite: Any = DEFAULT, rules: Mapping[str, Any] | None =
     relus = [info.module for info in run.layers() if info.kind == "relu"]
     n = run.batch_size
     # A modified forward+backward holds more than the probe's activation estimate: a kept
-    # tensor per rule (a ratio, a scale) beside each layer output. Budgeting 4x keeps chunks
-    # small enough that glibc's default malloc reuses freed memory between passes instead of
-    # returning it to the OS and faulting it in again; on CPU the largest layer output stays
-    # under the mmap threshold. Chunks of equal size (benchmarks/RESULTS.md has the measurements)
+    # tensor per rule (a ratio, a scale) beside each layer output. Budgeting 4x, and on CPU
+    # half the plain methods' cap on the largest layer output, keeps chunks small enough that
+    # glibc's malloc reuses freed memory between passes instead of returning it to the OS and
+    # faulting it in again on every call. Chunks of equal size. benchmarks/RESULTS.md has the
+    # measurements (page faults and times per chunk size).
     size = run.max_batch or _even(n, run.within_cpu_tensor_bytes(
-        max(1, run.memory_budget // max(1, 4 * found.per_sample_bytes)), found.largest_bytes))
+        max(1, run.memory_budget // max(1, 4 * found.per_sample_bytes)), found.largest_bytes,
+        limit=_CPU_LAYER_BYTES))
     # without given targets each chunk takes its own argmax (samples are independent): no
     # extra forward pass just to resolve them
     given = run.given_targets

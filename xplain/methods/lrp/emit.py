@@ -49,19 +49,21 @@ def emit(B: Any, K: LRPKernels, plan: LayerPlan, y: Any, groups: list, state: Pa
 
 
 def shared_gamma(B: Any, K: LRPKernels, plan: LayerPlan, y: Any, ys: Any, shared: SharedGamma) -> Any:
-    """γ for both output signs from the layer's own output ``y = a·W + b`` and one convolution
-    ``q = γ(a·W⁺ + b⁺)``, for inputs ``a ≥ 0`` (after a ReLU).
+    """γ for both output signs from the layer's own output ``y = a·W + b`` and
+    ``q = γ(a⁺·W⁺ + a⁻·W⁻ + b⁺)`` (one convolution for inputs ``a ≥ 0``, two otherwise).
 
-    With ``a ≥ 0`` the two denominators are ``z⁺ = y + q`` and ``z⁻ = (1+γ)·y − q``
-    (``W⁻ = W − W⁺``), and ``W + γW⁻ = (1+γ)·W − γW⁺``, so the rule's backward
-    ``(W+γW⁺)ᵀ s⁺ + (W+γW⁻)ᵀ s⁻`` (``s±`` = output relevance over ``z±`` where ``y`` has that
-    sign) is ``Wᵀ(s⁺ + (1+γ)·s⁻) + γW⁺ᵀ(s⁺ − s⁻)``. With ``u = max(y, −(1+γ)·y)``
-    (``|z±| = u + q`` on each side) and ``D = u + q + ε``, the two scales are ``u/D`` (on
-    ``W``) and ``y/D`` (on ``γW⁺``). One convolution forward less than evaluating ``z⁺`` and
-    ``z⁻`` separately, and fewer element-wise passes. For a convolution or linear layer the
-    backend takes both products straight into ``a`` (:meth:`LRPKernels.route_to_input`: no
-    backward through the layer's own graph or its BatchNorm, and ``q`` needs no graph); other
-    layers route ``u/D`` through ``y``'s graph and ``y/D`` through ``q``'s.
+    The rule's denominators are ``z⁺ = y + q`` and ``z⁻ = (1+γ)·y − q``: the negative
+    contributions ``a⁺W⁻ + a⁻W⁺`` are ``y − b − (a⁺W⁺ + a⁻W⁻)`` and ``b = b⁺ + b⁻``. So the
+    rule's backward (``s±`` = output relevance over ``z±`` where ``y`` has that sign) is
+    ``∂y/∂aᵀ(s⁺ + (1+γ)·s⁻) + ∂q/∂aᵀ(s⁺ − s⁻)``. With ``u = max(y, −(1+γ)·y)`` (``q ≥ 0``, so
+    ``|z±| = u + q`` on each side) and ``D = u + q + ε``, the two scales are ``u/D`` (into
+    ``y``'s route) and ``y/D`` (into ``q``'s). Fewer convolutions than evaluating ``z⁺`` and
+    ``z⁻`` separately (four for signed inputs), and fewer element-wise passes. For ``a ≥ 0``
+    on a convolution or linear layer the backend takes both products straight into ``a``
+    (:meth:`LRPKernels.route_to_input`: ``Wᵀ`` and ``γW⁺ᵀ``, no backward through the layer's
+    own graph or its BatchNorm, and ``q`` needs no graph); otherwise ``u/D`` goes through
+    ``y``'s graph and ``y/D`` through ``q``'s, whose gradient for signed inputs is masked by
+    the sign of ``a``.
     """
     # q includes the stabiliser (see terms_of): D = u + q
     through_w, through_q = K.gamma_ratios(ys, B.stop_gradient(shared.q), shared.gamma, 0.0)

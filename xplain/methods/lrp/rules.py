@@ -43,7 +43,8 @@ RULE_NAMES = ("zero", "gradient", "epsilon", "pass", "gate", "gamma", "zplus", "
 
 #: Term input modifiers; ``low`` / ``high`` / ``identity-high`` / ``high-low`` use the z^B bounds.
 INPUT_MODIFIERS = ("identity", "positive", "negative", "ones", "low", "high", "identity-high", "high-low")
-_PARAM_MODS = ("identity", "positive", "negative", "gamma+", "gamma-", "gamma*positive", "ones", "square")
+_PARAM_MODS = ("identity", "positive", "negative", "gamma+", "gamma-", "gamma*positive", "gamma*negative",
+               "ones", "square")
 
 
 @dataclass(frozen=True)
@@ -294,6 +295,8 @@ def modify_param(B: Any, name: str, p: Any, gamma_: float) -> Any:
         return p + B.minimum(p, 0.0) * gamma_
     if name == "gamma*positive":
         return B.maximum(p, 0.0) * gamma_
+    if name == "gamma*negative":
+        return B.minimum(p, 0.0) * gamma_
     if name == "ones":
         return B.ones_like(p)
     if name == "square":

@@ -75,15 +75,10 @@ def terms_of(B: Any, K: LRPKernels, plan: LayerPlan, a: Any, state: PassState) -
         seen = state.relu_outputs.get(id(a))
         nonneg = ((seen is not None and seen[0] is a and B.version(a) == seen[1])
                   or B.all(B.min(B.stop_gradient(a)) >= 0))
-    if nonneg and not plan.optimistic and is_two_sided_gamma(rule):
-        # z± = y ± ... from one extra convolution instead of two (see shared_gamma)
-        direct = routes_directly(info)
-        w = layer_param(B, K, plan, "gamma*positive", "weight")
-        bias = plus_eps(B, plan, "gamma*positive", w, rule.stabilizer,  # D's ε, for free
-                         layer_param(B, K, plan, "gamma*positive", "bias"))
-        with B.no_grad() if direct else nullcontext():  # then q is only a denominator
-            q = apply_layer(B, info, a, w, bias)
-        return [SharedGamma(q, rule.gamma, a, direct)]
+    if not plan.optimistic and is_two_sided_gamma(rule):
+        # z± from the layer's own output and q (see shared_gamma): one or two extra
+        # convolutions instead of four
+        return [shared_gamma_terms(B, K, plan, a, nonneg)]
     if rule.explicit:
         return explicit_terms(B, K, plan, a, state)
     # every term reads ``a`` itself: each group is one linear map of ``a``, whose gradient route
@@ -254,9 +249,11 @@ def _stacked_value(B: Any, info: LayerInfo, inputs: list, weights: list, bias: A
 
 @dataclass(frozen=True)
 class SharedGamma:
-    """γ on non-negative inputs ``a`` with both output groups live: ``q = γ(a·W⁺ + b⁺)`` (≥ 0);
-    ``direct``: the layer is a convolution or linear map whose gradient routes the backend can
-    take straight into ``a`` (see ``shared_gamma``)."""
+    """γ with both output groups live, from ``q = γ(a⁺·W⁺ + a⁻·W⁻ + b⁺)`` (≥ 0; ``q = γ(a·W⁺ +
+    b⁺)`` for non-negative inputs ``a``); ``direct``: ``a ≥ 0`` and the layer is a convolution or
+    linear map whose gradient routes the backend can take straight into ``a`` (see
+    ``shared_gamma``); otherwise ``q`` carries its own graph (for signed ``a`` its gradient
+    is masked by the sign of ``a``: ``γ(W⁺ where a > 0, W⁻ where a < 0)``)."""
 
     q: Any
     gamma: float
@@ -264,11 +261,29 @@ class SharedGamma:
     direct: bool = False
 
 
+def shared_gamma_terms(B: Any, K: LRPKernels, plan: LayerPlan, a: Any, nonneg: bool) -> SharedGamma:
+    """The :class:`SharedGamma` of one call of the two-sided γ rule on input ``a``
+    (``nonneg``: ``a ≥ 0`` is known). ``q`` includes the stabiliser ε (in its bias: for free),
+    so the rule's denominators are ``u + q`` (see :func:`.emit.shared_gamma`)."""
+    info, rule = plan.info, plan.rule
+    w = layer_param(B, K, plan, "gamma*positive", "weight")
+    bias = plus_eps(B, plan, "gamma*positive", w, rule.stabilizer,
+                    layer_param(B, K, plan, "gamma*positive", "bias"))
+    if nonneg:
+        direct = routes_directly(info)
+        with B.no_grad() if direct else nullcontext():  # then q is only a denominator
+            q = apply_layer(B, info, a, w, bias)
+        return SharedGamma(q, rule.gamma, a, direct)
+    positive = B.relu(a)
+    q = (apply_layer(B, info, positive, w, bias)
+         + apply_layer(B, info, a - positive, layer_param(B, K, plan, "gamma*negative", "weight"), None))
+    return SharedGamma(q, rule.gamma, a, False)
+
+
 def is_two_sided_gamma(rule: Rule) -> bool:
     """Whether ``rule`` is, term for term, the generalised γ rule (:func:`.rules.gamma`: both
-    output signs, inputs of either sign) with a stabiliser: then on non-negative inputs
-    :func:`.emit.shared_gamma` computes it from the layer's own output and one extra
-    convolution. Decided by the rule's structure, so a user's rule of the same terms gets the
+    output signs, inputs of either sign) with a stabiliser: then :func:`.emit.shared_gamma`
+    computes it from the layer's own output and one extra convolution (two for signed inputs). Decided by the rule's structure, so a user's rule of the same terms gets the
     fast path and a rule merely named "gamma" does not."""
     return (rule.kind == "terms" and not rule.explicit and rule.stabilizer > 0
             and rule.groups == gamma(rule.gamma).groups)

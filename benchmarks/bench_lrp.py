@@ -12,6 +12,7 @@ of its own with its own raw baseline), so the table says what the backends' fuse
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 import xplain  # noqa: E402
 from xplain.methods.lrp.kernels import reference_only  # noqa: E402
-from common import Table, forward_only, interleaved, make_input, raw_forward_backward, set_threads  # noqa: E402,E501
+from common import (Table, forward_only, interleaved, interleaved_rounds, make_input,  # noqa: E402
+                    raw_forward_backward, round_spread, set_threads)
 from xplain.testing import classifiers  # noqa: E402
 from xplain.testing.zoo import VISION_MODELS, build  # noqa: E402
 
@@ -70,15 +72,16 @@ def _on_reference(run: Callable[[], Any]) -> Any:
 
 
 def main(quick: bool = False, frameworks: tuple[str, ...] = ("torch", "paddle"),
-         models: tuple[str, ...] = ("resnet50", "vgg16", "efficientnet_b0", "mobilenet_v3_large")
-         ) -> Table:
+         models: tuple[str, ...] = ("resnet50", "vgg16", "efficientnet_b0", "mobilenet_v3_large"),
+         repeats: int | None = None) -> Table:
     """Time xplain's cases *interleaved* with the raw forward+backward (one round of every
     case, then the next; medians), so load and allocator state hit the baseline and the cases
     alike. Zennit runs in a second interleaved group with its own raw baseline: its passes
     allocate several times more memory, and run between xplain's they changed xplain's times
     by up to 30% through the allocator (glibc returning and re-faulting pages)."""
     table = Table()
-    batch, size, repeats = (2, 224, 3) if quick else (8, 224, 5)
+    batch, size, default_repeats = (2, 224, 3) if quick else (8, 224, 5)
+    repeats = repeats or default_repeats
     for fw in frameworks:
         set_threads(fw)
         for name in models:
@@ -103,7 +106,8 @@ def main(quick: bool = False, frameworks: tuple[str, ...] = ("torch", "paddle"),
                 comp = _zennit(name, case) if fw == "torch" and name in VISION_MODELS else None
                 if comp is not None:
                     peers[case] = _zennit_call(model, x, comp)
-            t = interleaved(ours, repeats)
+            rounds = interleaved_rounds(ours, repeats)
+            t = {k: statistics.median(v) for k, v in rounds.items()}
             tp = interleaved({"raw": raw, **peers}, repeats) if peers else {}
             # the reference kernels allocate more: a group of their own, like Zennit's
             tr = interleaved({"raw": raw, **refs}, repeats)
@@ -112,11 +116,12 @@ def main(quick: bool = False, frameworks: tuple[str, ...] = ("torch", "paddle"),
             table.add("floor: raw + one no-grad forward", fw, name, t["floor"], base,
                       "the least a rule with a second convolution per layer (z⁺, γ) can cost")
             for case, _ in CASES:
+                spread = round_spread(rounds, case)
                 if case in peers:  # compared with Zennit as ratios to each group's own raw baseline
                     mine, theirs = t[case] / base, tp[case] / tp["raw"]
-                    table.add(f"xplain {case}", fw, name, t[case], base, f"{mine / theirs:.2f}× Zennit")
+                    table.add(f"xplain {case}", fw, name, t[case], base, f"{mine / theirs:.2f}× Zennit; {spread}")
                 else:
-                    table.add(f"xplain {case}", fw, name, t[case], base)
+                    table.add(f"xplain {case}", fw, name, t[case], base, spread)
                 ref = tr[case] / tr["raw"]
                 table.add(f"xplain {case}, reference kernels only", fw, name, tr[case], tr["raw"],
                           f"the fused kernels are {ref / (t[case] / base):.2f}× faster")
@@ -132,7 +137,8 @@ if __name__ == "__main__":
     p.add_argument("--framework", action="append", choices=("torch", "paddle"))
     p.add_argument("--model", action="append",
                    choices=("resnet50", "vgg16", "resnet18", "efficientnet_b0", "mobilenet_v3_large"))
+    p.add_argument("--repeats", type=int, help="rounds per group (default 5; 3 with --quick)")
     args = p.parse_args()
     print(main(args.quick, tuple(args.framework or ("torch", "paddle")),
-               tuple(args.model or ("resnet50", "vgg16", "efficientnet_b0", "mobilenet_v3_large"))
-               ).markdown())
+               tuple(args.model or ("resnet50", "vgg16", "efficientnet_b0", "mobilenet_v3_large")),
+               args.repeats).markdown())

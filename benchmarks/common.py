@@ -48,6 +48,12 @@ def median_time(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1,
 def interleaved(cases: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, float]:
     """Median seconds per case, measured round-robin (one round of every case, then the next),
     so that load from other processes and allocator warm-up hit every case alike."""
+    return {k: statistics.median(v) for k, v in interleaved_rounds(cases, repeats, warmup).items()}
+
+
+def interleaved_rounds(cases: dict[str, Callable[[], Any]], repeats: int,
+                       warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per case and round, measured round-robin (see :func:`interleaved`)."""
     for _ in range(warmup):
         for fn in cases.values():
             fn()
@@ -57,7 +63,14 @@ def interleaved(cases: dict[str, Callable[[], Any]], repeats: int, warmup: int =
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def round_spread(times: dict[str, list[float]], case: str, base: str = "raw") -> str:
+    """The lowest and highest ratio of ``case`` to ``base`` within one round, over the rounds
+    (how far one round's ratio strays from the median's on this machine)."""
+    ratios = [c / b for c, b in zip(times[case], times[base])]
+    return f"rounds {min(ratios):.2f}–{max(ratios):.2f}"
 
 
 def raw_forward_backward(framework: str, model: Any, x: Any) -> Callable[[], None]:

@@ -687,6 +687,31 @@ def test_reference_kernels_on_gated_networks(fw, name):
     assert fused.extras["conservation"].balanced.all() and ref.extras["conservation"].balanced.all()
 
 
+def test_cpu_chunks_keep_each_layer_output_small(fw, monkeypatch):
+    """On CPU a chunk's largest layer output stays ≤ 16 MiB (freed memory is then reused
+    between passes, not faulted in again): 5 MiB per sample → chunks of 3, 3 and 2. Oracle for
+    the chunking itself: one pass over the whole batch gives the same relevance."""
+    from xplain.methods.lrp import attribute
+
+    channels, side = 80, 128  # 80·128²·4 B = 5 MiB per sample at the conv's output
+    model = fw.sequential(fw.conv2d(3, channels, 3, padding=1), fw.relu(), fw.conv2d(channels, 4, 1),
+                          fw.nn().AdaptiveAvgPool2d(1) if fw.name == "torch" else fw.nn().AdaptiveAvgPool2D(1),
+                          fw.flatten())
+    x = _input(fw, side, batch=8)
+    sizes = []
+    one_pass = attribute._one_pass
+    monkeypatch.setattr(attribute, "_one_pass",
+                        lambda run, plans, xs, *a, **k: (sizes.append(fw.B.shape(xs)[0]),
+                                                         one_pass(run, plans, xs, *a, **k))[1])
+    chunked = xplain.explain(model, x, method="lrp", composite="epsilon", target=1)
+    assert sizes == [3, 3, 2]
+    sizes.clear()
+    whole = xplain.explain(model, x, method="lrp", composite="epsilon", target=1, max_batch=8)
+    assert sizes == [8]
+    np.testing.assert_allclose(chunked.numpy(), whole.numpy(), rtol=1e-5,
+                               atol=1e-6 * np.abs(whole.numpy()).max())
+
+
 def test_chunks_are_even():
     """LRP splits a batch into chunks of (nearly) equal size: 8 samples at most 6 per pass are
     two passes of 4, not 6 and 2."""

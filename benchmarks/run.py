@@ -3,9 +3,10 @@
     python benchmarks/run.py [--quick] [--only core,lrp] [--readme]
 
 Each bench module exposes ``main(quick: bool) -> Table`` (and, if it covers both frameworks,
-a ``frameworks`` parameter). Each module, and each framework (and, for modules with a ``models``
-parameter, each model) of such a module, runs in a fresh worker process: a case and its raw baseline (and the peer libraries it is compared with) share
-a process, but no bench inherits the allocator state another left behind. In one process the
+a ``frameworks`` parameter). Each module, and each framework (and, for modules with a
+``models`` parameter, each model) of such a module, runs in a fresh worker process: a case and
+its raw baseline (and the peer libraries it is compared with) share a process, but no bench
+inherits the allocator state another left behind. In one process the
 paddle LRP ratios read up to 0.09 higher after the torch and Zennit runs than alone, and a user
 runs one framework per process. Results go to ``benchmarks/RESULTS.md``; ``--readme`` also
 replaces the table between the ``<!-- BENCHMARK TABLE -->`` markers in README.md. Threads are

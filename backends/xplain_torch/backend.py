@@ -474,31 +474,30 @@ def _packed_bits(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([_bits(t) for t in tensors])
 
 
-def _buffer_groups(mods: list[tuple[str, nn.Module]]) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
-    by_device: dict[Any, list[torch.Tensor]] = {}
-    seen: set[int] = set()
-    for _, m in mods:
-        for b in m._buffers.values():
-            if b is not None and b.numel() and id(b) not in seen:
-                seen.add(id(b))
-                by_device.setdefault(b.device, []).append(b)
-    return [(bufs, _packed_bits(bufs)) for bufs in by_device.values()]
-
-
-def _named_parameters(mods: list[tuple[str, nn.Module]]) -> list[tuple[str, torch.Tensor]]:
-    """``model.named_parameters()`` from the module walk already made (one walk, not two)."""
+def _unique_members(mods: list[tuple[str, nn.Module]], slot: str) -> list[tuple[str, torch.Tensor]]:
+    """``(qualified name, tensor)`` of each distinct tensor in the modules' ``slot`` dict
+    (``"_parameters"`` / ``"_buffers"``), first name kept: ``model.named_parameters()`` /
+    ``named_buffers()`` from the module walk already made (one walk, not three)."""
     out, seen = [], set()
     for n, m in mods:
-        for k, p in m._parameters.items():
-            if p is not None and id(p) not in seen:
-                seen.add(id(p))
-                out.append((f"{n}.{k}" if n else k, p))
+        for k, t in getattr(m, slot).items():
+            if t is not None and id(t) not in seen:
+                seen.add(id(t))
+                out.append((f"{n}.{k}" if n else k, t))
     return out
+
+
+def _buffer_groups(mods: list[tuple[str, nn.Module]]) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
+    by_device: dict[Any, list[torch.Tensor]] = {}
+    for _, b in _unique_members(mods, "_buffers"):
+        if b.numel():
+            by_device.setdefault(b.device, []).append(b)
+    return [(bufs, _packed_bits(bufs)) for bufs in by_device.values()]
 
 
 def snapshot(model: nn.Module, deep: bool = False) -> dict:
     mods = list(model.named_modules(remove_duplicate=False))
-    params = _named_parameters(mods)
+    params = _unique_members(mods, "_parameters")
     return {
         "training": [(m, m.training) for _, m in mods],
         "requires_grad": [(p, p.requires_grad) for _, p in params],

@@ -65,7 +65,7 @@ def shared_gamma(B: Any, K: LRPKernels, plan: LayerPlan, y: Any, ys: Any, shared
     ``y``'s graph and ``y/D`` through ``q``'s, whose gradient for signed inputs is masked by
     the sign of ``a``.
     """
-    # q includes the stabiliser (see terms_of): D = u + q
+    # q includes the stabiliser (see shared_gamma_terms): D = u + q
     through_w, through_q = K.gamma_ratios(ys, B.stop_gradient(shared.q), shared.gamma, 0.0)
     if shared.direct:
         return K.route_to_input(ys, shared.a, [(layer_param(B, K, plan, "identity", "weight"), through_w),

@@ -5,8 +5,8 @@ and a sign. :func:`terms_of` evaluates them on the layer's input ``a`` into :cla
 values that :mod:`.emit` turns into the layer's replacement. Fast paths are chosen by what a
 rule *is* (its groups and terms), never by its name: terms that read ``a`` itself on a 1x1 or
 linear layer route their gradient straight into ``a`` (``LRPKernels.route_to_input``); the
-two-sided γ on non-negative inputs needs one extra convolution instead of two
-(:func:`is_two_sided_gamma`, :func:`.emit.shared_gamma`); explicit first-layer rules (flat, w²,
+two-sided γ needs one extra convolution on non-negative inputs and two on signed ones, instead
+of four (:func:`is_two_sided_gamma`, :func:`shared_gamma_terms`, :func:`.emit.shared_gamma`); explicit first-layer rules (flat, w²,
 z^B) stack their modified inputs into one leaf (:func:`explicit_terms`).
 """
 from __future__ import annotations

@@ -17,12 +17,11 @@ def test_lrp_kernel_conformance(fw, check, which):
 
 
 def test_backends_override_the_costly_kernels(fw):
-    """The built-in backends ship fused kernels where they pay (conformance checks them against
-    the reference); paddle's ε damping is the reference's own formula."""
+    """The built-in backends ship a fused version of every LRP kernel (conformance checks each
+    against the reference)."""
     from xplain.methods.lrp.kernels import KERNELS
 
-    want = set(KERNELS) - ({"damp_gradient"} if fw.name == "paddle" else set())
-    assert set(kernels(fw.B, "registered").overridden) == want
+    assert set(kernels(fw.B, "registered").overridden) == set(KERNELS)
 
 
 @pytest.mark.parametrize("which", KERNEL_SETS)

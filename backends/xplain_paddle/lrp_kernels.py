@@ -10,11 +10,37 @@ import paddle.nn.functional as F
 
 from xplain.methods.lrp.kernels import distinct, make_routes, sum_routes, take_scales
 
+from .backend import batch_dot
+
 
 def scaled_leaky_relu(x, scale, slope, /):
     with paddle.no_grad():
         out = x * scale
         return out if slope == 1.0 else F.leaky_relu_(out, slope)  # out is new: in place
+
+
+def damp_gradient(x, eps, on_absorbed=None):
+    if x.stop_gradient:
+        return x
+    xd = x.detach()
+    s = paddle.abs(xd)
+    s.scale_(1.0, eps)
+    s = paddle.divide(xd, s)  # x/(|x|+ε), signed: the one tensor kept
+    if x.is_leaf:  # a leaf's hook would also change what paddle.grad reports for it
+        x = x.view(x.shape)
+    used = []
+
+    def hook(g):
+        if used:
+            raise RuntimeError("the backward of damp_gradient ran twice (retain_graph=True); "
+                               "its kept tensor was consumed by the first backward")
+        used.append(True)
+        if on_absorbed is not None:  # ε Σ g·x/(|x|+ε): a reduction, no temporary
+            on_absorbed(batch_dot(g, s).scale_(eps))
+        return s.abs_().multiply_(g)  # g·|x|/(|x|+ε), in the kept tensor: no allocation
+
+    x.register_hook(hook)
+    return x
 
 
 class _Replace(paddle.autograd.PyLayer):

@@ -30,7 +30,7 @@ DEFAULT_RULES = "zero,epsilon,epsilon_plus_flat,epsilon_gamma_box"
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="LRP composites on ResNet/VGG")
-    _common.add_common_args(p, framework="paddle")
+    _common.add_common_args(p)
     p.add_argument("--arch", default="resnet50", help="resnet18/34/50, vgg11/16/16_bn/19")
     p.add_argument("--weights", default=None)
     p.add_argument("--images", nargs="*", default=None)

@@ -21,11 +21,11 @@ TINY = {"rise": {"masks": 40, "cells": 4}, "prototype": {"steps": 4},
 # figure geometry (xplain.viz): title strip 22 px + cell + 4 below; a map panel's colour bar
 # adds 46 px; every tile gets 8 px of margin. One file per image (3 panels of cell 192) and one
 # with all images (cell 160, a 26 px title on top).
-ROW_SHAPE = (22 + 192 + 4, 3 * (192 + 46 + 8), 3)
+ROW_SHAPE = (22 + 192 + 4, 3 * (192 + 62 + 8), 3)  # 62 px: the colour bar and its labels
 
 
 def all_shape(n: int) -> tuple[int, int, int]:
-    return 26 + n * (22 + 160 + 4), 3 * (160 + 46 + 8), 3
+    return 26 + n * (22 + 160 + 4), 3 * (160 + 62 + 8), 3
 
 
 def reference_logits(fw, n: int) -> np.ndarray:
@@ -73,6 +73,8 @@ def test_cli_demo_with_a_cam_method_on_three_images(fw, tmp_path, capsys):
     assert "method: gradcam" in text and "wrote 4 PNG files" in text
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) == 4
+    page = (out / "index.html").read_text(encoding="utf-8")  # the report shows each image's figure
+    assert all(f"src='demo_{i}_{demo.classes()[i]}.png'" in page for i in range(3))
     assert {cv2.imread(str(p)).shape for p in pngs} == {ROW_SHAPE, all_shape(3)}
 
 

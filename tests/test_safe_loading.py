@@ -210,7 +210,7 @@ def test_check_state_reports_missing_unexpected_and_shapes():
 def test_framework_checkpoints_load_equal_to_the_model(fw, tmp_path):
     common = examples_common()
     trained = fw.model("tutorial_cnn", seed=7)
-    state = common.model_state_numpy(trained, fw.name)
+    state = {k: fw.numpy(v) for k, v in trained.state_dict().items()}
     native = tmp_path / ("model.pdparams" if fw.name == "paddle" else "model.pth")
     fw.module.save(weights.add_prefix(trained.state_dict()), str(native))   # DataParallel keys
     if fw.name == "paddle":

@@ -139,7 +139,7 @@ def test_figure_layout_and_colorbar():
     maps = [np.random.default_rng(i).random((8, 8)) for i in range(10)]
     fig = viz.figure([viz.Panel(m, f"{i}", cmap="hot", colorbar=True) for i, m in enumerate(maps)],
                      cols=5, cell=64)
-    tile_h, tile_w = 22 + 64 + 4, 64 + 46 + 8
+    tile_h, tile_w = 22 + 64 + 4, 64 + 62 + 8  # 62 px: the colour bar and its labels
     assert fig.shape == (2 * tile_h, 5 * tile_w, 3)
     # the colour bar of the first panel: top row is the map's max colour, bottom the min
     bar = fig[22:22 + 64, 64 + 8 + 3]

@@ -9,7 +9,7 @@ of theirs is first seen.
 """
 from __future__ import annotations
 
-from .api import Explanation, explain, methods
+from .api import Explanation, explain, methods, predict
 from .backend import Backend, LayerInfo
 from .backends import backend_for, backends
 from .layers import LayerSummary, layers
@@ -22,7 +22,16 @@ from .summary import Summary, summary
 __version__ = "0.1.0"
 
 __all__ = [
+    "predict", "explain_folder",
     "Backend", "BackendError", "CheckpointError", "LayerSummary", "layers", "Explanation", "InputError", "LayerError", "LayerInfo",
     "MethodResult", "ModelError", "OptionError", "PluginError", "PluginWarning", "Run", "TargetError",
     "ConservationWarning", "Summary", "XplainError", "backend_for", "backends", "explain", "hookimpl", "methods", "summary", "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name == "explain_folder":  # imports OpenCV-heavy job code on first use only
+        from .jobs import explain_folder
+
+        return explain_folder
+    raise AttributeError(f"module 'xplain' has no attribute {name!r}")

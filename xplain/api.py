@@ -42,10 +42,47 @@ class Explanation:
     backend: str
     extras: dict[str, Any] = field(default_factory=dict)
     _backend_obj: Any = field(default=None, repr=False)
+    #: the explained inputs (the caller's tensor, not a copy), for figures
+    inputs: Any = field(default=None, repr=False)
 
     def numpy(self) -> np.ndarray:
         """A numpy copy of :attr:`attributions` (for plotting and files)."""
         return self._backend_obj.to_numpy(self.attributions)
+
+    def __repr__(self) -> str:
+        from .display import summary_line
+
+        return summary_line(self)
+
+    def _repr_html_(self) -> str:
+        from .display import html_view
+
+        return html_view(self)
+
+    def _repr_png_(self) -> bytes:
+        from .display import png_bytes
+
+        return png_bytes(self)
+
+    def figure(self, max_images: int = 8) -> np.ndarray:
+        """Per sample (at most ``max_images``): the input (scaled by its own range), the heat
+        map with a colour bar in the attribution's units, the positive evidence over the input;
+        RGB uint8."""
+        from .display import figure
+
+        return figure(self, max_images)
+
+    def show(self, max_images: int = 8) -> None:
+        """Display :meth:`figure` (inline in a notebook, else with matplotlib)."""
+        from .display import show
+
+        show(self, max_images)
+
+    def save(self, path: str | os.PathLike, max_images: int = 8) -> Any:
+        """Write :meth:`figure` as a PNG; returns the path."""
+        from .display import save
+
+        return save(self, path, max_images)
 
     def __getattr__(self, name: str) -> Any:
         extras = self.__dict__.get("extras", {})
@@ -194,4 +231,22 @@ def explain(model: Any, inputs: Any, method: str = "saliency", target: Any = Non
         check_result(B, inputs, result.attributions, method=method, plugin=entry.plugin,
                      builtin=builtin)
         resolved = run.resolve_targets()
-    return Explanation(result.attributions, method, resolved, B.name, dict(result.extras), B)
+    return Explanation(result.attributions, method, resolved, B.name, dict(result.extras), B, inputs)
+
+
+def predict(model: Any, inputs: Any, *, output: int | str | Callable[[Any], Any] | None = None,
+            backend: str | None = None) -> np.ndarray:
+    """``model``'s class scores on ``inputs`` as float numpy ``(N, classes)``, computed without
+    gradients, with the same checks and ``output=`` selection as :func:`explain` (the model is
+    borrowed as there: left exactly as found)."""
+    _check_run_options({"seed": 0, "max_batch": None, "progress": None, "backend": backend,
+                        "output": output})
+    B = backend_for(model, name=backend)
+    if not B.is_model(model):
+        raise InputError(f"model must be a {B.name} model, got {type(model).__name__}")
+    validate_inputs(B, inputs, model)
+    with B.gradient_lock(), borrowed(B, model, deep=False, who="predict",
+                                     run_forward=lambda m: B.forward(m, inputs[:1])):
+        run = Run(B, model, inputs, None, output=output, method="predict")
+        with B.no_grad():
+            return B.to_numpy(run.forward(inputs))

@@ -107,14 +107,10 @@ class _nullctx:
 
 
 def default_framework() -> str:
-    """``"torch"`` if importable, else ``"paddle"``."""
-    import importlib.util
+    """``"torch"`` if installed, else ``"paddle"`` (:func:`xplain.modelkit.default_framework`)."""
+    from .modelkit import default_framework as first_installed
 
-    for name in ("torch", "paddle"):
-        if importlib.util.find_spec(name) is not None:
-            return name
-    raise BackendError("xplain demo needs PyTorch or PaddlePaddle: pip install 'xplain[torch]' "
-                       "or pip install 'xplain[paddle]'")
+    return first_installed()
 
 
 def build_model(framework: str | None = None, weights: dict[str, np.ndarray] | None = None,
@@ -156,14 +152,10 @@ def build_model(framework: str | None = None, weights: dict[str, np.ndarray] | N
 
 
 def to_tensor(x: np.ndarray, framework: str) -> Any:
-    """numpy → tensor of ``framework``."""
-    if framework == "torch":
-        import torch
+    """numpy → a CPU tensor of ``framework`` (its :class:`~xplain.modelkit.ModelKit`)."""
+    from .modelkit import kit
 
-        return torch.as_tensor(x)
-    import paddle
-
-    return paddle.to_tensor(x)
+    return kit(framework).to_tensor(x)
 
 
 def accuracy(model: Any, framework: str, *, n: int = 200, seed: int = 1234,
@@ -227,10 +219,12 @@ def run_demo(framework: str | None = None, method: str | None = None,
 
     Returns a dict with ``framework``, ``method``, ``options``, ``accuracy``, ``predictions``,
     ``labels``, ``probabilities``, ``logits``, ``attributions`` (numpy), ``maps`` (the heat
-    maps shown, ``(n, 64, 64)``), ``sign``, ``relevance_sums`` and ``files``; prints what it does.
+    maps shown, ``(n, 64, 64)``), ``sign``, ``relevance_sums``, ``files`` (the PNGs) and ``report`` (``index.html``, which shows
+    them); prints what it does.
     """
     import xplain
     from . import viz
+    from .jobs.report import write_report
 
     if eval_images < 1 or n < 1:
         raise OptionError(f"n={n} and eval_images={eval_images} must be positive image counts")
@@ -290,9 +284,22 @@ def run_demo(framework: str | None = None, method: str | None = None,
              f"logit {logits[i, pred]:+.3f}")
     files.append(viz.save(out / "demo_all.png", viz.figure(panels, cols=3, cell=160,
                                                          title=f"xplain demo: {method} ({framework})")))
-    echo(f"wrote {len(files)} PNG files to {out.resolve()} in {time.perf_counter() - t0:.1f} s")
+    cons = exp.extras.get("conservation")
+    rows = [{"image": f"shape {i} (true: {names[labels[i]]})", "target": str(int(exp.targets[i])),
+             "class_name": names[int(exp.targets[i])],
+             "probability": f"{probs[i, int(exp.targets[i])]:.4f}",
+             "seconds": f"{(time.perf_counter() - t0) / n:.3f}",
+             "conservation": "" if cons is None else f"{cons.error[i]:.3g}",
+             "figure": Path(files[i]).name} for i in range(n)]
+    report = write_report(out, rows, {"model": "bundled demo CNN", "method": method,
+                                      "options": opts, "framework": framework,
+                                      "accuracy": f"{acc:.1%} on {eval_images} fresh images"},
+                          command=None, versions={"xplain": xplain.__version__},
+                          seconds=time.perf_counter() - t0)
+    echo(f"wrote {len(files)} PNG files and {report.name} to {out.resolve()} in "
+         f"{time.perf_counter() - t0:.1f} s")
     return {"framework": framework, "method": method, "options": opts, "accuracy": acc,
             "predictions": exp.targets, "labels": labels, "probabilities": probs,
             "attributions": attr, "maps": maps, "sign": sign,
             "relevance_sums": attr.reshape(n, -1).sum(1), "logits": logits,
-            "files": [str(f) for f in files]}
+            "files": [str(f) for f in files], "report": str(report)}

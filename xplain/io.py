@@ -12,6 +12,7 @@ framework, so the same pre-processed array can be fed to a torch and a paddle mo
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,66 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+#: file suffixes a folder is searched for (what OpenCV decodes)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
 def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as ``(H, W, 3)`` uint8 **RGB** (OpenCV reads BGR; converted here)."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """Read an image file as ``(H, W, 3)`` uint8 **RGB**: grayscale is repeated over the three
+    channels, an alpha channel dropped (as PIL's ``convert("RGB")`` does), 16-bit samples
+    scaled to 8 bits (``round(v / 257)``) and float samples taken as ``[0, 1]``."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise InputError(f"cannot read an image from {str(path)!r}; check that the file exists "
                          f"and is a PNG/JPEG OpenCV can decode")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return to_rgb8(img, bgr=True)
+
+
+def to_rgb8(img: np.ndarray, *, bgr: bool = False) -> np.ndarray:
+    """An image array of any of OpenCV's layouts (``(H, W)``, ``(H, W, 1|3|4)``; uint8, uint16
+    or float in ``[0, 1]``) as ``(H, W, 3)`` uint8 RGB; ``bgr``: the channels are OpenCV's BGR."""
+    if img.dtype == np.uint16:
+        img = np.round(img / 257.0).astype(np.uint8)
+    elif img.dtype.kind == "f":
+        img = np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise InputError(f"images of {img.dtype} samples are not supported; save 8- or 16-bit")
+    if img.ndim == 2:
+        img = img[..., None]
+    channels = img.shape[2]
+    if channels == 1:
+        return np.ascontiguousarray(np.repeat(img, 3, axis=2))
+    if channels == 4:
+        img = img[..., :3]
+    elif channels != 3:
+        raise InputError(f"an image with {channels} channels; expected 1 (gray), 3 or 4 (RGBA)")
+    return np.ascontiguousarray(img[..., ::-1] if bgr else img)
+
+
+def find_images(specs: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Image files named by ``specs``: files, folders (searched recursively for
+    :data:`IMAGE_SUFFIXES`, in sorted order) and glob patterns (``**`` included). Each file is
+    listed once, in the order given. A spec that names nothing raises an :class:`InputError`."""
+    import glob
+
+    if isinstance(specs, (str, Path)):
+        specs = [specs]
+    found: dict[Path, None] = {}
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir():
+            hits = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            hits = [p]
+        elif any(ch in str(spec) for ch in "*?["):
+            hits = sorted(Path(f) for f in glob.glob(str(spec), recursive=True)
+                          if Path(f).is_file() and Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            raise InputError(f"{str(spec)!r} is not a file, a folder or a glob pattern that exists")
+        if not hits:
+            raise InputError(f"{str(spec)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        found.update(dict.fromkeys(hits))
+    return list(found)
 
 
 def resize_shorter(img: np.ndarray, size: int) -> np.ndarray:
@@ -77,6 +131,56 @@ def preprocess(img: np.ndarray, resize: int | None = 256, crop: int | None = 224
     if crop:
         img = center_crop(img, crop)
     return normalize(img, mean, std)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an RGB uint8 image becomes a model input: shorter side resized to ``resize``,
+    centre crop ``crop`` (``None``: skipped), then ``(x/255 − mean) / std``, channels first."""
+
+    name: str
+    resize: int | None
+    crop: int | None
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+    def picture(self, img: np.ndarray) -> np.ndarray:
+        """The pixels the model sees (resized and cropped, uint8 ``(H, W, 3)``): what heat
+        maps are drawn over."""
+        if self.resize:
+            img = resize_shorter(img, self.resize)
+        if self.crop:
+            img = center_crop(img, self.crop)
+        return img
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        """RGB uint8 ``(H, W, 3)`` → float32 ``(3, H', W')``."""
+        return normalize(self.picture(img), self.mean, self.std)
+
+    def describe(self) -> str:
+        steps = [f"resize {self.resize}" if self.resize else "", f"crop {self.crop}" if self.crop else "",
+                 f"mean {self.mean}, std {self.std}"]
+        return f"{self.name}: " + ", ".join(x for x in steps if x)
+
+
+def preprocessing(spec: str | Preprocessing) -> Preprocessing:
+    """A pre-processing preset: ``imagenet`` (resize 256, crop 224, ImageNet mean/std: what
+    torchvision's and paddle.vision's classifiers were trained with), ``imagenet:S`` (the same
+    at crop ``S``, resize ``S·256/224``), ``none`` (the image as it is, scaled to ``[0, 1]``)
+    or a size ``S`` (shorter side ``S``, centre crop ``S``, scaled to ``[0, 1]``)."""
+    if isinstance(spec, Preprocessing):
+        return spec
+    text = str(spec).strip().lower()
+    if text == "imagenet":
+        return Preprocessing("imagenet", 256, 224, IMAGENET_MEAN, IMAGENET_STD)
+    if text.startswith("imagenet:") and text[9:].isdigit() and int(text[9:]) > 0:
+        size = int(text[9:])
+        return Preprocessing(text, int(round(size * 256 / 224)), size, IMAGENET_MEAN, IMAGENET_STD)
+    if text == "none":
+        return Preprocessing("none", None, None)
+    if text.isdigit() and int(text) > 0:
+        return Preprocessing(text, int(text), int(text))
+    raise InputError(f"pre-processing {spec!r}: use imagenet, imagenet:SIZE, none or a size in px")
 
 
 def load_batch(paths: Iterable[str | Path], **kw: Any) -> np.ndarray:

@@ -100,6 +100,17 @@ class MethodEntry:
 
 
 @dataclass
+class ModelKitEntry:
+    """A backend's :class:`~xplain.modelkit.ModelKit` (zoo models, weights, input tensors)."""
+
+    name: str  # the backend's name
+    load: Callable[[], Any]
+    zoo: str = ""  # the prefix of zoo model specs (``torchvision`` in ``torchvision:resnet50``)
+    module: str | None = None  # the framework's top-level module, to tell if it is installed
+    plugin: str = ""
+
+
+@dataclass
 class Registry:
     """What plugins register into; handed to every ``xplain_register_*`` hook."""
 
@@ -113,6 +124,8 @@ class Registry:
     activation_plugins: dict[Any, str] = field(default_factory=dict)
     #: backend name → its fused LRP kernels (optional; the reference kernels serve otherwise).
     lrp_kernels: dict[str, KernelEntry] = field(default_factory=dict)
+    #: backend name → its model kit (zoo models, weights files, input tensors, threads)
+    model_kits: dict[str, ModelKitEntry] = field(default_factory=dict)
     current_plugin: str = ""
 
     def add_backend(self, name: str, *, detect: Callable[[Any], bool], load: Callable[[], Any]) -> None:
@@ -133,6 +146,14 @@ class Registry:
         ``xplain.testing.conformance`` checks every override against it."""
         self._check_new("LRP kernels for backend", backend, self.lrp_kernels)
         self.lrp_kernels[backend] = KernelEntry(backend, load, self.current_plugin)
+
+    def add_model_kit(self, backend: str, *, zoo: str, module: str | None,
+                      load: Callable[[], Any]) -> None:
+        """Register backend ``backend``'s :class:`~xplain.modelkit.ModelKit`: ``load()``
+        returns it (may import the framework); ``zoo`` is the prefix of its zoo model specs;
+        ``module`` the framework's importable top-level module."""
+        self._check_new("model kit for backend", backend, self.model_kits)
+        self.model_kits[backend] = ModelKitEntry(backend, load, zoo, module, self.current_plugin)
 
     def add_method(self, name: str, fn: Callable[..., Any], *, description: str = "") -> None:
         """Register attribution method ``name``.
@@ -214,7 +235,8 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _HOOKS = ("xplain_register_backends", "xplain_register_methods", "xplain_register_composites",
           "xplain_register_layers")
 _KINDS = (("backends", "backend"), ("methods", "method"), ("composites", "LRP composite"),
-          ("activations", "activation layer"), ("lrp_kernels", "LRP kernels for backend"))
+          ("activations", "activation layer"), ("lrp_kernels", "LRP kernels for backend"),
+          ("model_kits", "model kit for backend"))
 
 _lock = threading.RLock()
 _manager: pluggy.PluginManager | None = None

@@ -330,10 +330,11 @@ class Run:
         return iter_chunks(total, self.chunk_size(backward=backward))
 
     def progress(self, iterable: Iterable, *, total: int | None = None, desc: str = "") -> Iterable:
-        """Wrap ``iterable`` in a tqdm bar when enabled (default: only on a terminal)."""
+        """Wrap ``iterable`` in a tqdm bar when enabled (default: on a terminal, and in a
+        notebook, where ``tqdm.auto`` draws a widget)."""
         enabled = self.progress_enabled
         if enabled is None:
-            enabled = sys.stderr.isatty()
+            enabled = sys.stderr.isatty() or "ipykernel" in sys.modules
         if not enabled:
             return iterable
         try:

@@ -373,7 +373,7 @@ def _render(panel: Panel, cell: int) -> np.ndarray:
     s = cell / max(h, w)
     interp = cv2.INTER_NEAREST if s >= 2 else cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
     pic = cv2.resize(pic, (max(1, round(w * s)), max(1, round(h * s))), interpolation=interp)
-    title_h, bar_w = 22, (46 if panel.colorbar and is_map else 0)
+    title_h, bar_w = 22, (62 if panel.colorbar and is_map else 0)
     tile = np.full((title_h + cell + 4, cell + bar_w + 8, 3), 255, np.uint8)
     tile[title_h:title_h + pic.shape[0], 4:4 + pic.shape[1]] = pic
     if panel.title:

@@ -19,3 +19,5 @@ def xplain_register_backends(registry: Registry) -> None:
     registry.add_backend("paddle", detect=detect,
                          load=lambda: importlib.import_module("xplain_paddle.backend"))
     registry.add_lrp_kernels("paddle", load=lambda: importlib.import_module("xplain_paddle.lrp_kernels"))
+    registry.add_model_kit("paddle", zoo="paddle", module="paddle",
+                           load=lambda: importlib.import_module("xplain_paddle.modelkit"))

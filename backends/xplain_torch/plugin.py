@@ -20,3 +20,5 @@ def xplain_register_backends(registry: Registry) -> None:
     registry.add_backend("torch", detect=detect,
                          load=lambda: importlib.import_module("xplain_torch.backend"))
     registry.add_lrp_kernels("torch", load=lambda: importlib.import_module("xplain_torch.lrp_kernels"))
+    registry.add_model_kit("torch", zoo="torchvision", module="torch",
+                           load=lambda: importlib.import_module("xplain_torch.modelkit"))

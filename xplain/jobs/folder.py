@@ -1,0 +1,223 @@
+"""The folder job: image files in, figures, attributions, a table and a report out
+(``xplain explain`` and :func:`explain_folder`)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import io as xio
+from .. import viz
+from ..errors import OptionError
+from ..modelkit import kit_for
+from . import labels as labels_mod
+from .outputs import SIGNED, AttributionArchive, ResultsTable, attribution_map, figure
+from .report import write_report
+from .targets import parse_target
+
+JOB_FILE = "job.json"
+FIGURES = "figures"
+
+
+def _key(path: Path, root: Path) -> str:
+    """The image's name in the outputs: its path below ``root``, ``/``-separated, no suffix."""
+    rel = path.resolve().relative_to(root)
+    return rel.with_suffix("").as_posix()
+
+
+def _common_root(files: Sequence[Path]) -> Path:
+    parents = [str(f.resolve().parent) for f in files]
+    return Path(os.path.commonpath(parents)) if parents else Path.cwd()
+
+
+def _progress(total: int, enabled: bool | None) -> Any:
+    if enabled is None:  # a terminal, or a notebook (tqdm.auto draws a widget there)
+        enabled = sys.stderr.isatty() or "ipykernel" in sys.modules
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="img", desc="explaining", dynamic_ncols=True)
+
+
+def _batches(files: Sequence[Path], prep: xio.Preprocessing, size: int
+             ) -> Iterator[tuple[list[Path], np.ndarray, list[np.ndarray]]]:
+    """Decoded batches of at most ``size`` images of one shape (model input, pictures); a
+    change of shape (``--preprocess none`` on mixed sizes) starts a new batch."""
+    paths: list[Path] = []
+    inputs: list[np.ndarray] = []
+    pictures: list[np.ndarray] = []
+    for f in files:
+        pic = prep.picture(xio.load_image(f))
+        x = xio.normalize(pic, prep.mean, prep.std)
+        if inputs and (len(inputs) == size or x.shape != inputs[0].shape):
+            yield paths, np.stack(inputs), pictures
+            paths, inputs, pictures = [], [], []
+        paths.append(f)
+        inputs.append(x)
+        pictures.append(pic)
+    if inputs:
+        yield paths, np.stack(inputs), pictures
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    z = scores.astype(np.float64) - scores.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _check_job(out: Path, settings: Mapping[str, Any], overwrite: bool) -> None:
+    """Refuse to mix two jobs' results in one folder; clear it with ``overwrite``."""
+    job = out / JOB_FILE
+    if overwrite:
+        for name in ("results.csv", "attributions.npz", "index.html", JOB_FILE):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / FIGURES, ignore_errors=True)
+    elif job.is_file():
+        before = json.loads(job.read_text(encoding="utf-8"))
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        if changed:
+            raise OptionError(
+                f"{out} holds the results of a job with other settings ({', '.join(changed)}: "
+                f"{ {k: before.get(k) for k in changed} } there); pass --overwrite "
+                f"(overwrite=True) to replace them, or choose another --out folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _record_job(out: Path, settings: Mapping[str, Any]) -> None:
+    """Write ``job.json`` once a batch is done: a job that fails before (a bad option) leaves
+    nothing that would refuse the corrected command."""
+    (out / JOB_FILE).write_text(json.dumps(dict(settings), indent=1), encoding="utf-8")
+
+
+def explain_folder(model: Any, inputs: str | Path | Sequence[str | Path], *, method: str = "saliency",
+                   out: str | Path = "xplain-out", target: str | int | None = "top1",
+                   options: Mapping[str, Any] | None = None, preprocess: str | xio.Preprocessing = "imagenet",
+                   labels: str | Path | Sequence[str] | None = None, zoo: bool = False,
+                   batch_size: int = 16, overwrite: bool = False, progress: bool | None = None,
+                   output: Any = None, seed: int = 0, model_name: str | None = None,
+                   command: str | None = None) -> list[dict[str, str]]:
+    """Explain every image in ``inputs`` (files, folders searched recursively, globs) and
+    write ``out/``: ``figures/<image>_<class>.png`` (input | heat map with a colour bar in the
+    attribution's units | overlay, titled with class name, probability and method),
+    ``attributions.npz`` (key ``<image>:<class>``, one image's attributions), ``results.csv``
+    (:data:`.outputs.COLUMNS`) and ``index.html``.
+
+    Images stream through in batches of ``batch_size`` (memory does not grow with the folder).
+    A re-run skips images already done; a run with other settings in the same folder is
+    refused unless ``overwrite``.
+
+    Args:
+        model: a model of any installed framework (borrowed, left as found).
+        method, options: the attribution method and its options, as for :func:`xplain.explain`.
+        target: ``"top1"``, ``"topk:K"`` (K figures per image), a class index or a class name.
+        preprocess: :func:`xplain.io.preprocessing` preset (``imagenet``, ``none``, a size).
+        labels: class names (a file or a list); ``zoo=True`` with 1,000 outputs: ImageNet's.
+        output: which part of the model's output holds the scores (see :func:`xplain.explain`).
+        model_name, command: shown in the report.
+
+    Returns:
+        The rows of ``results.csv`` (this run's and earlier runs' in the same folder).
+    """
+    import xplain
+
+    if batch_size < 1:
+        raise OptionError(f"batch_size={batch_size} must be a positive number of images")
+    out = Path(out)
+    prep = xio.preprocessing(preprocess)
+    files = [f for f in xio.find_images(inputs)
+             if out.resolve() not in f.resolve().parents]  # never the job's own figures
+    if not files:
+        raise OptionError(f"every image named by {inputs!r} is inside the output folder {out}")
+    options = dict(options or {})
+    settings = {"model": model_name or type(model).__name__, "method": method,
+                "options": {k: _plain(v) for k, v in sorted(options.items())},
+                "target": str(target), "preprocess": prep.describe(), "output": repr(output),
+                "seed": seed}
+    _check_job(out, settings, overwrite)
+    table = ResultsTable(out / "results.csv")
+    archive = AttributionArchive(out / "attributions.npz")
+    root = _common_root(files)
+    keys = {f: _key(f, root) for f in files}
+    done = table.images() & set(keys.values())
+    table.keep(done)  # rows of unfinished images (an interrupted batch) are redone
+    todo = [f for f in files if keys[f] not in done]
+    kit = kit_for(model)
+    bar = _progress(len(todo), progress)
+    signed = method in SIGNED
+    names = spec = None
+    t_start = time.perf_counter()
+    try:
+        for paths, x_np, pictures in _batches(todo, prep, batch_size):
+            t0 = time.perf_counter()
+            x = kit.to_tensor(x_np, model)
+            probs = _softmax(xplain.predict(model, x, output=output))
+            if spec is None:
+                names = labels_mod.class_names(labels, probs.shape[1], zoo)
+                spec = parse_target(target, names)
+            chosen = spec.choose(probs)
+            results = []
+            for rank in range(len(chosen[0])):
+                targets = [c[rank] for c in chosen]
+                exp = xplain.explain(model, x, method=method, target=targets, output=output,
+                                     seed=seed, progress=False, **options)
+                results.append((targets, exp.numpy(), exp.extras.get("conservation")))
+            per_image = (time.perf_counter() - t0) / len(paths)
+            rows, arrays = [], []
+            for targets, attr, cons in results:
+                for i, path in enumerate(paths):
+                    key, cls = keys[path], targets[i]
+                    name = names[cls] if names else str(cls)
+                    fig_rel = f"{FIGURES}/{key}_{cls}.png"
+                    m = attribution_map(attr[i])
+                    title = f"{name} (p={probs[i, cls]:.3f}) - {method}"
+                    viz.save(out / fig_rel, figure(pictures[i], m, title=title, method=method,
+                                                          signed=signed))
+                    arrays.append((f"{key}:{cls}", attr[i]))
+                    rows.append({"image": key, "target": cls, "class_name": names[cls] if names else "",
+                                 "probability": float(probs[i, cls]), "method": method,
+                                 "options": json.dumps(settings["options"]),
+                                 "seconds": per_image / len(results),
+                                 "conservation": float(cons.error[i]) if cons is not None else None,
+                                 "figure": fig_rel, "attribution_key": f"{key}:{cls}"})
+            archive.add(arrays)
+            table.add(rows)
+            _record_job(out, settings)
+            if bar is not None:
+                bar.update(len(paths))
+    finally:
+        if bar is not None:
+            bar.close()
+    versions = {"xplain": xplain.__version__, kit.name: _framework_version(kit.name),
+                "numpy": np.__version__}
+    write_report(out, table.rows, {**settings, "images": len(files), "skipped (done before)": len(done)},
+                 command=command, versions=versions, seconds=time.perf_counter() - t_start)
+    return table.rows
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as it goes into ``job.json`` and the table: itself where JSON holds it."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _framework_version(name: str) -> str:
+    from importlib import metadata
+
+    for dist in ({"torch": "torch", "paddle": "paddlepaddle"}.get(name, name), name):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "?"

@@ -420,3 +420,20 @@ def grid(images: Sequence[Any], cols: int, titles: Sequence[str] | None = None, 
     titles = list(titles or [""] * len(images))
     return figure([Panel(im, t, cmap=cmap, colorbar=colorbar, vmin=vmin, vmax=vmax)
                    for im, t in zip(images, titles)], cols=cols, cell=cell)
+
+
+# ---- matplotlib (optional) ---------------------------------------------------------------------
+def plot(attr: Any, image: Any = None, **kwargs: Any) -> Any:
+    """One image's attributions as a matplotlib ``Figure`` in Captum's vocabulary, with the
+    colour bar in the attribution's units; see :func:`xplain.plotting.plot` (needs
+    ``pip install 'xplain[plot]'``)."""
+    from .plotting import plot as _plot
+
+    return _plot(attr, image, **kwargs)
+
+
+def plot_grid(rows: Any, images: Any = None, **kwargs: Any) -> Any:
+    """Methods × images as one matplotlib ``Figure``; see :func:`xplain.plotting.plot_grid`."""
+    from .plotting import plot_grid as _plot_grid
+
+    return _plot_grid(rows, images, **kwargs)

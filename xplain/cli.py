@@ -54,6 +54,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     model, zoo = load_model(args.model, args.weights)
     if args.threads:
         kit_for(model).set_threads(args.threads)
+    if args.device:
+        model = kit_for(model).move(model, args.device)
     if args.weights is None and zoo:
         print(f"xplain: note: {args.model} has random weights (no --weights given); pass a "
               f"weights file or --weights DEFAULT for the pretrained ones", file=sys.stderr)
@@ -192,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", default=None, help="which output holds the class scores, for "
                    "models returning a tuple/dict: an index or a key")
     e.add_argument("--threads", type=int, default=None, help="CPU threads for the framework")
+    e.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, gpu:0 ...")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(fn=_cmd_explain)
     d = sub.add_parser("demo", help="explain the bundled shapes CNN and write PNGs")

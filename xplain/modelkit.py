@@ -54,6 +54,10 @@ class ModelKit(Protocol):
         """``x`` as a tensor on ``model``'s device (the CPU without a model; float32 stays
         float32)."""
 
+    def move(self, model: Any, device: str) -> Any:
+        """``model`` on ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``; paddle also ``"gpu:0"``),
+        moved in place as the framework does; returns it."""
+
     def device(self, model: Any) -> str:
         """Where ``model``'s parameters live (``"cpu"``, ``"cuda:0"``, ``"gpu:0"``)."""
 

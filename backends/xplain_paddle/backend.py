@@ -49,7 +49,10 @@ def asarray(obj: Any, *, like: paddle.Tensor, dtype: str | None = None) -> paddl
     else:
         dt = _DTYPES[dtype]
     if isinstance(obj, paddle.Tensor):
-        return obj.astype(dt)
+        out = obj.astype(dt)
+        if str(out.place) != str(like.place):  # on like's device, as torch's .to(device=) does
+            out = out._copy_to(like.place, True)
+        return out
     return paddle.to_tensor(np.asarray(obj), dtype=dt, place=like.place)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import paddle
 
-from xplain.errors import CheckpointError
+from xplain.errors import BackendError, CheckpointError
 from xplain.weights import load_arrays
 
 name = "paddle"
@@ -69,6 +69,15 @@ def to_tensor(x: np.ndarray, model: Any = None) -> Any:
     where = device(model)
     place = paddle.CPUPlace() if where == "cpu" else paddle.CUDAPlace(int(where.split(":")[1]))
     return paddle.to_tensor(x, place=place)
+
+
+def move(model: Any, where: str) -> Any:
+    place = where.replace("cuda", "gpu")
+    try:
+        model.to(device=place)
+    except (RuntimeError, ValueError, OSError) as e:  # no such device, or a CPU-only build
+        raise BackendError(f"cannot put the model on {where!r}: {e}") from e
+    return model
 
 
 def device(model: Any) -> str:

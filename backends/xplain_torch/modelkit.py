@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from xplain.errors import CheckpointError
+from xplain.errors import BackendError, CheckpointError
 from xplain.weights import file_kind, load_arrays, state_arrays
 
 name = "torch"
@@ -70,6 +70,13 @@ def read_weights(path: str | Path) -> dict[str, np.ndarray]:
 
 def to_tensor(x: np.ndarray, model: Any = None) -> Any:
     return torch.as_tensor(x).to(device(model))
+
+
+def move(model: Any, where: str) -> Any:
+    try:
+        return model.to(torch.device(where.replace("gpu", "cuda")))
+    except (RuntimeError, AssertionError) as e:  # no such device, or torch built without CUDA
+        raise BackendError(f"cannot put the model on {where!r}: {e}") from e
 
 
 def device(model: Any) -> str:

@@ -9,6 +9,7 @@ import pytest
 from xplain import io as xio
 from xplain.cli import parse_setting
 from xplain.errors import InputError, OptionError, TargetError
+from xplain.jobs.folder import image_keys
 from xplain.jobs.labels import class_names, imagenet_classes
 from xplain.jobs.outputs import AttributionArchive, ResultsTable, color_range
 from xplain.jobs.targets import parse_target
@@ -131,3 +132,10 @@ def test_color_range_in_the_maps_units():
     assert lo == -hi and 1.9 < hi < 3.0  # the outlier saturates instead of setting the scale
     lo, hi = color_range(np.abs(m), signed=False)
     assert lo == 0.0 and hi < 1000.0
+
+
+def test_image_keys_are_unique_and_short(tmp_path):
+    files = [tmp_path / n for n in ("a/x.png", "a/x.jpg", "a/y.png", "b/y.png")]
+    keys = image_keys(files)
+    # relative to the common folder; the suffix kept only where two files differ in it alone
+    assert [keys[f] for f in files] == ["a/x.png", "a/x.jpg", "a/y", "b/y"]

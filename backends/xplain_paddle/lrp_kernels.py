@@ -8,7 +8,7 @@ from __future__ import annotations
 import paddle
 import paddle.nn.functional as F
 
-from xplain.methods.lrp.kernels import distinct, make_routes, sum_routes, take_scales
+from xplain.methods.lrp.kernels import damping_hook, distinct, make_routes, sum_routes, take_scales
 
 from .backend import batch_dot
 
@@ -28,18 +28,9 @@ def damp_gradient(x, eps, on_absorbed=None):
     s = paddle.divide(xd, s)  # x/(|x|+ε), signed: the one tensor kept
     if x.is_leaf:  # a leaf's hook would also change what paddle.grad reports for it
         x = x.view(x.shape)
-    used = []
-
-    def hook(g):
-        if used:
-            raise RuntimeError("the backward of damp_gradient ran twice (retain_graph=True); "
-                               "its kept tensor was consumed by the first backward")
-        used.append(True)
-        if on_absorbed is not None:  # ε Σ g·x/(|x|+ε): a reduction, no temporary
-            on_absorbed(batch_dot(g, s).scale_(eps))
-        return s.abs_().multiply_(g)  # g·|x|/(|x|+ε), in the kept tensor: no allocation
-
-    x.register_hook(hook)
+    # ε Σ g·x/(|x|+ε) as a reduction, no temporary; g·|x|/(|x|+ε) in the kept tensor
+    x.register_hook(damping_hook(s, eps, on_absorbed, lambda g, k: batch_dot(g, k).scale_(eps),
+                                 lambda k, g: k.abs_().multiply_(g)))
     return x
 
 

@@ -26,10 +26,17 @@ JOB_FILE = "job.json"
 FIGURES = "figures"
 
 
-def _key(path: Path, root: Path) -> str:
-    """The image's name in the outputs: its path below ``root``, ``/``-separated, no suffix."""
-    rel = path.resolve().relative_to(root)
-    return rel.with_suffix("").as_posix()
+def image_keys(files: Sequence[Path]) -> dict[Path, str]:
+    """Each image's name in the outputs: its path below the files' common folder,
+    ``/``-separated, without the suffix, unless two files differ only in it (``a.png`` and
+    ``a.jpg`` keep theirs)."""
+    root = _common_root(files)
+    rel = {f: f.resolve().relative_to(root) for f in files}
+    stems: dict[str, int] = {}
+    for r in rel.values():
+        stems[r.with_suffix("").as_posix()] = stems.get(r.with_suffix("").as_posix(), 0) + 1
+    return {f: (r.with_suffix("").as_posix() if stems[r.with_suffix("").as_posix()] == 1
+                else r.as_posix()) for f, r in rel.items()}
 
 
 def _common_root(files: Sequence[Path]) -> Path:
@@ -146,8 +153,7 @@ def explain_folder(model: Any, inputs: str | Path | Sequence[str | Path], *, met
     _check_job(out, settings, overwrite)
     table = ResultsTable(out / "results.csv")
     archive = AttributionArchive(out / "attributions.npz")
-    root = _common_root(files)
-    keys = {f: _key(f, root) for f in files}
+    keys = image_keys(files)
     done = table.images() & set(keys.values())
     table.keep(done)  # rows of unfinished images (an interrupted batch) are redone
     todo = [f for f in files if keys[f] not in done]

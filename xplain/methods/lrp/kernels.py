@@ -263,6 +263,27 @@ def take_scales(ctx: Any) -> tuple[Sequence[Tensor], bool]:
     return scales, ctx.distinct
 
 
+def damping_hook(kept: Tensor, eps: float, on_absorbed: Callable[[Tensor], None] | None,
+                 absorbed: Callable[[Tensor, Tensor], Tensor],
+                 damped: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """For backend overrides of :meth:`LRPKernels.damp_gradient`: the gradient hook that hands
+    ``on_absorbed`` the stabiliser's share ``absorbed(g, kept)`` (``ε Σ g·x/(|x|+ε)`` per
+    sample) and returns ``damped(kept, g)`` (``g·|x|/(|x|+ε)``, written into ``kept``, which
+    is consumed: a second backward is refused)."""
+    used: list[bool] = []
+
+    def hook(g: Tensor) -> Tensor:
+        if used:
+            raise RuntimeError("the backward of damp_gradient ran twice (retain_graph=True); "
+                               "its kept tensor was consumed by the first backward")
+        used.append(True)
+        if on_absorbed is not None:
+            on_absorbed(absorbed(g, kept))
+        return damped(kept, g)
+
+    return hook
+
+
 def distinct(tensors: Sequence[Tensor]) -> bool:
     """Whether no tensor object occurs twice (checked on the caller's objects: detached copies
     are new objects even where they share storage)."""

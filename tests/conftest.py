@@ -6,6 +6,9 @@
 * ``cross`` — only tests marked ``cross``, which compare both backends on identical weights;
 * ``none`` — only tests marked ``core`` (no framework installed).
 
+``XPLAIN_BROWSER=1`` (tox env ``report``) selects only tests marked ``browser`` (a report opened
+in headless Chromium).
+
 ``XPLAIN_PEERS=1`` (tox env ``peers``) selects only tests marked ``peer``: equality with Captum,
 Zennit and pytorch-grad-cam, which are installed in that env alone.
 
@@ -22,6 +25,7 @@ import pytest
 CHOICES = ("torch", "paddle", "cross", "none")
 SELECTED = os.environ.get("XPLAIN_BACKEND", "torch").strip().lower()
 PEERS = os.environ.get("XPLAIN_PEERS", "") == "1"
+BROWSER = os.environ.get("XPLAIN_BROWSER", "") == "1"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -30,6 +34,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for marker, text in (("core", "pure-core test: runs without any framework"),
                          ("cross", "compares the torch and paddle backends"),
                          ("peer", "compares with Captum/Zennit/pytorch-grad-cam (XPLAIN_PEERS=1)"),
+                         ("browser", "opens a report in headless Chromium (XPLAIN_BROWSER=1)"),
                          ("slow", "large model; still run in CI")):
         config.addinivalue_line("markers", f"{marker}: {text}")
     if SELECTED == "paddle":
@@ -44,7 +49,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         is_core = item.get_closest_marker("core") is not None
         is_cross = item.get_closest_marker("cross") is not None
         is_peer = item.get_closest_marker("peer") is not None
-        if is_peer != PEERS:
+        is_browser = item.get_closest_marker("browser") is not None
+        if is_peer != PEERS or is_browser != BROWSER:
             ok = False
         elif SELECTED == "none":
             ok = is_core

@@ -21,7 +21,7 @@ TINY = {"rise": {"masks": 40, "cells": 4}, "prototype": {"steps": 4},
 # figure geometry (xplain.viz): title strip 22 px + cell + 4 below; a map panel's colour bar
 # adds 46 px; every tile gets 8 px of margin. One file per image (3 panels of cell 192) and one
 # with all images (cell 160, a 26 px title on top).
-ROW_SHAPE = (22 + 192 + 4, 3 * (192 + 62 + 8), 3)  # 62 px: the colour bar and its labels
+ROW_SHAPE = (26 + 22 + 192 + 4, 3 * (192 + 62 + 8), 3)  # title; 62 px: the colour bar and labels
 
 
 def all_shape(n: int) -> tuple[int, int, int]:

@@ -224,6 +224,8 @@ def run_demo(framework: str | None = None, method: str | None = None,
     """
     import xplain
     from . import viz
+    from .jobs.outputs import attribution_map
+    from .jobs.outputs import figure as job_figure
     from .jobs.report import write_report
 
     if eval_images < 1 or n < 1:
@@ -277,7 +279,12 @@ def run_demo(framework: str | None = None, method: str | None = None,
             row = [viz.Panel(pic, f"true: {names[labels[i]]}"),
                    viz.Panel(maps[i], f"{method}: {names[pred]}", **scale),
                    viz.Panel(viz.overlay(pic, evidence[i], 0.5, 0.5), f"p={probs[i, pred]:.2f}")]
-        files.append(viz.save(out / f"demo_{i}_{names[labels[i]]}.png", viz.figure(row, cell=192)))
+        if synthesis:
+            picture = viz.figure(row, cell=192, title=f"{names[pred]} (p={probs[i, pred]:.3f}) - {method}")
+        else:  # the heat map in the attribution's own units, as `xplain explain` draws it
+            picture = job_figure(pic, attribution_map(attr[i]), method=method, signed=sign == "all",
+                                 title=f"{names[pred]} (p={probs[i, pred]:.3f}) - {method}", cell=192)
+        files.append(viz.save(out / f"demo_{i}_{names[labels[i]]}.png", picture))
         panels += row
         echo(f"  image {i}: true {names[labels[i]]:8s} predicted {names[pred]:8s} "
              f"(p={probs[i, pred]:.3f}); sum of attributions {attr[i].sum():+.3f}, "

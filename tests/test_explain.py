@@ -201,3 +201,26 @@ def test_every_registered_method_leaves_the_model_untouched(fw):
             exp = xplain.explain(model, x, method, target=[1, 2], **_QUICK.get(method, {}))
         assert np.isfinite(exp.numpy()).all(), method
         fw.assert_same_state(before, fw.model_state(model))
+
+
+def test_scores_reported_with_argmax_targets_are_the_models(fw):
+    """``exp.scores`` (target=None) is the model's output on the inputs, for every method that
+    reports it: equal to ``xplain.predict``, and the targets are its argmax. A method that took
+    its targets from another forward (noisy or interpolated inputs) would fail here."""
+    from xplain import demo
+
+    model = demo.build_model(fw.name)
+    images, _ = demo.draw_shapes(np.random.default_rng(0), 3)
+    x = fw.tensor(demo.to_input(images))
+    want = xplain.predict(model, x)
+    reported = []
+    for method in xplain.methods():
+        opts = {"integrated_gradients": {"steps": 4}, "prototype": {"steps": 2}}.get(
+            method, demo.DEMO_OPTIONS.get(method, {}))
+        exp = xplain.explain(model, x, method=method, **opts)
+        if "scores" in exp.extras and method != "prototype":  # prototype's are its synthesis's
+            reported.append(method)
+            # the same model and inputs; batch and graph mode change float32 rounding only
+            np.testing.assert_allclose(exp.scores, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+            np.testing.assert_array_equal(exp.targets, want.argmax(1))
+    assert {"saliency", "gradcam", "lrp", "integrated_gradients"} <= set(reported)

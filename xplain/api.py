@@ -33,7 +33,9 @@ class Explanation:
         targets: the explained class per sample, ``int64[N]``.
         backend: the backend's name (``"torch"``, ``"paddle"``).
         extras: method-specific results (``relevance_sum``, ``delta``, ``outputs`` ...), also
-            readable as attributes: ``exp.relevance_sum``.
+            readable as attributes: ``exp.relevance_sum``. With ``target=None``, ``scores``
+            holds the model's scores on the inputs (numpy ``(N, classes)``) that the targets
+            were taken from, at no extra cost.
     """
 
     attributions: Any
@@ -231,7 +233,10 @@ def explain(model: Any, inputs: Any, method: str = "saliency", target: Any = Non
         check_result(B, inputs, result.attributions, method=method, plugin=entry.plugin,
                      builtin=builtin)
         resolved = run.resolve_targets()
-    return Explanation(result.attributions, method, resolved, B.name, dict(result.extras), B, inputs)
+        extras = dict(result.extras)
+        if run.scores is not None and "scores" not in extras:
+            extras["scores"] = run.scores
+    return Explanation(result.attributions, method, resolved, B.name, extras, B, inputs)
 
 
 def predict(model: Any, inputs: Any, *, output: int | str | Callable[[Any], Any] | None = None,

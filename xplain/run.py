@@ -82,6 +82,9 @@ class Run:
         #: see :func:`xplain.checks.select_output`); ``None``: the output is that tensor
         self.output = output
         self._layers: list[LayerInfo] | None = None
+        #: the model's scores on :attr:`inputs`, numpy ``(batch, classes)``, when the targets
+        #: were resolved from them (``target=None``): ``exp.scores`` without another forward
+        self.scores: np.ndarray | None = None
         self._per_sample_bytes: int | None = None
         self._largest_bytes: int | None = None  # of one layer output, per sample
         self.num_classes: int | None = None
@@ -124,7 +127,8 @@ class Run:
             if output is None:
                 with self.backend.no_grad():
                     output = self.forward(self.inputs)
-            self._targets = self.backend.to_numpy(self.backend.argmax(output, axis=1)).astype(np.int64)
+            self.scores = self.backend.to_numpy(self.backend.stop_gradient(output))
+            self._targets = self.scores.argmax(axis=1).astype(np.int64)
         elif self.num_classes is None:
             with self.backend.no_grad():
                 self.forward(self.inputs[:1])
@@ -138,11 +142,13 @@ class Run:
         an extra forward pass."""
         return self._targets
 
-    def record_argmax_targets(self, targets: np.ndarray) -> None:
+    def record_argmax_targets(self, targets: np.ndarray, scores: np.ndarray | None = None) -> None:
         """Record the per-sample argmax targets a chunked method took chunk by chunk (only
-        when the user gave none), so reporting them costs no extra forward pass."""
+        when the user gave none), and the ``scores`` they were taken from, so reporting them
+        costs no extra forward pass."""
         if self._targets is None:
             self._targets = np.asarray(targets, dtype=np.int64)
+            self.scores = scores
 
     @property
     def targets(self) -> np.ndarray:

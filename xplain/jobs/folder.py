@@ -76,6 +76,10 @@ def _batches(files: Sequence[Path], prep: xio.Preprocessing, size: int
         yield paths, np.stack(inputs), pictures
 
 
+def _top1(target: Any) -> bool:
+    return target is None or str(target).strip().lower() == "top1"
+
+
 def _softmax(scores: np.ndarray) -> np.ndarray:
     z = scores.astype(np.float64) - scores.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -161,22 +165,32 @@ def explain_folder(model: Any, inputs: str | Path | Sequence[str | Path], *, met
     bar = _progress(len(todo), progress)
     signed = method in SIGNED
     names = spec = None
+    top1 = _top1(target)
     t_start = time.perf_counter()
     try:
         for paths, x_np, pictures in _batches(todo, prep, batch_size):
             t0 = time.perf_counter()
             x = kit.to_tensor(x_np, model)
-            probs = _softmax(xplain.predict(model, x, output=output))
+            results = []
+            if top1:
+                # the method resolves the top class from its own forward and reports the
+                # scores it took it from (exp.scores): no separate forward for the table
+                exp = xplain.explain(model, x, method=method, target=None, output=output,
+                                     seed=seed, progress=False, **options)
+                probs = _softmax(exp.extras["scores"])
+                results.append((exp.targets.tolist(), exp.numpy(), exp.extras.get("conservation")))
+            else:
+                probs = _softmax(xplain.predict(model, x, output=output))
             if spec is None:
                 names = labels_mod.class_names(labels, probs.shape[1], zoo)
                 spec = parse_target(target, names)
-            chosen = spec.choose(probs)
-            results = []
-            for rank in range(len(chosen[0])):
-                targets = [c[rank] for c in chosen]
-                exp = xplain.explain(model, x, method=method, target=targets, output=output,
-                                     seed=seed, progress=False, **options)
-                results.append((targets, exp.numpy(), exp.extras.get("conservation")))
+            if not top1:
+                chosen = spec.choose(probs)
+                for rank in range(len(chosen[0])):
+                    targets = [c[rank] for c in chosen]
+                    exp = xplain.explain(model, x, method=method, target=targets, output=output,
+                                         seed=seed, progress=False, **options)
+                    results.append((targets, exp.numpy(), exp.extras.get("conservation")))
             per_image = (time.perf_counter() - t0) / len(paths)
             rows, arrays = [], []
             for targets, attr, cons in results:

@@ -122,12 +122,13 @@ def lrp(run: Run, *, composite: Any = DEFAULT, rules: Mapping[str, Any] | None =
     # extra forward pass just to resolve them
     given = run.given_targets
     parts: list[tuple[Any, Any, list]] = []
-    used: list[np.ndarray] = []
+    used: list[tuple[np.ndarray, np.ndarray]] = []  # per chunk: argmax targets, scores
     for sl in iter_chunks(n, size):
         t = None if given is None else given[sl]
         parts.append(_one_pass(run, plans, run.inputs[sl], t, probe_module, used, relus, learned))
     if given is None:
-        run.record_argmax_targets(np.concatenate(used))
+        run.record_argmax_targets(np.concatenate([t for t, _ in used]),
+                                  np.concatenate([sc for _, sc in used]))
     rel = parts[0][0] if len(parts) == 1 else B.concat([p[0] for p in parts], axis=0)
     tout = parts[0][1] if len(parts) == 1 else B.concat([p[1] for p in parts], axis=0)
     ndim = len(B.shape(rel))
@@ -188,7 +189,7 @@ def _balance(B: Any, rel: Any, tout: Any, ledgers: list[dict[str, np.ndarray]], 
 
 
 def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndarray | None,
-              probe_module: Any, used: list[np.ndarray], relus: list,
+              probe_module: Any, used: list[tuple[np.ndarray, np.ndarray]], relus: list,
               on_tripped: Callable[[set[str]], None]) -> tuple[Any, Any, list, dict]:
     """One modified forward+backward on batch ``x``: (relevance, target outputs, layer maps,
     absorbed relevance per layer). ``targets=None`` explains each sample's argmax, appended to
@@ -205,8 +206,9 @@ def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndar
             xg = B.with_grad(x)
             out = run.forward(xg)
             if targets is None:
-                targets = B.to_numpy(B.argmax(out, axis=1)).astype(np.int64)
-                used.append(targets)
+                scores = B.to_numpy(B.stop_gradient(out))
+                targets = scores.argmax(axis=1).astype(np.int64)
+                used.append((targets, scores))
             score = run.target_score(out, targets)
             leaves = [leaf for _, _, ls in state.explicit for leaf, _ in ls]
             probes = [e for e, _ in state.probes]

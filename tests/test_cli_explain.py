@@ -229,3 +229,24 @@ def test_methods_help_and_version(fw, tmp_path):
     assert "epsilon_gamma_box" in r.stdout  # the composites are listed
     r = run_cli("--version", cwd=tmp_path)
     assert r.stdout.strip() == f"xplain {xplain.__version__}"
+
+
+def test_an_unreadable_image_stops_the_job_after_the_batches_before_it(fw, tmp_path):
+    """Decoding runs one batch ahead in a thread and writing one batch behind in another: an
+    error in either reaches the caller, and what was finished before stays and is skipped."""
+    rng = np.random.default_rng(1)
+    (tmp_path / "imgs").mkdir()
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / "imgs" / f"a{i}.png"), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    (tmp_path / "imgs" / "bad.png").write_bytes(b"not an image")
+    model = kit(fw.name).build_zoo("resnet18")
+    with pytest.raises(xplain.InputError, match="bad.png"):
+        xplain.explain_folder(model, tmp_path / "imgs", out=tmp_path / "out", preprocess="64",
+                              batch_size=2, progress=False)
+    rows = read_rows(tmp_path / "out" / "results.csv")
+    assert [r["image"] for r in rows] == ["a0", "a1", "a2", "a3"]
+    (tmp_path / "imgs" / "bad.png").unlink()
+    stamp = (tmp_path / "out" / rows[0]["figure"]).stat().st_mtime_ns
+    again = xplain.explain_folder(model, tmp_path / "imgs", out=tmp_path / "out", preprocess="64",
+                                  batch_size=2, progress=False)
+    assert len(again) == 4 and (tmp_path / "out" / rows[0]["figure"]).stat().st_mtime_ns == stamp

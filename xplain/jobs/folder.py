@@ -7,7 +7,9 @@ import os
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +68,66 @@ def _batches(files: Sequence[Path], prep: xio.Preprocessing, size: int
     for f in files:
         pic = prep.picture(xio.load_image(f))
         x = xio.normalize(pic, prep.mean, prep.std)
-        if inputs and (len(inputs) == size or x.shape != inputs[0].shape):
+        if inputs and x.shape != inputs[0].shape:
             yield paths, np.stack(inputs), pictures
             paths, inputs, pictures = [], [], []
         paths.append(f)
         inputs.append(x)
         pictures.append(pic)
+        if len(inputs) == size:  # at once: a full batch never waits on the next file
+            yield paths, np.stack(inputs), pictures
+            paths, inputs, pictures = [], [], []
     if inputs:
         yield paths, np.stack(inputs), pictures
+
+
+@dataclass
+class Batch:
+    """One explained batch on its way to the files."""
+
+    paths: list[Path]
+    pictures: list[np.ndarray]
+    probs: np.ndarray
+    results: list[tuple[list[int], np.ndarray, Any]]  # per target rank: targets, attributions, balance
+    seconds: float  # per image and target
+
+
+def _prefetched(items: Iterator[Any]) -> Iterator[Any]:
+    """``items``, each computed in a worker thread while the caller works on the one before."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xplain-reader") as pool:
+        future = pool.submit(next, items, None)
+        while True:
+            item = future.result()
+            if item is None:
+                return
+            future = pool.submit(next, items, None)
+            yield item
+
+
+def _write_batch(out: Path, batch: Batch, keys: Mapping[Path, str], names: Sequence[str] | None,
+                 method: str, signed: bool, settings: Mapping[str, Any], archive: AttributionArchive,
+                 table: ResultsTable, bar: Any) -> None:
+    """Figures, npz entries and table rows of one batch; then ``job.json`` and the bar."""
+    rows, arrays = [], []
+    for targets, attr, cons in batch.results:
+        for i, path in enumerate(batch.paths):
+            key, cls = keys[path], targets[i]
+            name = names[cls] if names else str(cls)
+            fig_rel = f"{FIGURES}/{key}_{cls}.png"
+            title = f"{name} (p={batch.probs[i, cls]:.3f}) - {method}"
+            viz.save(out / fig_rel, figure(batch.pictures[i], attribution_map(attr[i]), title=title,
+                                           method=method, signed=signed))
+            arrays.append((f"{key}:{cls}", attr[i]))
+            rows.append({"image": key, "target": cls, "class_name": names[cls] if names else "",
+                         "probability": float(batch.probs[i, cls]), "method": method,
+                         "options": json.dumps(settings["options"]), "seconds": batch.seconds,
+                         "conservation": float(cons.error[i]) if cons is not None else None,
+                         "figure": fig_rel, "attribution_key": f"{key}:{cls}"})
+    archive.add(arrays)
+    table.add(rows)
+    _record_job(out, settings)
+    if bar is not None:
+        bar.update(len(batch.paths))
 
 
 def _top1(target: Any) -> bool:
@@ -167,8 +221,12 @@ def explain_folder(model: Any, inputs: str | Path | Sequence[str | Path], *, met
     names = spec = None
     top1 = _top1(target)
     t_start = time.perf_counter()
+    # figures and files are written by one thread while the next batch is explained, and the
+    # next batch is decoded by another: OpenCV and file I/O release the GIL
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xplain-writer")
+    pending = None
     try:
-        for paths, x_np, pictures in _batches(todo, prep, batch_size):
+        for paths, x_np, pictures in _prefetched(_batches(todo, prep, batch_size)):
             t0 = time.perf_counter()
             x = kit.to_tensor(x_np, model)
             results = []
@@ -192,29 +250,15 @@ def explain_folder(model: Any, inputs: str | Path | Sequence[str | Path], *, met
                                          seed=seed, progress=False, **options)
                     results.append((targets, exp.numpy(), exp.extras.get("conservation")))
             per_image = (time.perf_counter() - t0) / len(paths)
-            rows, arrays = [], []
-            for targets, attr, cons in results:
-                for i, path in enumerate(paths):
-                    key, cls = keys[path], targets[i]
-                    name = names[cls] if names else str(cls)
-                    fig_rel = f"{FIGURES}/{key}_{cls}.png"
-                    m = attribution_map(attr[i])
-                    title = f"{name} (p={probs[i, cls]:.3f}) - {method}"
-                    viz.save(out / fig_rel, figure(pictures[i], m, title=title, method=method,
-                                                          signed=signed))
-                    arrays.append((f"{key}:{cls}", attr[i]))
-                    rows.append({"image": key, "target": cls, "class_name": names[cls] if names else "",
-                                 "probability": float(probs[i, cls]), "method": method,
-                                 "options": json.dumps(settings["options"]),
-                                 "seconds": per_image / len(results),
-                                 "conservation": float(cons.error[i]) if cons is not None else None,
-                                 "figure": fig_rel, "attribution_key": f"{key}:{cls}"})
-            archive.add(arrays)
-            table.add(rows)
-            _record_job(out, settings)
-            if bar is not None:
-                bar.update(len(paths))
+            batch = Batch(paths, pictures, probs, results, per_image / len(results))
+            if pending is not None:  # one batch in flight: memory stays flat
+                pending.result()  # and its errors surface here
+            pending = writer.submit(_write_batch, out, batch, keys, names, method, signed,
+                                    settings, archive, table, bar)
+        if pending is not None:
+            pending.result()
     finally:
+        writer.shutdown(wait=True)
         if bar is not None:
             bar.close()
     versions = {"xplain": xplain.__version__, kit.name: _framework_version(kit.name),

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from .errors import BackendError, OptionError
+from .jobs.outputs import SIGNED as OUTPUT_SIGNED
 
 SIZE = 64
 MEAN, STD = 0.5, 0.25  # input normalisation: (pixel / 255 - MEAN) / STD
@@ -201,8 +202,7 @@ DEMO_OPTIONS: dict[str, dict[str, Any]] = {
     "prototype": {"steps": 30, "lr": 0.05},
 }
 #: Methods with signed attributions, shown with a diverging colour map (evidence for and against).
-SIGNED = frozenset({"lrp", "input_x_gradient", "integrated_gradients", "deeplift", "gradient_shap",
-                    "occlusion"})
+SIGNED = OUTPUT_SIGNED
 #: Methods whose result is a synthesised input rather than an attribution of the given one: the
 #: demo shows that input as a picture, and as a heat map what the synthesis changed.
 SYNTHESIS = frozenset({"prototype"})

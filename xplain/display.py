@@ -46,7 +46,7 @@ def _picture(x: np.ndarray) -> np.ndarray | None:
 def figure(exp: Any, max_images: int = MAX_SHOWN) -> np.ndarray:
     """The batch as one RGB uint8 picture: a row per sample (at most ``max_images``)."""
     from . import viz
-    from .jobs.outputs import SIGNED, attribution_map, color_range
+    from .jobs.outputs import SIGNED, attribution_map, map_panels
 
     attr = exp.numpy()
     inputs = exp.inputs
@@ -60,16 +60,10 @@ def figure(exp: Any, max_images: int = MAX_SHOWN) -> np.ndarray:
         except ValueError:
             raise InputError(f"{exp.method!r} attributions of shape {attr.shape[1:]} per sample are "
                              f"not images; plot exp.numpy() yourself") from None
-        lo, hi = color_range(m, signed)
         pic = _picture(xs[i]) if xs is not None else None
         title = f"#{i} target {int(exp.targets[i])}"
-        if pic is not None:
-            panels.append(viz.Panel(pic, title))
-        panels.append(viz.Panel(np.clip(m, lo, hi), exp.method if pic is not None else title,
-                                cmap="bwr" if signed else "jet", vmin=lo, vmax=hi, colorbar=True))
-        if pic is not None:
-            ev = np.clip(np.maximum(m, 0.0) / hi, 0.0, 1.0) if hi > 0 else np.zeros_like(m)
-            panels.append(viz.Panel(viz.overlay(pic, ev, 0.5, 0.5), "evidence"))
+        panels += map_panels(pic, m, signed=signed,
+                             titles=(title, exp.method if pic is not None else title, "evidence"))
     cols = 3 if xs is not None and _picture(xs[0]) is not None else 1
     return viz.figure(panels, cols=cols, cell=160)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -112,9 +112,10 @@ def _zoo_kits() -> dict[str, str]:
     return {e.zoo: name for name, e in registry().model_kits.items()}
 
 
-def build(spec: str) -> tuple[Any, bool]:
+def build(spec: str, *, pretrained: bool = False) -> tuple[Any, bool]:
     """The model a spec names (see module docstring) and whether it is a zoo model (zoo models
-    get ImageNet pre-processing and class names by default)."""
+    get ImageNet pre-processing and class names by default); ``pretrained``: with the zoo's
+    own downloaded weights (zoo specs only)."""
     prefix, sep, name = spec.partition(":")
     if not sep or not prefix or not name:
         raise OptionError(f"--model {spec!r}: write torchvision:NAME, paddle:NAME or "
@@ -124,7 +125,10 @@ def build(spec: str) -> tuple[Any, bool]:
         k = kit(zoos[prefix])
         if name not in k.zoo_names():
             raise OptionError(f"{prefix} has no classifier {name!r}; it has: {', '.join(k.zoo_names())}")
-        return k.build_zoo(name), True
+        return k.build_zoo(name, pretrained=pretrained), True
+    if pretrained:
+        raise OptionError("--weights DEFAULT names a zoo's pretrained weights; give "
+                          "--model torchvision:NAME or paddle:NAME, or a weights file")
     return _user_model(prefix, name), False
 
 
@@ -185,23 +189,7 @@ def load_weights(model: Any, path: str | Path) -> None:
 def load_model(spec: str, weights: str | Path | None = None) -> tuple[Any, bool]:
     """:func:`build` then the weights: a file, ``"DEFAULT"`` (the zoo's own pretrained
     download) or ``None`` (zoo models keep random weights: say so, this is rarely meant)."""
-    if weights == "DEFAULT":
-        prefix, _, name = spec.partition(":")
-        zoos = _zoo_kits()
-        if prefix not in zoos:
-            raise OptionError("--weights DEFAULT names a zoo's pretrained weights; give "
-                              "--model torchvision:NAME or paddle:NAME, or a weights file")
-        k = kit(zoos[prefix])
-        if name not in k.zoo_names():
-            raise OptionError(f"{prefix} has no classifier {name!r}")
-        return k.build_zoo(name, pretrained=True), True
-    model, zoo = build(spec)
-    if weights is not None:
+    model, zoo = build(spec, pretrained=weights == "DEFAULT")
+    if weights is not None and weights != "DEFAULT":
         load_weights(model, weights)
     return model, zoo
-
-
-def frameworks_of(specs: Sequence[str]) -> list[str]:
-    """The backends the zoo prefixes in ``specs`` name (empty for user factories)."""
-    zoos = _zoo_kits()
-    return [zoos[s.partition(":")[0]] for s in specs if s.partition(":")[0] in zoos]

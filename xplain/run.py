@@ -60,6 +60,20 @@ class MethodResult:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+def progress_bar(enabled: bool | None, iterable: Iterable | None = None, **kwargs: Any) -> Any:
+    """A ``tqdm.auto`` bar, or ``None`` when disabled or tqdm is missing. ``enabled=None``: on a
+    terminal, and in a notebook (where ``tqdm.auto`` draws a widget)."""
+    if enabled is None:
+        enabled = sys.stderr.isatty() or "ipykernel" in sys.modules
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(iterable, **kwargs)
+
+
 class Run:
     """One explanation in progress. Created by :func:`xplain.explain`; handed to the method."""
 
@@ -338,13 +352,6 @@ class Run:
     def progress(self, iterable: Iterable, *, total: int | None = None, desc: str = "") -> Iterable:
         """Wrap ``iterable`` in a tqdm bar when enabled (default: on a terminal, and in a
         notebook, where ``tqdm.auto`` draws a widget)."""
-        enabled = self.progress_enabled
-        if enabled is None:
-            enabled = sys.stderr.isatty() or "ipykernel" in sys.modules
-        if not enabled:
-            return iterable
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            return iterable
-        return tqdm(iterable, total=total, desc=desc or self.method, leave=False)
+        bar = progress_bar(self.progress_enabled, iterable, total=total, desc=desc or self.method,
+                           leave=False)
+        return iterable if bar is None else bar

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,6 +18,7 @@ from .. import io as xio
 from .. import viz
 from ..errors import OptionError
 from ..modelkit import kit_for
+from ..run import progress_bar
 from . import labels as labels_mod
 from .outputs import SIGNED, AttributionArchive, ResultsTable, attribution_map, figure
 from .report import write_report
@@ -44,18 +44,6 @@ def image_keys(files: Sequence[Path]) -> dict[Path, str]:
 def _common_root(files: Sequence[Path]) -> Path:
     parents = [str(f.resolve().parent) for f in files]
     return Path(os.path.commonpath(parents)) if parents else Path.cwd()
-
-
-def _progress(total: int, enabled: bool | None) -> Any:
-    if enabled is None:  # a terminal, or a notebook (tqdm.auto draws a widget there)
-        enabled = sys.stderr.isatty() or "ipykernel" in sys.modules
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="img", desc="explaining", dynamic_ncols=True)
 
 
 def _batches(files: Sequence[Path], prep: xio.Preprocessing, size: int
@@ -216,7 +204,7 @@ def explain_folder(model: Any, inputs: str | Path | Sequence[str | Path], *, met
     table.keep(done)  # rows of unfinished images (an interrupted batch) are redone
     todo = [f for f in files if keys[f] not in done]
     kit = kit_for(model)
-    bar = _progress(len(todo), progress)
+    bar = progress_bar(progress, total=len(todo), unit="img", desc="explaining", dynamic_ncols=True)
     signed = method in SIGNED
     names = spec = None
     top1 = _top1(target)

@@ -49,17 +49,25 @@ def color_range(m: np.ndarray, signed: bool, clip_percentile: float = 0.5) -> tu
     return min(lo, 0.0) if lo < 0 else lo, top if top > lo else lo + 1.0
 
 
+def map_panels(picture: np.ndarray | None, m: np.ndarray, *, signed: bool,
+               titles: tuple[str, str, str] = ("input", "", "overlay")) -> list[viz.Panel]:
+    """``input | heat map with a colour bar in the map's units | positive evidence over the
+    input`` (only the heat map without a ``picture``)."""
+    lo, hi = color_range(m, signed)
+    heat = viz.Panel(np.clip(m, lo, hi), titles[1], cmap="bwr" if signed else "jet", vmin=lo,
+                     vmax=hi, colorbar=True)
+    if picture is None:
+        return [heat]
+    evidence = np.clip(np.maximum(m, 0.0) / hi, 0.0, 1.0) if hi > 0 else np.zeros_like(m)
+    return [viz.Panel(picture, titles[0]), heat,
+            viz.Panel(viz.overlay(picture, evidence, 0.5, 0.5), titles[2])]
+
+
 def figure(picture: np.ndarray, m: np.ndarray, *, title: str, method: str, signed: bool,
            cell: int = 224) -> np.ndarray:
-    """``input | heat map with a colour bar in the map's units | overlay``, as RGB uint8."""
-    lo, hi = color_range(m, signed)
-    cmap = "bwr" if signed else "jet"
-    shown = np.clip(m, lo, hi)
-    evidence = np.clip(np.maximum(m, 0.0) / hi, 0.0, 1.0) if hi > 0 else np.zeros_like(m)
-    panels = [viz.Panel(picture, "input"),
-              viz.Panel(shown, method, cmap=cmap, vmin=lo, vmax=hi, colorbar=True),
-              viz.Panel(viz.overlay(picture, evidence, 0.5, 0.5), "overlay")]
-    return viz.figure(panels, cell=cell, title=title)
+    """:func:`map_panels` as one RGB uint8 picture under ``title``."""
+    return viz.figure(map_panels(picture, m, signed=signed, titles=("input", method, "overlay")),
+                      cell=cell, title=title)
 
 
 class AttributionArchive:

@@ -5,6 +5,7 @@ at two folder sizes (each in a fresh process).
 
     python benchmarks/bench_folder.py [--framework torch] [--images 512] [--methods saliency gradcam lrp]
     python benchmarks/bench_folder.py --rss 128 2048
+    python benchmarks/bench_folder.py --ray 1 2 --methods gradcam --images 256
 
 The job also draws and writes a figure per image, appends to ``attributions.npz`` and
 ``results.csv`` and writes ``index.html``; the bare loop only computes. Images: smooth
@@ -100,25 +101,37 @@ def throughput(args: argparse.Namespace) -> None:
     paths = make_folder(root / "images", args.images)
     print(f"{args.framework}, resnet18, {args.images} images 256² → 224², batch {BATCH}, "
           f"{THREADS} threads\n")
-    print("| method | bare loop (img/s) | xplain explain job (img/s) | job / bare | peer loop (img/s) |")
-    print("|---|---:|---:|---:|---:|")
+    formats = args.figures
+    print(f"{args.rounds} interleaved rounds; each cell the median over rounds of img/s and of "
+          f"the job / bare ratio within a round\n")
+    print("| method | bare loop (img/s) | " + " | ".join(
+        f"job, {f} figures (img/s) | job / bare" for f in formats) + " | peer loop (img/s) |")
+    print("|---|---:|" + "---:|---:|" * len(formats) + "---:|")
     for method in args.methods:
         bare_loop(model, paths[:BATCH], method, args.framework)  # warm-up
-        t = time.perf_counter()
-        bare_loop(model, paths, method, args.framework)
-        bare = args.images / (time.perf_counter() - t)
-        t = time.perf_counter()
-        xplain.explain_folder(model, root / "images", method=method, out=root / f"out_{method}",
-                              options=OPTIONS.get(method), batch_size=BATCH, overwrite=True,
-                              progress=False)
-        job = args.images / (time.perf_counter() - t)
+        rates: dict[str, list[float]] = {"bare": [], **{f: [] for f in formats}}
+        ratios: dict[str, list[float]] = {f: [] for f in formats}
+        for _ in range(args.rounds):  # bare and job alternate: the machine's drift hits both
+            t = time.perf_counter()
+            bare_loop(model, paths, method, args.framework)
+            rates["bare"].append(args.images / (time.perf_counter() - t))
+            for fmt in formats:
+                t = time.perf_counter()
+                xplain.explain_folder(model, root / "images", method=method,
+                                      out=root / f"out_{method}", options=OPTIONS.get(method),
+                                      batch_size=BATCH, figures=fmt, overwrite=True, progress=False)
+                rates[fmt].append(args.images / (time.perf_counter() - t))
+                ratios[fmt].append(rates[fmt][-1] / rates["bare"][-1])
+        cells = [f"{np.median(rates[f]):.1f} | {np.median(ratios[f]):.2f} "
+                 f"({min(ratios[f]):.2f}–{max(ratios[f]):.2f})" for f in formats]
         peer = peer_loop(model, paths, method) if args.framework == "torch" else None
         peer_rate = ""
         if peer is not None:
             t = time.perf_counter()
             peer()
             peer_rate = f"{args.images / (time.perf_counter() - t):.1f}"
-        print(f"| {method} | {bare:.1f} | {job:.1f} | {job / bare:.2f} | {peer_rate} |", flush=True)
+        print(f"| {method} | {np.median(rates['bare']):.1f} | " + " | ".join(cells)
+              + f" | {peer_rate} |", flush=True)
 
 
 def rss(args: argparse.Namespace) -> None:
@@ -138,15 +151,54 @@ def rss(args: argparse.Namespace) -> None:
         print(f"| {n} | {int(out.stdout.split()[-1]) / 1024:.0f} |", flush=True)
 
 
+def ray_overhead(args: argparse.Namespace) -> None:
+    """The Ray engine against the local one on this machine: the same job (``--methods``' first,
+    png figures) at 1 and 2 workers, each worker with ``THREADS // workers`` threads. Ray's own
+    start (``ray.init``) is timed apart; each job's time includes starting its actors and
+    loading the model in them."""
+    import ray
+
+    k = kit(args.framework)
+    k.set_threads(THREADS)
+    model = build("resnet18", args.framework)
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="xplain-bench-folder-"))
+    make_folder(root / "images", args.images)
+    method = args.methods[0]
+    t = time.perf_counter()
+    ray.init(num_cpus=THREADS, include_dashboard=False, log_to_driver=False)
+    started = time.perf_counter() - t
+    print(f"{args.framework}, resnet18, {method}, {args.images} images, batch {BATCH}, "
+          f"{THREADS} CPUs; ray.init took {started:.1f} s\n")
+    print("| engine | workers × threads | img/s | vs local |\n|---|---|---:|---:|")
+    kw = dict(method=method, options=OPTIONS.get(method), batch_size=BATCH, overwrite=True,
+              progress=False)
+    rates = {}
+    for name, extra in [("local", {})] + [(f"ray {w}", {"engine": "ray", "workers": w,
+                                                         "threads": max(1, THREADS // w)})
+                                          for w in args.ray]:
+        t = time.perf_counter()
+        xplain.explain_folder(model, root / "images", out=root / "out_ray", **kw, **extra)
+        rates[name] = args.images / (time.perf_counter() - t)
+        shape = "1 × " + str(THREADS) if name == "local" else f"{extra['workers']} × {extra['threads']}"
+        print(f"| {name.split()[0]} | {shape} | {rates[name]:.1f} | {rates[name] / rates['local']:.2f} |",
+              flush=True)
+    ray.shutdown()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--framework", default="torch")
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--methods", nargs="+", default=["saliency", "gradcam", "lrp"])
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per method")
+    p.add_argument("--figures", nargs="+", default=["png", "jpg"], help="figure formats to time")
     p.add_argument("--rss", type=int, nargs="*", default=None, help="folder sizes for peak RSS")
+    p.add_argument("--ray", type=int, nargs="*", default=None, help="Ray worker counts to time")
     p.add_argument("--workdir", default=None)
     args = p.parse_args()
-    if args.rss:
+    if args.ray:
+        ray_overhead(args)
+    elif args.rss:
         rss(args)
     else:
         throughput(args)

@@ -20,15 +20,9 @@ THREADS = int(os.environ.get("XPLAIN_BENCH_THREADS", "2"))
 
 def set_threads(framework: str, n: int = THREADS) -> None:
     """Pin the framework's CPU thread count (Paddle defaults to one thread)."""
-    if framework == "torch":
-        import torch
+    from xplain.modelkit import kit
 
-        torch.set_num_threads(n)
-    else:
-        import paddle
-
-        paddle.set_device("cpu")
-        paddle.base.core.set_num_threads(n)
+    kit(framework).set_threads(n)
 
 
 def median_time(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1,
@@ -74,7 +68,8 @@ def round_spread(times: dict[str, list[float]], case: str, base: str = "raw") ->
 
 
 def raw_forward_backward(framework: str, model: Any, x: Any) -> Callable[[], None]:
-    """The reference cost: one forward and one backward to the input, no xplain involved."""
+    """The reference cost: one forward and one backward to the input, no xplain involved —
+    hence written in each framework's own calls rather than through a backend."""
     if framework == "torch":
         import torch
 
@@ -111,14 +106,11 @@ def forward_only(framework: str, model: Any, x: Any) -> Callable[[], None]:
 
 
 def make_input(framework: str, batch: int, size: int, channels: int = 3, seed: int = 0) -> Any:
+    """A seeded standard-normal batch ``(batch, channels, size, size)`` as a CPU tensor."""
+    from xplain.modelkit import kit
+
     a = np.random.default_rng(seed).standard_normal((batch, channels, size, size)).astype(np.float32)
-    if framework == "torch":
-        import torch
-
-        return torch.as_tensor(a)
-    import paddle
-
-    return paddle.to_tensor(a)
+    return kit(framework).to_tensor(a)
 
 
 @dataclass

@@ -7,7 +7,7 @@ attributions for class 208 (Labrador retriever) and 283 (Persian cat) with slidi
 tutorial points on to (Integrated Gradients, Guided Backprop, Guided Grad-CAM, ...).
 
     python examples/occlusion_resnet18.py --image dog_cat.jpg --out out/
-    python examples/occlusion_resnet18.py --torchvision-weights DEFAULT   # pretrained, online
+    python examples/occlusion_resnet18.py --pretrained                    # the zoo's weights, online
     python examples/occlusion_resnet18.py --framework paddle              # offline: random weights
 """
 from __future__ import annotations
@@ -32,10 +32,10 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def build_model(args: argparse.Namespace):
-    if args.torchvision_weights:  # the user asked for torchvision's pretrained weights
-        import torchvision
+    if args.pretrained:  # the framework's own ImageNet weights (downloaded; offline it says so)
+        from xplain.modelkit import kit
 
-        model = torchvision.models.resnet18(weights=args.torchvision_weights).eval()
+        model = kit(args.framework).build_zoo("resnet18", pretrained=True)
     else:
         model = _common.zoo("resnet18", args.framework, seed=args.seed)
     if args.weights:
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
     _common.add_common_args(p)
     p.add_argument("--image", default=None)
     p.add_argument("--weights", default=None, help="state dict file")
-    p.add_argument("--torchvision-weights", default=None, help="e.g. DEFAULT (downloads)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="the zoo's ImageNet weights (torchvision or paddle.vision; downloads)")
     p.add_argument("--targets", type=_ints, default=(208, 283))
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--window", type=_ints, default=(3, 45, 45))
@@ -56,8 +57,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--methods", default="", help="more methods, e.g. integrated_gradients,"
                    "guided_backprop,guided_gradcam")
     args = p.parse_args(argv)
-    if args.torchvision_weights:
-        args.framework = "torch"
     out = Path(args.out)
 
     model = build_model(args)

@@ -9,6 +9,9 @@
 ``XPLAIN_BROWSER=1`` (tox env ``report``) selects only tests marked ``browser`` (a report opened
 in headless Chromium).
 
+``XPLAIN_RAY=1`` (tox env ``ray``) selects only tests marked ``ray`` (folder jobs on a local Ray
+instance), on the backend ``XPLAIN_BACKEND`` names.
+
 ``XPLAIN_PEERS=1`` (tox env ``peers``) selects only tests marked ``peer``: equality with Captum,
 Zennit and pytorch-grad-cam, which are installed in that env alone.
 
@@ -26,6 +29,7 @@ CHOICES = ("torch", "paddle", "cross", "none")
 SELECTED = os.environ.get("XPLAIN_BACKEND", "torch").strip().lower()
 PEERS = os.environ.get("XPLAIN_PEERS", "") == "1"
 BROWSER = os.environ.get("XPLAIN_BROWSER", "") == "1"
+RAY = os.environ.get("XPLAIN_RAY", "") == "1"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -35,6 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
                          ("cross", "compares the torch and paddle backends"),
                          ("peer", "compares with Captum/Zennit/pytorch-grad-cam (XPLAIN_PEERS=1)"),
                          ("browser", "opens a report in headless Chromium (XPLAIN_BROWSER=1)"),
+                         ("ray", "a folder job on a local Ray instance (XPLAIN_RAY=1)"),
                          ("slow", "large model; still run in CI")):
         config.addinivalue_line("markers", f"{marker}: {text}")
     if SELECTED == "paddle":
@@ -50,7 +55,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         is_cross = item.get_closest_marker("cross") is not None
         is_peer = item.get_closest_marker("peer") is not None
         is_browser = item.get_closest_marker("browser") is not None
-        if is_peer != PEERS or is_browser != BROWSER:
+        is_ray = item.get_closest_marker("ray") is not None
+        if is_peer != PEERS or is_browser != BROWSER or is_ray != RAY:
             ok = False
         elif SELECTED == "none":
             ok = is_core

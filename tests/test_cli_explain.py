@@ -250,3 +250,41 @@ def test_an_unreadable_image_stops_the_job_after_the_batches_before_it(fw, tmp_p
     again = xplain.explain_folder(model, tmp_path / "imgs", out=tmp_path / "out", preprocess="64",
                                   batch_size=2, progress=False)
     assert len(again) == 4 and (tmp_path / "out" / rows[0]["figure"]).stat().st_mtime_ns == stamp
+
+
+def test_figure_formats_write_the_same_results(fw, tmp_path):
+    """``figures="jpg"`` writes JPEG figures of the PNG ones' pixels (up to JPEG's loss) and
+    ``"none"`` no figures; the attributions and the table do not depend on the format, and a
+    finished ``none`` job is skipped on re-run although it has no figure files."""
+    rng = np.random.default_rng(2)
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / "imgs" / f"a{i}.png"), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    model = kit(fw.name).build_zoo("resnet18")
+    runs = {}
+    for fmt in ("png", "jpg", "none"):
+        rows = xplain.explain_folder(model, tmp_path / "imgs", out=tmp_path / fmt, preprocess="64",
+                                     batch_size=2, figures=fmt, progress=False)
+        runs[fmt] = (rows, np.load(tmp_path / fmt / "attributions.npz"))
+    png_rows, png_npz = runs["png"]
+    for rows, npz in runs.values():
+        assert [(r["image"], r["target"], r["probability"]) for r in rows] == \
+            [(r["image"], r["target"], r["probability"]) for r in png_rows]
+        for key in png_npz.files:
+            np.testing.assert_array_equal(npz[key], png_npz[key])
+    for r_png, r_jpg in zip(png_rows, runs["jpg"][0]):
+        assert r_jpg["figure"].endswith(".jpg")
+        png = cv2.imread(str(tmp_path / "png" / r_png["figure"]))
+        jpg = cv2.imread(str(tmp_path / "jpg" / r_jpg["figure"]))
+        # the same encoder on the PNG's pixels: the JPEG holds the same figure
+        again = cv2.imdecode(cv2.imencode(".jpg", png, [cv2.IMWRITE_JPEG_QUALITY, 95])[1], cv2.IMREAD_COLOR)
+        np.testing.assert_array_equal(jpg, again)
+    assert all(r["figure"] == "" for r in runs["none"][0])
+    assert not (tmp_path / "none" / "figures").exists()
+    assert "<img" not in (tmp_path / "none" / "index.html").read_text(encoding="utf-8")
+    stamp = (tmp_path / "none" / "attributions.npz").stat().st_mtime_ns
+    again = xplain.explain_folder(model, tmp_path / "imgs", out=tmp_path / "none", preprocess="64",
+                                  batch_size=2, figures="none", progress=False)
+    assert len(again) == 3 and (tmp_path / "none" / "attributions.npz").stat().st_mtime_ns == stamp
+    with pytest.raises(xplain.OptionError, match="figure format"):
+        xplain.explain_folder(model, tmp_path / "imgs", out=tmp_path / "x", figures="gif")

@@ -8,7 +8,7 @@ import xplain
 from cross_oracles import (F32_LOGIT_ATOL, F32_SAME_FRAMEWORK_ATOL, F64_F32_CONSTANT_RTOL,
                            F64_RTOL, assert_close, assert_no_kink_within_reach, autodiff_gradient,
                            float64_pair, forget, logits, zoo_pair)
-from xplain.testing.port import torch_to_paddle
+from xplain_paddle.port import torch_to_paddle
 
 pytestmark = pytest.mark.cross
 

@@ -1,9 +1,9 @@
 """torchvision weights ported into every paddle.vision architecture both zoos have
-(:func:`xplain.testing.port.torch_to_paddle`) give the same logits, saliency and Grad-CAM maps.
+(:func:`xplain_paddle.port.torch_to_paddle`) give the same logits, saliency and Grad-CAM maps.
 
 One constructor per family, the smallest, with random weights and BatchNorm statistics
 (:func:`xplain.testing.zoo.fill_torch`), ``num_classes=10``, on two random images of a size the
-paddle model computes the same function at (:func:`~xplain.testing.port.size_mismatch`).
+paddle model computes the same function at (:func:`~xplain_paddle.port.size_mismatch`).
 Compared as :mod:`cross_oracles` says is well conditioned: logits in float32 and float64, maps in
 float64 only, after showing that no kink is within reach of rounding.
 
@@ -30,7 +30,7 @@ import pytest
 import xplain
 from cross_oracles import (F32_LOGIT_ATOL, F64_F32_CONSTANT_RTOL, F64_RTOL, MARGIN_SAFETY, assert_close,
                            logits)
-from xplain.testing.port import family_of, layer_map, size_mismatch, torch_to_paddle
+from xplain_paddle.port import family_of, layer_map, size_mismatch, torch_to_paddle
 
 pytestmark = pytest.mark.cross
 
@@ -418,7 +418,7 @@ def test_size_dependent_difference_is_real(both):
 def test_families_and_folds_are_detected():
     import paddle.vision.models as pvm
 
-    from xplain.testing.port import folds
+    from xplain_paddle.port import folds
 
     assert family_of(pvm.mobilenet_v3_large(num_classes=10)).name == "mobilenet_v3"
     assert family_of(pvm.resnet18()).name == "identical"

@@ -1,7 +1,7 @@
 """The ``xplain`` command line.
 
     xplain explain IMAGES... --model SPEC [--weights FILE] --method M [--set k=v ...] --out DIR
-                                                                        a folder job: figures,
+                   [--engine ray]                                       a folder job: figures,
                                                                         npz, csv, index.html
     xplain demo [--framework torch|paddle] [--method lrp] [--out DIR]   first explanation, PNGs
     xplain methods [NAME]                                               registered methods, or
@@ -46,13 +46,18 @@ def _output_selector(text: str | None) -> int | str | None:
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     from .jobs import explain_folder
+    from .jobs.ray_engine import ModelSource
     from .modelkit import kit_for, load_model
 
     options = dict(parse_setting(s) for s in args.set or [])
     if args.layer is not None:
         options["layer"] = args.layer
+    ray = args.engine == "ray"
+    if ray and args.device:
+        raise OptionError("--device does not apply to --engine ray: each Ray worker takes a GPU "
+                          "where the cluster has them; drop --device")
     model, zoo = load_model(args.model, args.weights)
-    if args.threads:
+    if args.threads and not ray:  # on Ray: each worker's threads
         kit_for(model).set_threads(args.threads)
     if args.device:
         model = kit_for(model).move(model, args.device)
@@ -62,10 +67,12 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     preprocess = args.preprocess or "imagenet"
     rows = explain_folder(model, args.inputs, method=args.method, out=args.out, target=args.target,
                           options=options, preprocess=preprocess, labels=args.labels, zoo=zoo,
-                          batch_size=args.batch_size, overwrite=args.overwrite,
+                          batch_size=args.batch_size, figures=args.figures, overwrite=args.overwrite,
+                          engine=args.engine, workers=args.workers, threads=args.threads or 1,
+                          model_source=ModelSource(args.model, args.weights) if ray else None,
                           output=_output_selector(args.output), seed=args.seed,
                           model_name=args.model, command=shlex.join(["xplain", *sys.argv[1:]]))
-    print(f"{len(rows)} figures in {args.out}; report: {args.out}/index.html")
+    print(f"{len(rows)} results in {args.out}/results.csv; report: {args.out}/index.html")
     return 0
 
 
@@ -189,11 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--preprocess", default=None, help="imagenet (default: resize 256, crop 224, "
                    "ImageNet mean/std), imagenet:SIZE, none, or a size in px")
     e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--figures", choices=("png", "jpg", "none"), default="png",
+                   help="figure files: png (default), jpg (faster to encode) or none")
     e.add_argument("--out", default="xplain-out", help="output folder (default xplain-out)")
     e.add_argument("--overwrite", action="store_true", help="replace the results in --out")
     e.add_argument("--output", default=None, help="which output holds the class scores, for "
                    "models returning a tuple/dict: an index or a key")
-    e.add_argument("--threads", type=int, default=None, help="CPU threads for the framework")
+    e.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) "
+                   "or ray: Ray Data workers, each loading the model once (pip install 'xplain[ray]'"
+                   "; RAY_ADDRESS names a cluster, else Ray starts on this machine)")
+    e.add_argument("--workers", type=int, default=None, help="Ray workers (default: one per GPU "
+                   "of the cluster, else one per --threads CPUs)")
+    e.add_argument("--threads", type=int, default=None, help="CPU threads for the framework "
+                   "(with --engine ray: per worker, default 1)")
     e.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, gpu:0 ...")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(fn=_cmd_explain)

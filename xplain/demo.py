@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import BackendError, OptionError
+from .errors import OptionError
 from .jobs.outputs import SIGNED as OUTPUT_SIGNED
 
 SIZE = 64
@@ -119,37 +119,12 @@ def build_model(framework: str | None = None, weights: dict[str, np.ndarray] | N
     """The demo CNN in ``framework`` (``Sequential``: 3 × [conv 3×3, ReLU] with max-pooling,
     global average pooling, linear classifier — so CAM applies to it), in eval mode, loaded with
     ``weights`` (default: the bundled ones; ``{}`` keeps the random initialisation)."""
+    from .modelkit import kit
+
     framework = framework or default_framework()
     if weights is None:
         weights = load_weights()
-    if framework == "torch":
-        from torch import nn
-
-        model = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes))
-        if weights:
-            import torch
-
-            model.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
-    elif framework == "paddle":
-        from paddle import nn
-
-        model = nn.Sequential(
-            nn.Conv2D(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2D(2),
-            nn.Conv2D(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2D(2),
-            nn.Conv2D(32, 32, 3, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2D(1), nn.Flatten(), nn.Linear(32, num_classes))
-        if weights:
-            linear = {f"{n}.weight" for n, m in model.named_sublayers() if isinstance(m, nn.Linear)}
-            model.set_state_dict({k: np.ascontiguousarray(v.T if k in linear else v)
-                                  for k, v in weights.items()})
-    else:
-        raise BackendError(f"unknown framework {framework!r}; use 'torch' or 'paddle'")
-    model.eval()
-    return model
+    return kit(framework).build_demo(num_classes, weights or None)
 
 
 def to_tensor(x: np.ndarray, framework: str) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,6 +63,36 @@ class ModelKit(Protocol):
 
     def set_threads(self, n: int) -> None:
         """Use ``n`` CPU threads for the framework's kernels."""
+
+    def transport_reducer(self, obj: Any) -> Any:
+        """A pickle reduce tuple for a framework object that plain pickling would rebuild
+        wrong in another process (a Ray worker receiving the model), else ``NotImplemented``."""
+
+    # -- builders for xplain's demo, tests, examples and benchmarks -----------------------------
+    # Weights here come in PyTorch's canonical layout (state-dict keys such as ``running_mean``,
+    # Linear weights ``(out, in)``); a kit converts them to its own, so that a model built in
+    # each framework from the same values computes the same function.
+
+    def build_demo(self, num_classes: int, weights: Mapping[str, np.ndarray] | None) -> Any:
+        """The demo CNN (:mod:`xplain.demo`), loaded with ``weights`` unless ``None``."""
+
+    def build_small(self, name: str) -> Any:
+        """A small test model: ``tutorial_cnn``, ``small_cnn`` or ``mlp``."""
+
+    def build_vision(self, name: str, num_classes: int | None = None) -> Any:
+        """Zoo constructor ``name`` with the constructor's random weights (no download)."""
+
+    def fill_weights(self, model: Any, values: Callable[[str, tuple[int, ...]], np.ndarray]) -> Any:
+        """Overwrite every parameter and buffer with ``values(canonical key, canonical
+        shape)``; returns the model in eval mode."""
+
+    def classifier_names(self) -> list[str]:
+        """Every classifier constructor of the zoo (the zoo-wide tests' list)."""
+
+    def build_calibrated(self, name: str, num_classes: int, seed: int, zero_biases: bool,
+                         data: Sequence[np.ndarray]) -> Any:
+        """Zoo constructor ``name`` (seeded initialisation) with BatchNorm statistics of the
+        ``data`` batches, in eval mode; ``zero_biases`` zeroes every bias and running mean."""
 
 
 def kit(name: str) -> ModelKit:

@@ -15,6 +15,7 @@ Typical use::
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,8 +171,9 @@ def normalize(m: Any, vmin: float | None = None, vmax: float | None = None) -> n
 
 
 # ---- colour ------------------------------------------------------------------------------------
+@functools.cache
 def _diverging_lut(name: str) -> np.ndarray:
-    """256×3 RGB lookup table for ``bwr`` / ``seismic`` (blue → white → red)."""
+    """256×3 RGB lookup table for ``bwr`` / ``seismic`` (blue → white → red); read-only (cached)."""
     t = np.linspace(0.0, 1.0, 256)
     if name == "bwr":
         nodes = [(0.0, (0, 0, 255)), (0.5, (255, 255, 255)), (1.0, (255, 0, 0))]
@@ -179,7 +181,21 @@ def _diverging_lut(name: str) -> np.ndarray:
         nodes = [(0.0, (0, 0, 77)), (0.25, (0, 0, 255)), (0.5, (255, 255, 255)),
                  (0.75, (255, 0, 0)), (1.0, (128, 0, 0))]
     xs = [n[0] for n in nodes]
-    return np.stack([np.interp(t, xs, [n[1][c] for n in nodes]) for c in range(3)], axis=1).astype(np.uint8)
+    lut = np.stack([np.interp(t, xs, [n[1][c] for n in nodes]) for c in range(3)], axis=1).astype(np.uint8)
+    lut.flags.writeable = False
+    return lut
+
+
+def _to_levels(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``round(255 · normalize(a, lo, hi))`` as uint8, computed in place on the float32 copy
+    ``a`` (a figure colours a few maps per image: this is most of its cost)."""
+    if hi - lo <= 0:
+        return np.zeros(a.shape, np.uint8)
+    a -= lo
+    a *= np.float32(255.0 / (hi - lo))
+    np.clip(a, 0.0, 255.0, out=a)
+    np.rint(a, out=a)
+    return a.astype(np.uint8)
 
 
 def colorize(m: Any, cmap: str = "jet", *, vmin: float | None = None,
@@ -193,16 +209,16 @@ def colorize(m: Any, cmap: str = "jet", *, vmin: float | None = None,
     """
     if cmap not in CMAPS:
         raise OptionError(f"cmap={cmap!r} is unknown; use one of {CMAPS}")
-    a = as_numpy(m).astype(np.float32)
+    a = np.array(as_numpy(m), dtype=np.float32)  # a copy: _to_levels works in place
     if a.ndim != 2:
         raise InputError(f"colorize needs one 2-D map, got shape {a.shape}; reduce channels "
                          f"with heatmap() and pass one image of the batch")
     diverging = cmap in ("seismic", "bwr")
     lo = (-1.0 if diverging else 0.0) if vmin is None else vmin
     hi = 1.0 if vmax is None else vmax
-    u8 = np.round(normalize(a, lo, hi) * 255).astype(np.uint8)
+    u8 = _to_levels(a, lo, hi)
     if diverging:
-        return _diverging_lut(cmap)[u8]
+        return cv2.LUT(cv2.merge([u8, u8, u8]), _diverging_lut(cmap)[:, None, :])
     if cmap in ("gray", "gray_r"):
         g = u8 if cmap == "gray" else 255 - u8
         return np.repeat(g[..., None], 3, axis=2)
@@ -268,8 +284,8 @@ def overlay(image: Any, heat: Any, alpha: float = 0.3, beta: float = 0.5,
     h = to_uint8(h, channels_first=False)
     if h.shape[:2] != img.shape[:2]:
         h = cv2.resize(h, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
-    out = alpha * h.astype(np.float32) + beta * img.astype(np.float32)
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    # OpenCV's weighted sum rounds to nearest and saturates at 255, as the float formula does
+    return cv2.addWeighted(h, float(alpha), img, float(beta), 0.0)
 
 
 def to_image(x: Any, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
@@ -298,12 +314,14 @@ def to_image(x: Any, mean: Sequence[float] | None = None, std: Sequence[float] |
 
 
 def save(path: str | Path, rgb: Any, *, channels_first: bool | None = None) -> Path:
-    """Write an RGB uint8 image (PNG by extension), creating parent folders. Returns the path.
+    """Write an RGB uint8 image (PNG, or JPEG at quality 95, by extension), creating parent
+    folders. Returns the path.
     ``rgb`` is read as :func:`to_uint8` reads it (``channels_first`` for ambiguous shapes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img = to_uint8(rgb, channels_first=channels_first)
-    if not cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    if not cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params):
         raise InputError(f"OpenCV could not write {path}; use a .png or .jpg file name in a "
                          f"writable folder")
     return path

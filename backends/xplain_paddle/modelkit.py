@@ -14,6 +14,10 @@ import numpy as np
 import paddle
 
 from xplain.errors import BackendError, CheckpointError
+
+# the builders xplain's demo and test helpers ask for (see models.py)
+from .models import (build_calibrated, build_demo, build_small, build_vision,  # noqa: F401
+                     classifier_names, fill_weights)
 from xplain.weights import load_arrays
 
 name = "paddle"
@@ -89,3 +93,22 @@ def device(model: Any) -> str:
 
 def set_threads(n: int) -> None:
     paddle.base.core.set_num_threads(int(n))
+
+
+def transport_reducer(obj: Any) -> Any:
+    """How to pickle ``obj`` for another process (a Ray worker): paddle parameters as
+    parameters (plain pickling rebuilds them as tensors without ``trainable``, which the
+    model's own code and xplain's checks read); ``NotImplemented`` for everything else."""
+    if isinstance(obj, paddle.base.framework.EagerParamBase):
+        return _rebuild_parameter, (obj.numpy(), bool(obj.trainable), bool(obj.stop_gradient))
+    return NotImplemented
+
+
+def _rebuild_parameter(array: np.ndarray, trainable: bool, stop_gradient: bool) -> Any:
+    # a fresh unique name (state dicts key by layer path, not by it): the original's may be
+    # taken in the receiving process
+    p = paddle.create_parameter(list(array.shape), str(array.dtype),
+                                default_initializer=paddle.nn.initializer.Assign(array))
+    p.trainable = trainable
+    p.stop_gradient = stop_gradient
+    return p

@@ -13,6 +13,10 @@ import numpy as np
 import torch
 
 from xplain.errors import BackendError, CheckpointError
+
+# the builders xplain's demo and test helpers ask for (see models.py)
+from .models import (build_calibrated, build_demo, build_small, build_vision,  # noqa: F401
+                     classifier_names, fill_weights)
 from xplain.weights import file_kind, load_arrays, state_arrays
 
 name = "torch"
@@ -86,3 +90,8 @@ def device(model: Any) -> str:
 
 def set_threads(n: int) -> None:
     torch.set_num_threads(int(n))
+
+
+def transport_reducer(obj: Any) -> Any:
+    """Torch objects pickle as they are for another process (a Ray worker)."""
+    return NotImplemented

@@ -26,6 +26,10 @@ from .targets import parse_target
 
 JOB_FILE = "job.json"
 FIGURES = "figures"
+#: figure files a job can write: PNG (lossless, the default), JPEG (quality 95; encodes about 8×
+#: faster, which matters on a machine whose cores the model already fills) or none (table,
+#: attributions and report only)
+FIGURE_FORMATS = ("png", "jpg", "none")
 
 
 def image_keys(files: Sequence[Path]) -> dict[Path, str]:
@@ -92,30 +96,91 @@ def _prefetched(items: Iterator[Any]) -> Iterator[Any]:
             yield item
 
 
-def _write_batch(out: Path, batch: Batch, keys: Mapping[Path, str], names: Sequence[str] | None,
-                 method: str, signed: bool, settings: Mapping[str, Any], archive: AttributionArchive,
-                 table: ResultsTable, bar: Any) -> None:
-    """Figures, npz entries and table rows of one batch; then ``job.json`` and the bar."""
+def batch_records(out: Path, batch: Batch, keys: Mapping[Path, str], names: Sequence[str] | None,
+                  method: str, signed: bool, settings: Mapping[str, Any]
+                  ) -> tuple[list[dict[str, Any]], list[tuple[str, np.ndarray]]]:
+    """Write one batch's figures (``settings["figures"]``); return its table rows and its
+    ``(npz key, attributions)`` pairs."""
+    fmt = settings["figures"]
     rows, arrays = [], []
     for targets, attr, cons in batch.results:
         for i, path in enumerate(batch.paths):
             key, cls = keys[path], targets[i]
             name = names[cls] if names else str(cls)
-            fig_rel = f"{FIGURES}/{key}_{cls}.png"
-            title = f"{name} (p={batch.probs[i, cls]:.3f}) - {method}"
-            viz.save(out / fig_rel, figure(batch.pictures[i], attribution_map(attr[i]), title=title,
-                                           method=method, signed=signed))
+            fig_rel = "" if fmt == "none" else f"{FIGURES}/{key}_{cls}.{fmt}"
+            if fig_rel:
+                title = f"{name} (p={batch.probs[i, cls]:.3f}) - {method}"
+                viz.save(out / fig_rel, figure(batch.pictures[i], attribution_map(attr[i]),
+                                               title=title, method=method, signed=signed))
             arrays.append((f"{key}:{cls}", attr[i]))
             rows.append({"image": key, "target": cls, "class_name": names[cls] if names else "",
                          "probability": float(batch.probs[i, cls]), "method": method,
                          "options": json.dumps(settings["options"]), "seconds": batch.seconds,
                          "conservation": float(cons.error[i]) if cons is not None else None,
                          "figure": fig_rel, "attribution_key": f"{key}:{cls}"})
+    return rows, arrays
+
+
+def store_records(out: Path, rows: list[dict[str, Any]], arrays: list[tuple[str, np.ndarray]],
+                  images: int, settings: Mapping[str, Any], archive: AttributionArchive,
+                  table: ResultsTable, bar: Any) -> None:
+    """Append a finished batch to ``attributions.npz`` and ``results.csv``, then record the
+    job and advance the bar by its ``images``."""
     archive.add(arrays)
     table.add(rows)
     _record_job(out, settings)
     if bar is not None:
-        bar.update(len(batch.paths))
+        bar.update(images)
+
+
+def _write_batch(out: Path, batch: Batch, keys: Mapping[Path, str], names: Sequence[str] | None,
+                 method: str, signed: bool, settings: Mapping[str, Any], archive: AttributionArchive,
+                 table: ResultsTable, bar: Any) -> None:
+    rows, arrays = batch_records(out, batch, keys, names, method, signed, settings)
+    store_records(out, rows, arrays, len(batch.paths), settings, archive, table, bar)
+
+
+class BatchExplainer:
+    """Explains decoded batches for a job: the method's attributions for each target rank,
+    the class probabilities, and the class names and target rule, fixed at the first batch
+    (when the number of classes is known). Used by the local engine and by each Ray actor."""
+
+    def __init__(self, model: Any, *, method: str, target: Any, options: Mapping[str, Any],
+                 output: Any, seed: int, labels: Any, zoo: bool) -> None:
+        self.model, self.kit = model, kit_for(model)
+        self.method, self.target, self.options = method, target, dict(options)
+        self.output, self.seed, self.labels, self.zoo = output, seed, labels, zoo
+        self.top1 = _top1(target)
+        self.names: list[str] | None = None
+        self.spec: Any = None
+
+    def __call__(self, paths: list[Path], x_np: np.ndarray, pictures: list[np.ndarray]) -> Batch:
+        import xplain
+
+        t0 = time.perf_counter()
+        x = self.kit.to_tensor(x_np, self.model)
+        results = []
+        if self.top1:
+            # the method resolves the top class from its own forward and reports the
+            # scores it took it from (exp.scores): no separate forward for the table
+            exp = xplain.explain(self.model, x, method=self.method, target=None, output=self.output,
+                                 seed=self.seed, progress=False, **self.options)
+            probs = _softmax(exp.extras["scores"])
+            results.append((exp.targets.tolist(), exp.numpy(), exp.extras.get("conservation")))
+        else:
+            probs = _softmax(xplain.predict(self.model, x, output=self.output))
+        if self.spec is None:
+            self.names = labels_mod.class_names(self.labels, probs.shape[1], self.zoo)
+            self.spec = parse_target(self.target, self.names)
+        if not self.top1:
+            chosen = self.spec.choose(probs)
+            for rank in range(len(chosen[0])):
+                targets = [c[rank] for c in chosen]
+                exp = xplain.explain(self.model, x, method=self.method, target=targets,
+                                     output=self.output, seed=self.seed, progress=False, **self.options)
+                results.append((targets, exp.numpy(), exp.extras.get("conservation")))
+        per_image = (time.perf_counter() - t0) / len(paths)
+        return Batch(paths, pictures, probs, results, per_image / len(results))
 
 
 def _top1(target: Any) -> bool:
@@ -156,7 +221,9 @@ def explain_folder(model: Any, inputs: str | Path | Sequence[str | Path], *, met
                    out: str | Path = "xplain-out", target: str | int | None = "top1",
                    options: Mapping[str, Any] | None = None, preprocess: str | xio.Preprocessing = "imagenet",
                    labels: str | Path | Sequence[str] | None = None, zoo: bool = False,
-                   batch_size: int = 16, overwrite: bool = False, progress: bool | None = None,
+                   batch_size: int = 16, figures: str = "png", overwrite: bool = False,
+                   progress: bool | None = None, engine: str = "local", workers: int | None = None,
+                   threads: int = 1, model_source: Any = None,
                    output: Any = None, seed: int = 0, model_name: str | None = None,
                    command: str | None = None) -> list[dict[str, str]]:
     """Explain every image in ``inputs`` (files, folders searched recursively, globs) and
@@ -175,8 +242,16 @@ def explain_folder(model: Any, inputs: str | Path | Sequence[str | Path], *, met
         target: ``"top1"``, ``"topk:K"`` (K figures per image), a class index or a class name.
         preprocess: :func:`xplain.io.preprocessing` preset (``imagenet``, ``none``, a size).
         labels: class names (a file or a list); ``zoo=True`` with 1,000 outputs: ImageNet's.
+        figures: :data:`FIGURE_FORMATS`: ``png``, ``jpg`` or ``none`` (no figure files; the
+            report then lists the rows).
         output: which part of the model's output holds the scores (see :func:`xplain.explain`).
         model_name, command: shown in the report.
+        engine: ``"local"`` (this process: decoding, explaining and writing overlap in three
+            threads) or ``"ray"`` (Ray Data actors, see :mod:`.ray_engine`; the same files).
+        workers, threads: Ray only: the number of actors (default one per GPU of the cluster,
+            else one per ``threads`` CPUs) and each actor's CPU threads.
+        model_source: Ray only: a :class:`~.ray_engine.ModelSource` each actor loads the model
+            from (default: actors receive a pickled copy of ``model``).
 
     Returns:
         The rows of ``results.csv`` (this run's and earlier runs' in the same folder).
@@ -185,6 +260,10 @@ def explain_folder(model: Any, inputs: str | Path | Sequence[str | Path], *, met
 
     if batch_size < 1:
         raise OptionError(f"batch_size={batch_size} must be a positive number of images")
+    if engine not in ("local", "ray"):
+        raise OptionError(f"engine={engine!r} is unknown; use 'local' or 'ray'")
+    if figures not in FIGURE_FORMATS:
+        raise OptionError(f"figures={figures!r} is not a figure format; use one of {FIGURE_FORMATS}")
     out = Path(out)
     prep = xio.preprocessing(preprocess)
     files = [f for f in xio.find_images(inputs)
@@ -195,7 +274,7 @@ def explain_folder(model: Any, inputs: str | Path | Sequence[str | Path], *, met
     settings = {"model": model_name or type(model).__name__, "method": method,
                 "options": {k: _plain(v) for k, v in sorted(options.items())},
                 "target": str(target), "preprocess": prep.describe(), "output": repr(output),
-                "seed": seed}
+                "seed": seed, "figures": figures}
     _check_job(out, settings, overwrite)
     table = ResultsTable(out / "results.csv")
     archive = AttributionArchive(out / "attributions.npz")
@@ -205,48 +284,20 @@ def explain_folder(model: Any, inputs: str | Path | Sequence[str | Path], *, met
     todo = [f for f in files if keys[f] not in done]
     kit = kit_for(model)
     bar = progress_bar(progress, total=len(todo), unit="img", desc="explaining", dynamic_ncols=True)
-    signed = method in SIGNED
-    names = spec = None
-    top1 = _top1(target)
+    job = {"method": method, "target": target, "options": options, "output": output, "seed": seed,
+           "labels": labels, "zoo": zoo}
     t_start = time.perf_counter()
-    # figures and files are written by one thread while the next batch is explained, and the
-    # next batch is decoded by another: OpenCV and file I/O release the GIL
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xplain-writer")
-    pending = None
     try:
-        for paths, x_np, pictures in _prefetched(_batches(todo, prep, batch_size)):
-            t0 = time.perf_counter()
-            x = kit.to_tensor(x_np, model)
-            results = []
-            if top1:
-                # the method resolves the top class from its own forward and reports the
-                # scores it took it from (exp.scores): no separate forward for the table
-                exp = xplain.explain(model, x, method=method, target=None, output=output,
-                                     seed=seed, progress=False, **options)
-                probs = _softmax(exp.extras["scores"])
-                results.append((exp.targets.tolist(), exp.numpy(), exp.extras.get("conservation")))
-            else:
-                probs = _softmax(xplain.predict(model, x, output=output))
-            if spec is None:
-                names = labels_mod.class_names(labels, probs.shape[1], zoo)
-                spec = parse_target(target, names)
-            if not top1:
-                chosen = spec.choose(probs)
-                for rank in range(len(chosen[0])):
-                    targets = [c[rank] for c in chosen]
-                    exp = xplain.explain(model, x, method=method, target=targets, output=output,
-                                         seed=seed, progress=False, **options)
-                    results.append((targets, exp.numpy(), exp.extras.get("conservation")))
-            per_image = (time.perf_counter() - t0) / len(paths)
-            batch = Batch(paths, pictures, probs, results, per_image / len(results))
-            if pending is not None:  # one batch in flight: memory stays flat
-                pending.result()  # and its errors surface here
-            pending = writer.submit(_write_batch, out, batch, keys, names, method, signed,
-                                    settings, archive, table, bar)
-        if pending is not None:
-            pending.result()
+        if engine == "ray" and todo:
+            from . import ray_engine
+
+            for rows, blobs, images in ray_engine.run(model, model_source, todo, keys, prep,
+                                                      batch_size, out, settings, job, workers,
+                                                      threads):
+                store_records(out, rows, blobs, images, settings, archive, table, bar)
+        elif engine == "local":
+            _run_local(model, todo, keys, prep, batch_size, out, settings, job, archive, table, bar)
     finally:
-        writer.shutdown(wait=True)
         if bar is not None:
             bar.close()
     versions = {"xplain": xplain.__version__, kit.name: _framework_version(kit.name),
@@ -254,6 +305,29 @@ def explain_folder(model: Any, inputs: str | Path | Sequence[str | Path], *, met
     write_report(out, table.rows, {**settings, "images": len(files), "skipped (done before)": len(done)},
                  command=command, versions=versions, seconds=time.perf_counter() - t_start)
     return table.rows
+
+
+def _run_local(model: Any, todo: Sequence[Path], keys: Mapping[Path, str], prep: xio.Preprocessing,
+               batch_size: int, out: Path, settings: Mapping[str, Any], job: Mapping[str, Any],
+               archive: AttributionArchive, table: ResultsTable, bar: Any) -> None:
+    """The local engine: ``todo`` explained in this process."""
+    explainer = BatchExplainer(model, **job)
+    signed = job["method"] in SIGNED
+    # figures and files are written by one thread while the next batch is explained, and the
+    # next batch is decoded by another: OpenCV and file I/O release the GIL
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xplain-writer")
+    pending = None
+    try:
+        for paths, x_np, pictures in _prefetched(_batches(todo, prep, batch_size)):
+            batch = explainer(paths, x_np, pictures)
+            if pending is not None:  # one batch in flight: memory stays flat
+                pending.result()  # and its errors surface here
+            pending = writer.submit(_write_batch, out, batch, keys, explainer.names, job["method"],
+                                    signed, settings, archive, table, bar)
+        if pending is not None:
+            pending.result()
+    finally:
+        writer.shutdown(wait=True)
 
 
 def _plain(value: Any) -> Any:

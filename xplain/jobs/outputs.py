@@ -83,12 +83,19 @@ class AttributionArchive:
         with zipfile.ZipFile(self.path) as z:
             return {n[:-4] for n in z.namelist() if n.endswith(".npy")}
 
-    def add(self, items: Iterable[tuple[str, np.ndarray]]) -> None:
+    def add(self, items: Iterable[tuple[str, np.ndarray | bytes]]) -> None:
+        """Append ``(key, array)`` pairs; an array may come as its ``.npy`` file's bytes
+        (encoded by a Ray worker)."""
         with zipfile.ZipFile(self.path, "a", compression=zipfile.ZIP_STORED) as z:
             for key, arr in items:
-                buf = io.BytesIO()
-                np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
-                z.writestr(key + ".npy", buf.getvalue())
+                z.writestr(key + ".npy", arr if isinstance(arr, bytes) else encode_npy(arr))
+
+
+def encode_npy(arr: np.ndarray) -> bytes:
+    """``arr`` as the bytes of a ``.npy`` file (what ``attributions.npz`` stores per key)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
 
 
 class ResultsTable:
@@ -102,9 +109,10 @@ class ResultsTable:
                 self.rows = list(csv.DictReader(f))
 
     def images(self) -> set[str]:
-        """Images with at least one row whose figure exists (done in an earlier run)."""
+        """Images with at least one row whose figure exists or that has none (done in an
+        earlier run)."""
         root = self.path.parent
-        return {r["image"] for r in self.rows if (root / r["figure"]).is_file()}
+        return {r["image"] for r in self.rows if not r["figure"] or (root / r["figure"]).is_file()}
 
     def keep(self, images: set[str]) -> None:
         """Drop rows of images not in ``images`` (their work is redone), rewriting the file."""

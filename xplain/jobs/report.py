@@ -34,7 +34,7 @@ def write_report(out: Path, rows: Sequence[Mapping[str, str]], settings: Mapping
     meta += [(k, _e(v)) for k, v in settings.items()]
     meta += [("versions", _e(", ".join(f"{k} {v}" for k, v in versions.items())
                              + f", Python {platform.python_version()}")),
-             ("time", _e(f"{seconds:.1f} s for this run; {len(rows)} figures in the folder"))]
+             ("time", _e(f"{seconds:.1f} s for this run; {len(rows)} rows in results.csv"))]
     cards = []
     for r in rows:
         cons = r.get("conservation", "")
@@ -44,6 +44,8 @@ def write_report(out: Path, rows: Sequence[Mapping[str, str]], settings: Mapping
             cons_html = (f" · conservation error <span class='{'bad' if bad else ''}'>{_e(cons)}"
                          f"</span>")
         name = r.get("class_name") or r.get("target")
+        if not r.get("figure"):  # a job run with figures="none"
+            continue
         cards.append(
             f"<div class='card'><a href='{quote(r['figure'])}'><img loading='lazy' "
             f"src='{quote(r['figure'])}' alt='{_e(r['image'])}'></a>"
@@ -60,7 +62,7 @@ def write_report(out: Path, rows: Sequence[Mapping[str, str]], settings: Mapping
             f"</head><body><h1>xplain report: {_e(settings.get('method', ''))} on "
             f"{_e(settings.get('model', ''))}</h1><table class='meta'>"
             + "".join(f"<tr><td>{_e(k)}</td><td>{v}</td></tr>" for k, v in meta)
-            + f"</table><h2>Figures ({len(rows)})</h2><p>Each figure: the input as the model saw "
+            + f"</table><h2>Figures ({len(cards)})</h2><p>Each figure: the input as the model saw "
               f"it, the heat map with its colour bar in the attribution's own units, and the "
               f"positive evidence over the input. Files: <a href='results.csv'>results.csv</a>, "
               f"<a href='attributions.npz'>attributions.npz</a>.</p><div class='grid'>"

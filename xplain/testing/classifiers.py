@@ -8,7 +8,7 @@ conserves on those says little about the deployed model. :func:`build` therefore
 random batches through the model in training mode with cumulative statistics (torch
 ``momentum=None``; paddle ``momentum=0`` on the last batch), then returns it in evaluation mode
 — the statistics then match the data, as a trained model's do. Frameworks are imported inside
-the functions only.
+the backends only (each one's ``models.py``, through its model kit).
 """
 from __future__ import annotations
 
@@ -49,15 +49,9 @@ LRP_REFUSED = {
 
 def names(framework: str) -> list[str]:
     """Every classifier constructor name of the framework's model zoo."""
-    if framework == "torch":
-        import torchvision
+    from ..modelkit import kit
 
-        return sorted(torchvision.models.list_models(module=torchvision.models))
-    if framework == "paddle":
-        import paddle.vision.models as pvm
-
-        return sorted(n for n in pvm.__all__ if n[0].islower() and n != "lenet")
-    raise ValueError(f"unknown framework {framework!r}")
+    return kit(framework).classifier_names()
 
 
 def input_size(name: str, framework: str = "torch") -> int:
@@ -87,63 +81,6 @@ def build(name: str, framework: str, *, num_classes: int = 10, seed: int = 0,
     size = input_size(name, framework)
     rng = np.random.default_rng(seed)
     data = [rng.standard_normal((batch, 3, size, size)).astype(np.float32) for _ in range(batches)]
-    if framework == "torch":
-        return _build_torch(name, num_classes, seed, zero_biases, data)
-    if framework == "paddle":
-        return _build_paddle(name, num_classes, seed, zero_biases, data)
-    raise ValueError(f"unknown framework {framework!r}")
+    from ..modelkit import kit
 
-
-def _build_torch(name: str, num_classes: int, seed: int, zero_biases: bool, data: list) -> Any:
-    import torch
-    import torchvision
-
-    torch.manual_seed(seed)
-    kw: dict[str, Any] = {"weights": None, "num_classes": num_classes}
-    if name in ("googlenet", "inception_v3"):
-        kw.update(aux_logits=False, init_weights=True)
-    model = torchvision.models.get_model(name, **kw)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if bns:
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the calibration batches
-        model.train()
-        with torch.no_grad():
-            for x in data:
-                model(torch.from_numpy(x))
-    model.eval()
-    if zero_biases:
-        with torch.no_grad():
-            for m in model.modules():
-                for attr in ("bias", "running_mean"):
-                    t = getattr(m, attr, None)
-                    if isinstance(t, torch.Tensor):
-                        t.zero_()
-    return model
-
-
-def _build_paddle(name: str, num_classes: int, seed: int, zero_biases: bool, data: list) -> Any:
-    import paddle
-    import paddle.vision.models as pvm
-
-    paddle.seed(seed)
-    model = getattr(pvm, name)(num_classes=num_classes)
-    bns = [m for m in model.sublayers() if isinstance(m, paddle.nn.layer.norm._BatchNormBase)]
-    if bns:
-        # paddle's running average is `running * momentum + batch * (1 - momentum)`: momentum 0
-        # keeps the statistics of the last (largest) calibration batch
-        for m in bns:
-            m._momentum = 0.0
-        model.train()
-        with paddle.no_grad():
-            model(paddle.to_tensor(np.concatenate(data)))
-    model.eval()
-    if zero_biases:
-        with paddle.no_grad():
-            for m in model.sublayers(include_self=True):
-                for attr in ("bias", "_mean"):
-                    t = getattr(m, attr, None)
-                    if isinstance(t, paddle.Tensor):
-                        t.set_value(paddle.zeros_like(t))
-    return model
+    return kit(framework).build_calibrated(name, num_classes, seed, zero_biases, data)

@@ -42,12 +42,11 @@ def _tensor_maker(B: Any) -> Callable[[Any], Any]:
 
 
 def _seed_tensor(B: Any) -> Any:
-    import importlib
+    """A CPU float32 tensor of ``B``'s framework (what ``asarray`` takes as ``like``), made by
+    the backend's model kit."""
+    from ..modelkit import kit
 
-    mod = importlib.import_module({"torch": "torch", "paddle": "paddle"}.get(B.name, B.name))
-    if B.name == "torch":
-        return mod.zeros(1)
-    return mod.zeros([1])
+    return kit(B.name).to_tensor(np.zeros(1, np.float32))
 
 
 #: LRP kernel checks ``check(B, K, T)`` by kernel name.

@@ -1,4 +1,5 @@
-"""Porting weights between frameworks (torchvision → paddle.vision), for cross-backend checks.
+"""Porting torchvision weights into paddle.vision models (the paddle backend reading PyTorch
+models), for cross-backend checks.
 
 :func:`torch_to_paddle` copies a torchvision model's parameters and BatchNorm statistics into the
 paddle.vision model of the same architecture, so that both compute the same function (compared
@@ -69,8 +70,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import XplainError
-from .zoo import _paddle_linear_weights
+from xplain.errors import XplainError
+
+from .models import _linear_weights as _paddle_linear_weights
 
 #: paddle parameter/buffer leaf name → torch's
 _LEAF = {"_mean": "running_mean", "_variance": "running_var"}

@@ -98,7 +98,7 @@ def throughput(args: argparse.Namespace) -> None:
     k.set_threads(THREADS)
     model = build("resnet18", args.framework)
     root = Path(args.workdir or tempfile.mkdtemp(prefix="xplain-bench-folder-"))
-    paths = make_folder(root / "images", args.images)
+    paths = make_folder(root / f"images{args.images}", args.images)
     print(f"{args.framework}, resnet18, {args.images} images 256² → 224², batch {BATCH}, "
           f"{THREADS} threads\n")
     formats = args.figures
@@ -117,7 +117,7 @@ def throughput(args: argparse.Namespace) -> None:
             rates["bare"].append(args.images / (time.perf_counter() - t))
             for fmt in formats:
                 t = time.perf_counter()
-                xplain.explain_folder(model, root / "images", method=method,
+                xplain.explain_folder(model, root / f"images{args.images}", method=method,
                                       out=root / f"out_{method}", options=OPTIONS.get(method),
                                       batch_size=BATCH, figures=fmt, overwrite=True, progress=False)
                 rates[fmt].append(args.images / (time.perf_counter() - t))
@@ -162,7 +162,7 @@ def ray_overhead(args: argparse.Namespace) -> None:
     k.set_threads(THREADS)
     model = build("resnet18", args.framework)
     root = Path(args.workdir or tempfile.mkdtemp(prefix="xplain-bench-folder-"))
-    make_folder(root / "images", args.images)
+    make_folder(root / f"images{args.images}", args.images)
     method = args.methods[0]
     t = time.perf_counter()
     ray.init(num_cpus=THREADS, include_dashboard=False, log_to_driver=False)
@@ -177,7 +177,7 @@ def ray_overhead(args: argparse.Namespace) -> None:
                                                          "threads": max(1, THREADS // w)})
                                           for w in args.ray]:
         t = time.perf_counter()
-        xplain.explain_folder(model, root / "images", out=root / "out_ray", **kw, **extra)
+        xplain.explain_folder(model, root / f"images{args.images}", out=root / "out_ray", **kw, **extra)
         rates[name] = args.images / (time.perf_counter() - t)
         shape = "1 × " + str(THREADS) if name == "local" else f"{extra['workers']} × {extra['threads']}"
         print(f"| {name.split()[0]} | {shape} | {rates[name]:.1f} | {rates[name] / rates['local']:.2f} |",

@@ -166,7 +166,12 @@ def run(model: Any, source: ModelSource | None, todo: Sequence[Path], keys: Mapp
     try:
         ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
         ds = ds.map_batches(ExplainActor, batch_size=1, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=n),
+                            # two batches at once per actor, as the local engine's threads do:
+                            # one decodes or writes figures while the other is explained
+                            # (xplain.explain is safe from two threads on one model)
+                            compute=ray.data.ActorPoolStrategy(
+                                size=n, max_concurrent_calls_per_actor=2,
+                                enable_true_multi_threading=True),
                             num_cpus=threads, num_gpus=1 if gpus else 0,
                             fn_constructor_kwargs={"payload": payload, "out": str(out.resolve()),
                                                    "prep": prep,

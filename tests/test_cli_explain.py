@@ -225,7 +225,7 @@ def test_pretrained_download_offline_says_what_to_pass(fw, monkeypatch):
 def test_methods_help_and_version(fw, tmp_path):
     r = run_cli("methods", "lrp", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "composite  (default 'epsilon_plus_flat')" in r.stdout
+    assert "composite  (default 'auto')" in r.stdout
     assert "epsilon_gamma_box" in r.stdout  # the composites are listed
     r = run_cli("--version", cwd=tmp_path)
     assert r.stdout.strip() == f"xplain {xplain.__version__}"

@@ -236,7 +236,7 @@ def test_refusals_name_the_layer_and_the_fix(fw):
                 self.scale = self.create_parameter([3])
 
         def forward(self, x):
-            return self.fc(x) * self.scale
+            return self.fc(x) * self.scale.exp()  # not a layer scale the observation can prove
 
     model = fw.sequential(Scaled(), fw.relu(), fw.linear(3, 2))
     with pytest.raises(LayerError, match=r"'0' \(Scaled\) computes with parameters of its own"):

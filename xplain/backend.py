@@ -44,11 +44,25 @@ LAYER_KINDS = (
     "adaptive_avgpool",
     "adaptive_maxpool",
     "flatten",
+    "reshape",  # a layout change (torchvision's Permute): its gradient moves values back exactly
+    "layernorm",  # attrs: eps, axes (the normalised axes of the layer's input: (-1,), or (1,) for
+    #              channels of an NCHW map); params: weight, bias (shaped as those axes)
+    "attention",  # multi-head attention, see ATTENTION_ATTRS
     "dropout",
     "identity",
     "container",  # Sequential / blocks / the root model: has children, computes via them
     "other",
 )
+
+
+#: What a backend reports for an ``"attention"`` layer: ``params`` ``q_weight``, ``k_weight``,
+#: ``v_weight``, ``out_weight`` (neutral ``(out, in)``) and ``q_bias`` … ``out_bias`` (or ``None``);
+#: ``attrs`` ``heads``, ``batch_first`` (inputs ``(N, L, E)``, else ``(L, N, E)``), ``unsupported``
+#: (why the layer cannot be re-evaluated, or ``None``), ``read_call(args, kwargs)`` → ``(query,
+#: key, value, mask)`` with ``mask`` additive (``-inf`` where attention is not allowed) and
+#: broadcastable to ``(N, heads, L, S)``, or ``None``; ``write_output(output, y)`` → the layer's
+#: output with the attention result ``y`` (``(N, L, E)`` or ``(L, N, E)`` as the inputs) in it.
+ATTENTION_ATTRS = ("heads", "batch_first", "unsupported", "read_call", "write_output")
 
 
 #: Activation functions a backend names in ``LayerInfo.attrs["function"]`` of an
@@ -279,12 +293,15 @@ class Backend(Protocol):
     def layers(self, model: Model) -> list[LayerInfo]:
         """Every sub-layer (root first, then depth-first in registration order)."""
 
-    def add_forward_hook(self, layer: Any, hook: ForwardHook) -> HookHandle:
+    def add_forward_hook(self, layer: Any, hook: ForwardHook, *, with_kwargs: bool = False) -> HookHandle:
         """Run ``hook(layer, inputs, output)`` after each call of ``layer``; a returned tensor
-        replaces the output."""
+        replaces the output. ``with_kwargs``: ``hook(layer, inputs, kwargs, output)``."""
 
-    def add_forward_pre_hook(self, layer: Any, hook: Callable[[Any, tuple], "tuple | None"]) -> HookHandle:
-        """Run ``hook(layer, inputs)`` before each call; a returned tuple replaces the inputs."""
+    def add_forward_pre_hook(self, layer: Any, hook: Callable[..., "tuple | None"], *,
+                             with_kwargs: bool = False) -> HookHandle:
+        """Run ``hook(layer, inputs)`` before each call; a returned tuple replaces the inputs.
+        ``with_kwargs``: ``hook(layer, inputs, kwargs)``, returning ``(inputs, kwargs)`` or
+        ``None``."""
 
     def call_layer(self, layer: Any, *inputs: Tensor) -> Tensor:
         """Call one layer as the model would."""

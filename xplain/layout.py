@@ -1,4 +1,5 @@
-"""Which axes of a 4-D feature map hold the channels: ``(N, C, h, w)`` or ``(N, h, w, C)``.
+"""Which axes of a feature map hold the channels: ``(N, C, h, w)`` or ``(N, h, w, C)``, and
+where a transformer's token sequence ``(N, T, C)`` holds its grid (:func:`token_layout`).
 
 Proven, never guessed (docs/architecture.md §7): from the layer's own kind and parameters
 (:func:`own_layout`), from where the map lies on the input's grid (:func:`plausible_layouts`),
@@ -21,6 +22,14 @@ HEAD_POOLS = ("adaptive_avgpool", "adaptive_maxpool")
 CHANNELS_FIRST, CHANNELS_LAST = "channels_first", "channels_last"
 LAYOUTS = (CHANNELS_FIRST, CHANNELS_LAST)
 
+#: A token sequence ``(N, T, C)``: ``k`` prefix tokens (class, distillation, registers) and then
+#: an ``h × w`` grid of patch tokens in row-major order, written ``"tokens:k:hxw"``
+#: (:func:`token_layout`); ``layout="tokens"`` asks for it to be detected.
+TOKENS = "tokens"
+#: At most this many prefix tokens are looked for (a class token, a distillation token and up to
+#: eight registers).
+MAX_PREFIX = 10
+
 #: Kinds whose output keeps the layout of their input (element-wise ops; pooling keeps the
 #: axes it pools), so the layout is inherited from whatever produced the input.
 KEEPS_LAYOUT = ("relu", "activation", "dropout", "identity", "maxpool", "avgpool",
@@ -29,10 +38,79 @@ KEEPS_LAYOUT = ("relu", "activation", "dropout", "identity", "maxpool", "avgpool
 
 
 def map_size(shape: Sequence[int] | None, layout: str | None) -> tuple[int, int] | None:
-    """``(h, w)`` of a 4-D ``shape`` read with ``layout`` (``None`` if either is unknown)."""
-    if shape is None or len(shape) != 4 or layout is None:
+    """``(h, w)`` of a 4-D ``shape`` read with ``layout``, or of a token sequence's grid
+    (``None`` if either is unknown)."""
+    if shape is None or layout is None:
+        return None
+    if is_tokens(layout):
+        return parse_tokens(layout)[1] if len(shape) == 3 else None
+    if len(shape) != 4:
         return None
     return (shape[2], shape[3]) if layout == CHANNELS_FIRST else (shape[1], shape[2])
+
+
+def is_tokens(layout: str | None) -> bool:
+    return isinstance(layout, str) and layout.startswith(TOKENS + ":")
+
+
+def parse_tokens(layout: str) -> tuple[int, tuple[int, int]]:
+    """``(prefix tokens, (h, w))`` of a ``"tokens:k:hxw"`` layout."""
+    _, k, hw = layout.split(":")
+    h, w = hw.split("x")
+    return int(k), (int(h), int(w))
+
+
+def describe(layout: str) -> str:
+    """A layout in words, for messages."""
+    if is_tokens(layout):
+        k, (h, w) = parse_tokens(layout)
+        return f"tokens ({k} prefix token{'s' if k != 1 else ''}, then a {h}x{w} grid)"
+    return layout
+
+
+def token_layout(shape: Sequence[int], grid: tuple[int, int] | None) -> tuple[str | None, str]:
+    """The token reading of a 3-D output ``(N, T, C)``: ``"tokens:k:hxw"`` where ``T − k``
+    tokens (``k < MAX_PREFIX``) form the input's ``H × W`` grid divided by one patch stride
+    ``s`` (``h = ⌊H/s⌋`` or ``⌈H/s⌉``, the same ``s`` for ``w``), with the reason in words, or
+    ``None`` with the reason. Refused (``None``) when no ``k`` or more than one fits, or when
+    the tokens do not sit on axis 1 (``(N, T, C)``: what every vision transformer passes between
+    its blocks; a 1-D convolution's ``(N, C, L)`` is not read as tokens, see :func:`own_layout`)."""
+    if grid is None or len(shape) != 3:
+        return None, "not a token sequence (N, T, C) of an image input"
+    fits = _token_fits(int(shape[1]), grid)
+    if not fits:
+        return None, (f"no split of its {shape[1]} tokens into up to {MAX_PREFIX - 1} prefix tokens "
+                      f"and a grid of the input's {grid[0]}x{grid[1]} pixels at one patch stride")
+    if len(fits) > 1:
+        shown = ", ".join(f"{k} + {h}x{w}" for k, h, w in fits)
+        return None, f"its {shape[1]} tokens split onto the input's grid in more than one way ({shown})"
+    k, h, w = fits[0]
+    return f"{TOKENS}:{k}:{h}x{w}", f"its {shape[1]} tokens are {k} prefix + a {h}x{w} patch grid"
+
+
+def _token_fits(t: int, grid: tuple[int, int]) -> list[tuple[int, int, int]]:
+    H, W = grid
+    fits = []
+    for k in range(min(MAX_PREFIX, t)):
+        n = t - k
+        for h in range(1, n + 1):
+            if n % h:
+                continue
+            w = n // h
+            if h * w > 1 and any((h, w) in _sides(H, W, s) for s in _strides(H, h)):
+                fits.append((k, h, w))
+    return fits
+
+
+def _strides(H: int, h: int) -> range:
+    """Patch strides ``s`` with ``⌊H/s⌋`` or ``⌈H/s⌉`` equal to ``h``."""
+    return range(max(1, H // (h + 1)), H // max(1, h - 1) + 2 if h > 1 else H + 1)
+
+
+def _sides(H: int, W: int, s: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The grid of an ``H × W`` input at patch stride ``s``, rounded down or up (both sides
+    alike: one convolution's geometry)."""
+    return (H // s, W // s), (-(-H // s), -(-W // s))
 
 
 # ---- layouts -----------------------------------------------------------------------------------
@@ -75,6 +153,7 @@ def own_layout(B: Any, info: Any, shape: Sequence[int]) -> tuple[str | None, str
     * conv, batchnorm: the axis holding their channel count (``weight``'s first dimension, the
       running mean's length); both axes match only when channels equal the map's width, and then
       the frameworks' default layout for these kinds, channels-first, is taken;
+    * layernorm: the axis it normalises;
     * a leaf of unknown kind whose per-channel parameters (one non-1 dimension, all the same
       size: LayerNorm, GroupNorm, ConvNeXt's LayerNorm2d) match exactly one of the two axes.
 
@@ -97,7 +176,13 @@ def own_layout(B: Any, info: Any, shape: Sequence[int]) -> tuple[str | None, str
         lay = _axis_of(n, shape, CHANNELS_FIRST)
         return lay, (f"its {n} channels sit on axis {1 if lay == CHANNELS_FIRST else 3}"
                      if lay else "")
-    if info.kind == "other" and not info.has_children and info.params:
+    if info.kind == "layernorm" and len(info.attrs.get("axes", ())) == 1:
+        axis = info.attrs["axes"][0] % len(shape)
+        if axis in (1, 3):
+            lay = CHANNELS_FIRST if axis == 1 else CHANNELS_LAST
+            return lay, (f"it normalises axis {axis} (its per-channel parameters of size "
+                         f"{shape[axis]} match axis {axis})")
+    if info.kind in ("other", "layernorm") and not info.has_children and info.params:
         sizes = {size(t) for t in info.params.values()}
         if len(sizes) == 1 and None not in sizes:
             n = sizes.pop()

@@ -14,6 +14,10 @@ is the model input) — plus the value facts the clients need:
   output changed in place later, as ``out += identity`` does, shows as a changed sum);
 * gates: activations inside a container whose output ``s`` makes the container's output exactly
   its input times ``s`` (squeeze-and-excitation);
+* what a container does with parameters of its own (:attr:`Call.param_uses`): a layer scale
+  (its output is ``p · u`` or ``x + p · u`` for the output ``u`` of a call inside it), a
+  constant added to a call's input (a position embedding: ``x + p``) or put in front of it along
+  the token axis (a class token);
 * the layout of every 4-D output (:mod:`xplain.layout`);
 * with a ``scores`` function, which CAM candidates (spatial maps, not head pools) the scores
   depend on: each gets a zero leaf added to its output, and the gradient of a random projection
@@ -104,6 +108,11 @@ class Call:
         gates: for a container, the ``index`` of each activation call inside it whose output
             ``s`` makes the container's output exactly its input times ``s``.
         zero_leaf: a zero leaf was added to the output for the feeds check.
+        param_uses: for a container with parameters of its own, ``(parameter name, relation,
+            call index)`` for each parameter whose use was proven: ``"scale"`` (the container's
+            output is ``p · u`` or its input plus that, ``u`` the output of that call),
+            ``"add"`` (that call's first input is the container's input plus ``p``) or
+            ``"prefix"`` (that call's first input starts with ``p`` along axis 1).
     """
 
     index: int
@@ -122,6 +131,7 @@ class Call:
     layout_reason: str = ""
     gates: tuple[int, ...] = ()
     zero_leaf: bool = False
+    param_uses: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def first_input(self) -> TensorFacts | None:
@@ -312,6 +322,13 @@ def peek_run(run: "Run") -> Observation | None:
 
 
 # ---- the pass -----------------------------------------------------------------------------------
+def _broadcasts(small: tuple, shape: tuple) -> bool:
+    """``small`` broadcasts to ``shape`` without adding axes in front beyond ``shape``'s."""
+    if len(small) > len(shape):
+        return False
+    return all(a in (1, b) for a, b in zip(small[::-1], shape[::-1]))
+
+
 def _floating(B: Backend, t: Tensor) -> bool:
     return "float" in B.dtype_name(t)
 
@@ -416,6 +433,7 @@ class _Pass:
                 shapes = tuple(tuple(B.shape(t)) if B.is_tensor(t) else None for t in output)
             real = out is not None and _floating(B, output)
             gates = () if leaf or out is None else self._gates(opened, index, output, out)
+            uses = () if leaf or out is None else self._param_uses(info, opened, index, output)
             layout, reason, replaced = None, "", None
             if out is not None and len(out.shape) == 4 and info.name:
                 layout, reason = self._layout(info, opened, out)
@@ -433,7 +451,7 @@ class _Pass:
                 index, info.name, info.kind, leaf, opened.first_inner, opened.facts, out, shapes,
                 opened.input_nonneg, opened.input_sum,
                 _total(B, output) if leaf and real else None, opened.views_input, layout, reason,
-                gates, replaced is not None))
+                gates, replaced is not None, uses))
             self._outs.append(output if replaced is None else replaced)
             return replaced
         return hook
@@ -478,6 +496,44 @@ class _Pass:
                     and bool(B.all(x * self._outs[i] == out)):
                 found.append(i)
         return tuple(found)
+
+    def _param_uses(self, info: LayerInfo, opened: _Open, index: int, out: Any) -> tuple:
+        """:attr:`Call.param_uses` of a container call, proven by exact equality on the values
+        (the same float operations in the same order give the same bits)."""
+        B = self.B
+        own = {k: v for k, v in info.params.items() if v is not None}
+        if not own or not opened.inputs or not B.is_tensor(opened.inputs[0]):
+            return ()
+        x = opened.inputs[0]
+        found = []
+        for pname, p in own.items():
+            pshape = tuple(B.shape(p))
+            for i in range(opened.first_inner, index):
+                relation = self._relation(x, out, p, pshape, i)
+                if relation is not None:
+                    found.append((pname, relation, i))
+                    break
+        return tuple(found)
+
+    def _relation(self, x: Any, out: Any, p: Any, pshape: tuple, i: int) -> str | None:
+        B = self.B
+        c = self.calls[i]
+        u = self._outs[i]
+        oshape = tuple(B.shape(out))
+        if c.output is not None and c.output.shape == oshape and _broadcasts(pshape, oshape):
+            scaled = u * p
+            if bool(B.all(scaled == out)) or (tuple(B.shape(x)) == oshape and bool(B.all(scaled + x == out))):
+                return "scale"
+        a = c.first_input
+        if a is None:
+            return None
+        t = self._live[a.token]
+        if a.shape == tuple(B.shape(x)) and _broadcasts(pshape, a.shape) and bool(B.all(x + p == t)):
+            return "add"
+        if len(pshape) == len(a.shape) >= 2 and pshape[0] == 1 and pshape[1] < a.shape[1] \
+                and pshape[2:] == a.shape[2:] and bool(B.all(t[:, :pshape[1]] == p)):
+            return "prefix"
+        return None
 
     # ---- the pass -------------------------------------------------------------------------------
     def run(self, scores: Callable[[Tensor], Tensor | None] | None, key: tuple | None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import inspect
 import itertools
 import threading
 from typing import Any
@@ -342,6 +343,8 @@ def no_grad():
 _KINDS: list[tuple[tuple[type, ...], str]] = [
     ((nn.Conv1D, nn.Conv2D, nn.Conv3D), "conv"),
     ((nn.Linear,), "linear"),
+    ((nn.LayerNorm,), "layernorm"),
+    ((nn.MultiHeadAttention,), "attention"),
     ((nn.BatchNorm1D, nn.BatchNorm2D, nn.BatchNorm3D, nn.BatchNorm), "batchnorm"),
     ((nn.ReLU,), "relu"),
     ((nn.MaxPool1D, nn.MaxPool2D, nn.MaxPool3D), "maxpool"),
@@ -413,21 +416,66 @@ def _layer_info(lname: str, m: nn.Layer) -> LayerInfo:
         attrs = {"output_size": m._output_size}
     elif kind == "relu":
         attrs = {"inplace": False}
+    elif kind == "layernorm":
+        params = {"weight": m.weight, "bias": m.bias}
+        attrs = {"eps": float(m._epsilon), "axes": tuple(range(-len(m._normalized_shape), 0))}
+    elif kind == "attention":
+        params, attrs = _attention_info(m)
     elif kind in ("other", "container"):  # a container's own parameters (attention, layer scale)
         params = dict(m.named_parameters(include_sublayers=False))
     return LayerInfo(lname, kind, type(m).__name__, m, params, attrs, has_children)
+
+
+_MHA_SIGNATURE = inspect.signature(nn.MultiHeadAttention.forward)
+
+
+def _attention_info(m: nn.MultiHeadAttention) -> tuple[dict, dict]:
+    """``xplain.backend.ATTENTION_ATTRS`` of ``paddle.nn.MultiHeadAttention`` (inputs
+    ``(N, L, E)``; ``attn_mask`` boolean/integer ``True``/non-zero = allowed, or additive)."""
+    def weight(lin: nn.Linear) -> Any:
+        return lin.weight.T
+
+    params = {"q_weight": weight(m.q_proj), "k_weight": weight(m.k_proj), "v_weight": weight(m.v_proj),
+              "q_bias": m.q_proj.bias, "k_bias": m.k_proj.bias, "v_bias": m.v_proj.bias,
+              "out_weight": weight(m.out_proj), "out_bias": m.out_proj.bias}
+
+    def read_call(args: tuple, kwargs: dict) -> tuple:
+        bound = _MHA_SIGNATURE.bind(m, *args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        if a["cache"] is not None:
+            raise ModelError(f"{type(m).__name__} was called with a cache (incremental decoding), "
+                             f"which LRP does not re-evaluate; call it without one")
+        q = a["query"]
+        k = q if a["key"] is None else a["key"]
+        v = q if a["value"] is None else a["value"]
+        mask = a["attn_mask"]
+        if mask is not None:
+            if mask.dtype in (paddle.bool, paddle.int32, paddle.int64, paddle.int8, paddle.uint8):
+                mask = paddle.where(mask.astype(paddle.bool), paddle.zeros([], q.dtype),
+                                    paddle.full([], float("-inf"), q.dtype))
+            mask = mask.astype(q.dtype)
+            while mask.ndim < 4:
+                mask = mask.unsqueeze(0)
+        return q, k, v, mask
+
+    def write_output(output: Any, y: Any) -> Any:
+        return (y,) + tuple(output[1:]) if isinstance(output, (tuple, list)) else y
+
+    return params, {"heads": int(m.num_heads), "batch_first": True, "unsupported": None,
+                    "read_call": read_call, "write_output": write_output}
 
 
 def layers(model: nn.Layer) -> list[LayerInfo]:
     return [_layer_info(n, m) for n, m in model.named_sublayers(include_self=True)]
 
 
-def add_forward_hook(layer: nn.Layer, hook):
-    return layer.register_forward_post_hook(hook)
+def add_forward_hook(layer: nn.Layer, hook, *, with_kwargs: bool = False):
+    return layer.register_forward_post_hook(hook, with_kwargs=with_kwargs)
 
 
-def add_forward_pre_hook(layer: nn.Layer, hook):
-    return layer.register_forward_pre_hook(hook)
+def add_forward_pre_hook(layer: nn.Layer, hook, *, with_kwargs: bool = False):
+    return layer.register_forward_pre_hook(hook, with_kwargs=with_kwargs)
 
 
 def call_layer(layer: nn.Layer, *inputs):

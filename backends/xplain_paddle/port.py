@@ -413,8 +413,8 @@ def torch_to_paddle(torch_model: Any, paddle_model: Any, *, family: str | None =
         fam.check(torch_model, paddle_model)
     scale = folds(paddle_model, family=fam.name)
     pair = f"torch {type(torch_model).__name__} → paddle {type(paddle_model).__name__}"
-    src = {k: v.detach().cpu().numpy() for k, v in torch_model.state_dict().items()
-           if not k.endswith("num_batches_tracked") and not k.startswith(fam.skip_torch)}
+    src = _split_in_proj({k: v.detach().cpu().numpy() for k, v in torch_model.state_dict().items()
+                          if not k.endswith("num_batches_tracked") and not k.startswith(fam.skip_torch)})
     tmods = dict(torch_model.named_modules())
     pmods = dict(paddle_model.named_sublayers())
     linear = _paddle_linear_weights(paddle_model)
@@ -453,6 +453,21 @@ def torch_to_paddle(torch_model: Any, paddle_model: Any, *, family: str | None =
                                  for k, a in new.items()})
     paddle_model.eval()
     return paddle_model
+
+
+def _split_in_proj(src: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """torch's ``nn.MultiheadAttention`` packs the query, key and value projections into
+    ``in_proj_weight`` ``(3E, E)`` and ``in_proj_bias``; paddle's ``MultiHeadAttention`` has
+    ``q_proj``/``k_proj``/``v_proj`` Linear layers: the packed keys are split into those."""
+    out = {}
+    for key, value in src.items():
+        base, _, leaf = key.rpartition(".")
+        if leaf in ("in_proj_weight", "in_proj_bias"):
+            for part, name in zip(np.split(value, 3, axis=0), ("q_proj", "k_proj", "v_proj")):
+                out[".".join(filter(None, (base, name, leaf[len("in_proj_"):])))] = part
+        else:
+            out[key] = value
+    return out
 
 
 def _pair(v: Any) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import itertools
 from typing import Any
 from collections.abc import Callable
@@ -332,6 +333,8 @@ _KINDS: list[tuple[tuple[type, ...], str]] = [
     ((nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d), "adaptive_avgpool"),
     ((nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d), "adaptive_maxpool"),
     ((nn.Flatten,), "flatten"),
+    ((nn.LayerNorm,), "layernorm"),
+    ((nn.MultiheadAttention,), "attention"),
     ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout), "dropout"),
     ((nn.Identity,), "identity"),
 ]
@@ -352,6 +355,9 @@ _ACTIVATIONS: list[tuple[type, str]] = [
 #: Modules that are the identity in evaluation mode, found by class name (torchvision.ops is
 #: optional): EfficientNet's and ConvNeXt's stochastic depth.
 _IDENTITY_IN_EVAL = ("StochasticDepth",)
+
+#: Parameter-free modules that only reorder axes, found by class name (torchvision.ops.misc).
+_REORDERS = ("Permute",)
 
 
 def _activation_attrs(m: nn.Module, function: str) -> dict[str, Any]:
@@ -374,6 +380,8 @@ def _layer_info(lname: str, m: nn.Module) -> LayerInfo:
         kind = "activation"
     elif kind is None and type(m).__name__ in _IDENTITY_IN_EVAL:
         kind = "dropout"
+    elif kind is None and type(m).__name__ in _REORDERS and not any(True for _ in m.parameters()):
+        kind = "reshape"
     has_children = next(iter(m.children()), None) is not None
     if kind is None:
         kind = "container" if has_children else "other"
@@ -401,21 +409,82 @@ def _layer_info(lname: str, m: nn.Module) -> LayerInfo:
         attrs = {"output_size": m.output_size}
     elif kind == "relu":
         attrs = {"inplace": bool(m.inplace)}
+    elif kind == "layernorm":
+        params = {"weight": m.weight, "bias": m.bias}
+        # torchvision's LayerNorm2d (ConvNeXt) normalises an NCHW map over its channels (it
+        # permutes around F.layer_norm); LRP checks the re-evaluation against the real output
+        axes = (1,) if type(m).__name__ == "LayerNorm2d" else tuple(range(-len(m.normalized_shape), 0))
+        attrs = {"eps": float(m.eps), "axes": axes}
+    elif kind == "attention":
+        params, attrs = _attention_info(m)
     elif kind in ("other", "container"):  # a container's own parameters (attention, layer scale)
         params = dict(m.named_parameters(recurse=False))
     return LayerInfo(lname, kind, type(m).__name__, m, params, attrs, has_children)
+
+
+_MHA_SIGNATURE = inspect.signature(nn.MultiheadAttention.forward)
+
+
+def _attention_info(m: nn.MultiheadAttention) -> tuple[dict, dict]:
+    """``xplain.backend.ATTENTION_ATTRS`` of ``nn.MultiheadAttention``."""
+    if m._qkv_same_embed_dim:
+        wq, wk, wv = m.in_proj_weight.chunk(3)
+    else:
+        wq, wk, wv = m.q_proj_weight, m.k_proj_weight, m.v_proj_weight
+    bq = bk = bv = None
+    if m.in_proj_bias is not None:
+        bq, bk, bv = m.in_proj_bias.chunk(3)
+    params = {"q_weight": wq, "k_weight": wk, "v_weight": wv, "q_bias": bq, "k_bias": bk,
+              "v_bias": bv, "out_weight": m.out_proj.weight, "out_bias": m.out_proj.bias}
+    unsupported = None
+    if m.bias_k is not None or m.bias_v is not None:
+        unsupported = "learned key/value biases (add_bias_kv=True)"
+    elif m.add_zero_attn:
+        unsupported = "add_zero_attn=True"
+
+    def read_call(args: tuple, kwargs: dict) -> tuple:
+        bound = _MHA_SIGNATURE.bind(m, *args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        q, k, v = a["query"], a["key"], a["value"]
+        n, lq, ls = (q.shape[0], q.shape[1], k.shape[1]) if m.batch_first else \
+            (q.shape[1], q.shape[0], k.shape[0])
+        mask = None
+        attn_mask = a["attn_mask"]
+        if attn_mask is None and a["is_causal"]:
+            attn_mask = torch.ones(lq, ls, dtype=torch.bool, device=q.device).triu(1)
+        if attn_mask is not None:
+            mask = _additive(attn_mask, q.dtype)
+            mask = mask.reshape(1, 1, lq, ls) if mask.dim() == 2 else mask.reshape(n, m.num_heads, lq, ls)
+        if a["key_padding_mask"] is not None:
+            pad = _additive(a["key_padding_mask"], q.dtype).reshape(n, 1, 1, ls)
+            mask = pad if mask is None else mask + pad
+        return q, k, v, mask
+
+    def write_output(output: Any, y: torch.Tensor) -> Any:
+        return (y,) + tuple(output[1:])
+
+    return params, {"heads": int(m.num_heads), "batch_first": bool(m.batch_first),
+                    "unsupported": unsupported, "read_call": read_call, "write_output": write_output}
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A torch attention mask as an additive one: boolean ``True`` = not allowed."""
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
+    return mask.to(dtype)
 
 
 def layers(model: nn.Module) -> list[LayerInfo]:
     return [_layer_info(n, m) for n, m in model.named_modules(remove_duplicate=False)]
 
 
-def add_forward_hook(layer: nn.Module, hook):
-    return layer.register_forward_hook(hook)
+def add_forward_hook(layer: nn.Module, hook, *, with_kwargs: bool = False):
+    return layer.register_forward_hook(hook, with_kwargs=with_kwargs)
 
 
-def add_forward_pre_hook(layer: nn.Module, hook):
-    return layer.register_forward_pre_hook(hook)
+def add_forward_pre_hook(layer: nn.Module, hook, *, with_kwargs: bool = False):
+    return layer.register_forward_pre_hook(hook, with_kwargs=with_kwargs)
 
 
 def call_layer(layer: nn.Module, *inputs):

@@ -90,7 +90,8 @@ def build_calibrated(name: str, num_classes: int, seed: int, zero_biases: bool,
                      data: Sequence[np.ndarray]) -> Any:
     """torchvision constructor ``name`` (its own seeded initialisation) with BatchNorm
     statistics averaged over the ``data`` batches (``momentum=None``), in eval mode;
-    ``zero_biases``: every bias and running mean then set to 0."""
+    ``zero_biases``: every bias and running mean, and a ViT's class token and position
+    embedding (constants added like biases), then set to 0."""
     import torchvision
 
     torch.manual_seed(seed)
@@ -108,10 +109,14 @@ def build_calibrated(name: str, num_classes: int, seed: int, zero_biases: bool,
             for x in data:
                 model(torch.from_numpy(x))
     model.eval()
+    with torch.no_grad():  # a zero-initialised head (torchvision's ViT) makes every logit 0
+        for m in model.modules():
+            if isinstance(m, nn.Linear) and not m.weight.any():
+                m.weight.normal_(0.0, 0.05)
     if zero_biases:
         with torch.no_grad():
             for m in model.modules():
-                for attr in ("bias", "running_mean"):
+                for attr in ("bias", "running_mean", "class_token", "pos_embedding"):
                     t = getattr(m, attr, None)
                     if isinstance(t, torch.Tensor):
                         t.zero_()

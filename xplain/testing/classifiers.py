@@ -40,9 +40,7 @@ FAMILIES = {
 
 #: Constructors LRP refuses, and why (the LayerError names the layer and the fix).
 LRP_REFUSED = {
-    "convnext_": "CNBlock scales its output by a parameter of its own (layer_scale) and uses LayerNorm",
     "swin_": "attention with parameters of its own (relative position bias)",
-    "vit_": "nn.MultiheadAttention computes with parameters of its own",
     "maxvit_t": "attention with parameters of its own (relative positional bias)",
 }
 

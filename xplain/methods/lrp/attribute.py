@@ -34,8 +34,8 @@ from ...errors import ConservationWarning, LayerError, OptionError
 from ...options import NonNegativeFloat, PositiveFloat
 from ...run import MethodResult, Run
 from .canonize import probe, without_relu_reader
-from .composites import DEFAULT, lookup
-from .hooks import PassState, install, layer_probe
+from .composites import DEFAULT, DEFAULT_ATTENTION, lookup
+from .hooks import PassState, install, layer_probe, param_watches
 from .kernels import kernels_for
 from .ledger import Conservation, Ledger, TOLERANCE, per_sample
 from .params import total
@@ -46,7 +46,7 @@ _CPU_LAYER_BYTES = 16 * 2**20
 
 
 # ---- the method --------------------------------------------------------------------------------
-def lrp(run: Run, *, composite: Any = DEFAULT, rules: Mapping[str, Any] | None = None,
+def lrp(run: Run, *, composite: Any = "auto", rules: Mapping[str, Any] | None = None,
         epsilon: NonNegativeFloat = 1e-6, gamma: NonNegativeFloat = 0.25, alpha: float = 2.0,
         beta: NonNegativeFloat = 1.0, low: Any = None, high: Any = None,
         stabilizer: PositiveFloat = 1e-6, layer: str | None = None,
@@ -59,8 +59,9 @@ def lrp(run: Run, *, composite: Any = DEFAULT, rules: Mapping[str, Any] | None =
     according to each layer's rule; BatchNorm is merged into the conv/linear before it.
 
     Args:
-        composite: registered composite name (default ``"epsilon_plus_flat"``: flat on the first
-            layer, z⁺ on convolutions, ε on linear layers), a
+        composite: registered composite name; ``"auto"`` (default): ``"epsilon_plus_flat"``
+            (flat on the first layer, z⁺ on convolutions, ε on linear layers), or
+            ``"attn_lrp"`` for a model with attention layers; a
             :class:`~xplain.methods.lrp.Composite`, or ``None`` (only ``rules``; other conv/linear
             layers then use LRP-0).
         rules: ``{key: rule}`` overriding the composite. Keys are exact layer names
@@ -87,6 +88,8 @@ def lrp(run: Run, *, composite: Any = DEFAULT, rules: Mapping[str, Any] | None =
     B = run.backend
     options = {"epsilon": epsilon, "gamma": gamma, "alpha": alpha, "beta": beta, "low": low,
                "high": high, "stabilizer": stabilizer}
+    if isinstance(composite, str) and composite.strip().lower() == "auto":
+        composite = DEFAULT_ATTENTION if any(i.kind == "attention" for i in run.layers()) else DEFAULT
     comp = lookup(composite, registry().composites)
     if rules is not None and not isinstance(rules, Mapping):
         raise OptionError(f"rules must be a dict {{layer name / pattern / kind: rule}}, got "
@@ -125,7 +128,8 @@ def lrp(run: Run, *, composite: Any = DEFAULT, rules: Mapping[str, Any] | None =
     used: list[tuple[np.ndarray, np.ndarray]] = []  # per chunk: argmax targets, scores
     for sl in iter_chunks(n, size):
         t = None if given is None else given[sl]
-        parts.append(_one_pass(run, plans, run.inputs[sl], t, probe_module, used, relus, learned))
+        parts.append(_one_pass(run, plans, run.inputs[sl], t, probe_module, used, relus, learned,
+                               found.param_uses))
     if given is None:
         run.record_argmax_targets(np.concatenate([t for t, _ in used]),
                                   np.concatenate([sc for _, sc in used]))
@@ -190,7 +194,7 @@ def _balance(B: Any, rel: Any, tout: Any, ledgers: list[dict[str, np.ndarray]], 
 
 def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndarray | None,
               probe_module: Any, used: list[tuple[np.ndarray, np.ndarray]], relus: list,
-              on_tripped: Callable[[set[str]], None]) -> tuple[Any, Any, list, dict]:
+              on_tripped: Callable[[set[str]], None], uses: tuple = ()) -> tuple[Any, Any, list, dict]:
     """One modified forward+backward on batch ``x``: (relevance, target outputs, layer maps,
     absorbed relevance per layer). ``targets=None`` explains each sample's argmax, appended to
     ``used``. ``on_tripped(names)`` learns the layers whose optimistic plan a tripwire refuted
@@ -200,6 +204,8 @@ def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndar
     state = PassState(ledger=Ledger(B))
     handles = install(B, K, plans, state, relus)
     try:
+        if uses:
+            handles += param_watches(B, {i.name: i for i in run.layers()}, uses, state.ledger)
         if probe_module is not None:
             handles.append(B.add_forward_hook(probe_module, layer_probe(B, state)))
         with B.enable_grad():
@@ -225,7 +231,7 @@ def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndar
         for plan in wrong:
             plan.optimistic = False
         on_tripped({plan.bn.name if plan.bn is not None else plan.info.name for plan in wrong})
-        return _one_pass(run, plans, x, targets, probe_module, used, relus, on_tripped)
+        return _one_pass(run, plans, x, targets, probe_module, used, relus, on_tripped, uses)
     rel = x * grads[0]
     shape = B.shape(x)
     i = 1

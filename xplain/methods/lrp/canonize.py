@@ -9,9 +9,12 @@ layer call's inputs and output by tensor identity, with the value facts LRP need
   in every framework and needs no knowledge of the model's code. BatchNorm that reads anything
   else (DenseNet's BN→ReLU→Conv, after a concatenation) stays a layer of its own.
 * **The first layer**: the first conv/linear executed, where explicit rules (flat, w², z^B) go.
-* **Executed layers**: only layers that actually run are checked and hooked; containers that
-  run and hold parameters of their own (attention, layer scale) are listed, so LRP can refuse
-  them.
+* **Executed layers**: only layers that actually run are checked and hooked — leaves, and
+  attention layers as one unit (their sub-layers are re-evaluated with them); containers that
+  run and hold parameters of their own are listed, so LRP can refuse them, unless the
+  observation proved each parameter's use: a layer scale (linear: the gradient is exact), a
+  constant added to a sub-layer's input or put in front of it along the token axis (position
+  embeddings, class tokens: absorbed like a bias, see :attr:`Probe.param_uses`).
 * **Provably non-negative inputs**: a conv/linear layer whose input is the output of an
   activation with a non-negative range (ReLU, ReLU6, sigmoid ...), possibly through pooling,
   flatten or dropout, still non-negative when read. Built-in composites put z⁺/γ/αβ only there.
@@ -39,6 +42,8 @@ from ...observe import Call, Observation, observe_run, structure_key
 from ...run import Run
 
 _AFFINE = ("conv", "linear")
+#: Layers LRP treats as one unit although they have sub-layers: their rule re-evaluates them.
+_UNITS = ("attention",)
 
 
 def _frozen_map() -> Mapping:
@@ -64,7 +69,11 @@ class Probe:
         largest_bytes: bytes of the largest layer output for one sample (for chunking on CPU).
         nonneg_inputs: conv/linear layers whose input is provably non-negative (see above).
         gates: activation layers that gate a signal (see above).
-        containers_with_params: executed containers with parameters of their own.
+        containers_with_params: executed containers with parameters of their own whose use the
+            observation did not prove.
+        param_uses: ``(container, parameter, relation, sub-layer)`` for each proven use of a
+            container's own parameter as a constant added to (``"add"``) or put in front of
+            (``"prefix"``) the sub-layer's input: the ledger books ``Σ p·g`` there.
         modified_outputs: conv/linear/BatchNorm/activation layers whose output tensor is changed
             in place later by something other than a ReLU (``out += identity``): their values
             must be copied where they are needed after the forward pass (the LRP ledger).
@@ -85,6 +94,7 @@ class Probe:
     nonneg_inputs: frozenset[str] = frozenset()
     gates: frozenset[str] = frozenset()
     containers_with_params: tuple[str, ...] = ()
+    param_uses: tuple[tuple[str, str, str, str], ...] = ()
     modified_outputs: frozenset[str] = frozenset()
     inputs_changed_later: frozenset[str] = frozenset()
 
@@ -134,7 +144,7 @@ def without_relu_reader(run: Run, found: Probe, names: Iterable[str], *,
 
 #: Layer kinds whose output is non-negative wherever their input is (order statistics, means,
 #: reshapes, the identity in evaluation).
-_KEEP_SIGN = ("maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool", "flatten", "dropout",
+_KEEP_SIGN = ("maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool", "flatten", "reshape", "dropout",
               "identity")
 
 #: Kinds whose output's sum the in-place check follows (the outputs LRP's rules and ledger read).
@@ -150,7 +160,16 @@ def derive(obs: Observation, infos: Iterable[LayerInfo], merge_batchnorm: bool) 
     """The :class:`Probe` from an observation (see the module docstring); ``infos``: the model's
     layers (for the activations' ranges and the containers' parameters)."""
     by_name = {i.name: i for i in infos}
-    leaves = [c for c in obs.calls if c.leaf]
+    inside = [(c.first_inner, c.index) for c in obs.calls if c.kind in _UNITS]
+    leaves = [c for c in obs.calls if (c.leaf or c.kind in _UNITS)
+              and not any(lo <= c.index < hi for lo, hi in inside)]
+    counts: dict[str, int] = {}
+    for c in obs.calls:
+        counts[c.name] = counts.get(c.name, 0) + 1
+    uses = [(c.name, pname, relation, obs.calls[i].name) for c in obs.calls
+            for pname, relation, i in c.param_uses
+            if relation == "scale" or counts[obs.calls[i].name] == 1]
+    proven = {(u[0], u[1]) for u in uses}
     calls: dict[str, int] = {}
     for c in leaves:
         calls[c.name] = calls.get(c.name, 0) + 1
@@ -185,8 +204,10 @@ def derive(obs: Observation, infos: Iterable[LayerInfo], merge_batchnorm: bool) 
         nonneg_inputs=frozenset(nonneg_inputs - signed_inputs),
         gates=frozenset(obs.calls[g].name for c in obs.calls if c.name for g in c.gates),
         containers_with_params=tuple(dict.fromkeys(
-            c.name for c in obs.calls if not c.leaf and c.name
-            and any(p is not None for p in by_name[c.name].params.values()))),
+            c.name for c in obs.calls if not c.leaf and c.kind not in _UNITS
+            and any(p is not None and (c.name, k) not in proven
+                    for k, p in by_name[c.name].params.items()))),
+        param_uses=tuple(u for u in uses if u[2] != "scale"),
         modified_outputs=frozenset(_modified_later(obs, leaves)),
         inputs_changed_later=frozenset(_inputs_changed_later(obs, leaves, by_name)))
 

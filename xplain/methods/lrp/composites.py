@@ -20,10 +20,16 @@ name                           first layer  conv         linear
 ``epsilon_alpha2_beta1``       —            α2β1         ε
 ``epsilon_alpha2_beta1_flat``  flat         α2β1         ε
 ``zero``                       —            LRP-0        LRP-0
+``cp_lrp``                     —            ε            ε            (attention: ``cp``)
+``attn_lrp``                   —            ε            ε            (attention: ``attnlrp``)
 =============================  ===========  ===========  ============
 
+``composite="auto"`` (the default) is ``epsilon_plus_flat``, or ``attn_lrp`` for a model with
+attention layers (Achtibat et al. 2024 measure AttnLRP as the more faithful of the two on ViTs).
+
 In every built-in composite, element-wise activations other than ReLU get ``pass`` (relevance
-passes unchanged, a constant offset ``f(0)`` absorbed like a bias), gates (squeeze-and-excitation)
+passes unchanged, a constant offset ``f(0)`` absorbed like a bias: the identity rule for GELU and
+SiLU), LayerNorm gets ``constant_std``, attention ``cp`` (except ``attn_lrp``), gates (squeeze-and-excitation)
 get ``gate``, and BatchNorm layers that cannot be merged into a preceding conv/linear
 (DenseNet's BN→ReLU→Conv) get ε as the affine maps they are; ReLU, pooling, flatten, dropout and
 sums propagate by the gradient (LRP-0, exact for them). A conv/linear layer whose kind rule is
@@ -71,7 +77,8 @@ class Composite:
     signed: RuleSpec | None = "epsilon"
 
 
-_BASE = {"activation": "pass", "batchnorm": "epsilon"}
+#: The classic composites take the conservative attention rule (with biases zero they conserve).
+_BASE = {"activation": "pass", "batchnorm": "epsilon", "layernorm": "constant_std", "attention": "cp"}
 
 #: Built-in composites, registered by :mod:`xplain.methods.plugin`.
 BUILTIN: dict[str, Composite] = {
@@ -90,9 +97,18 @@ BUILTIN: dict[str, Composite] = {
     "epsilon_alpha2_beta1_flat": Composite({**_BASE, "conv": "alpha2beta1", "linear": "epsilon"},
                                            first="flat",
                                            description="flat first layer, α2β1 on conv, ε on linear"),
+    "cp_lrp": Composite({**_BASE, "conv": "epsilon", "linear": "epsilon", "attention": "cp"},
+                        description="transformers, conservative propagation (Ali et al. 2022): ε, "
+                                    "LayerNorm σ and attention weights constant"),
+    "attn_lrp": Composite({**_BASE, "conv": "epsilon", "linear": "epsilon", "attention": "attnlrp"},
+                          description="transformers, AttnLRP (Achtibat et al. 2024): ε, LayerNorm σ "
+                                      "constant, uniform rule on attention products"),
 }
 
+#: The composite ``composite="auto"`` (the default) picks for convolutional networks, and for
+#: models with attention layers.
 DEFAULT = "epsilon_plus_flat"
+DEFAULT_ATTENTION = "attn_lrp"
 
 
 def lookup(composite: Any, registered: Mapping[str, Any]) -> Composite:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...errors import LayerError
-from . import elementwise
+from . import elementwise, transformer
 from .emit import compose, damped, emit
 from .kernels import LRPKernels
 from .ledger import Ledger
@@ -77,11 +77,16 @@ def install(B: Any, K: LRPKernels, plans: Mapping[str, LayerPlan], state: PassSt
                 if plan.bn is not None:
                     return None  # emitted at the BatchNorm's output
                 if rule.kind == "gradient":
-                    ledger.bias(name, output, base_param(B, plan, "bias"))
+                    ledger.bias(name, output, base_param(B, plan, "bias"), _on_last_axis(plan))
                     return None
                 return _ledgered_epsilon(plan, output)
             if rule.kind == "gate":
                 return elementwise.gate(B, output)
+            if rule.kind == "layernorm":  # inputs[0]: the alias from the pre-hook
+                ledger.measured_in(name, inputs[0])
+                out = transformer.layernorm(B, plan.info, inputs[0], output)
+                ledger.measured_out(name, out, copy(plan))
+                return out
             if rule.kind == "pass":
                 a = stash.pop() if stash is not None else inputs[0]
                 ratio = elementwise.pass_ratio(B, K, a, output, rule.stabilizer, plan.at_zero, plan.info)
@@ -105,7 +110,7 @@ def install(B: Any, K: LRPKernels, plans: Mapping[str, LayerPlan], state: PassSt
         # the stabiliser's share from the kernel, the bias's from the gradient it hands on
         name = plan.info.name
         out = damped(K, y, plan.rule.stabilizer, ledger.adder(name))
-        ledger.bias(name, out, base_param(B, plan, "bias"))
+        ledger.bias(name, out, base_param(B, plan, "bias"), _on_last_axis(plan))
         return out
 
     def _measured(plan: LayerPlan, out: Any) -> Any:
@@ -113,13 +118,41 @@ def install(B: Any, K: LRPKernels, plans: Mapping[str, LayerPlan], state: PassSt
             ledger.measured_out(plan.info.name, out, copy(plan))
         return out
 
+    def attention_pre_hook(plan: LayerPlan):
+        read = plan.info.attrs["read_call"]
+
+        def hook(_layer: Any, args: tuple, kwargs: dict) -> tuple:
+            # each distinct query/key/value tensor gets one alias that only the rule reads
+            aliases: dict[int, Any] = {}
+            for t in read(args, kwargs)[:3]:
+                if B.is_tensor(t) and id(t) not in aliases:
+                    aliases[id(t)] = (t, B.alias(t))
+                    ledger.measured_in(plan.info.name, aliases[id(t)][1])
+
+            def swap(v: Any) -> Any:
+                hit = aliases.get(id(v))
+                return hit[1] if hit is not None and hit[0] is v else v
+            return tuple(swap(v) for v in args), {k: swap(v) for k, v in kwargs.items()}
+        return hook
+
+    def attention_hook(plan: LayerPlan):
+        info = plan.info
+
+        def hook(_layer: Any, args: tuple, kwargs: dict, output: Any) -> Any:
+            query, key, value, mask = info.attrs["read_call"](args, kwargs)
+            y = output[0] if isinstance(output, (tuple, list)) else output
+            out = transformer.attention(B, K, info, plan.rule, query, key, value, mask, y)
+            ledger.measured_out(info.name, out)
+            return info.attrs["write_output"](output, out)
+        return hook
+
     def bn_hook(plan: LayerPlan):
         rule = plan.rule
         name = plan.info.name
 
         def hook(_layer: Any, inputs: tuple, output: Any) -> Any:
             if rule.kind == "gradient":
-                ledger.bias(name, output, base_param(B, plan, "bias"))
+                ledger.bias(name, output, base_param(B, plan, "bias"), _on_last_axis(plan))
                 return None
             if rule.kind == "epsilon":
                 return _ledgered_epsilon(plan, output)
@@ -148,8 +181,14 @@ def install(B: Any, K: LRPKernels, plans: Mapping[str, LayerPlan], state: PassSt
             if plan.rule.kind == "pass" and plan.info.attrs.get("inplace"):
                 stash = []
                 handles.append(B.add_forward_pre_hook(plan.info.module, elementwise.keep_input(stash)))
-            if plan.rule.kind == "terms":
+            if plan.rule.kind in ("terms", "layernorm"):
                 handles.append(B.add_forward_pre_hook(plan.info.module, alias_pre_hook))
+            if plan.rule.kind == "attention":
+                handles.append(B.add_forward_pre_hook(plan.info.module, attention_pre_hook(plan),
+                                                      with_kwargs=True))
+                handles.append(B.add_forward_hook(plan.info.module, attention_hook(plan),
+                                                  with_kwargs=True))
+                continue
             if rule_needs_layer_hook(plan):
                 handles.append(B.add_forward_hook(plan.info.module, layer_hook(plan, stash)))
             if plan.bn is not None and plan.rule.kind in ("epsilon", "terms", "gradient"):
@@ -162,6 +201,31 @@ def install(B: Any, K: LRPKernels, plans: Mapping[str, LayerPlan], state: PassSt
             h.remove()
         raise
     return handles
+
+
+def param_watches(B: Any, layers: Mapping[str, Any], uses: tuple, ledger: Ledger) -> list:
+    """Ledger entries for constants a container adds to a sub-layer's input or puts in front
+    of it (``Probe.param_uses``): ``Σ p·g`` at that input, booked as ``container.parameter``."""
+    handles = []
+    for container, pname, relation, child in uses:
+        p = layers[container].params[pname]
+        label = f"{container}.{pname}" if container else pname
+
+        def pre_hook(_layer: Any, inputs: tuple, p: Any = p, relation: str = relation,
+                     label: str = label) -> None:
+            t = inputs[0]
+            if relation == "prefix":
+                k = B.shape(p)[1]
+                ledger.watch_constant(label, t, p, k)
+            else:
+                ledger.watch_constant(label, t, p, None)
+        handles.append(B.add_forward_pre_hook(layers[child].module, pre_hook))
+    return handles
+
+
+def _on_last_axis(plan: LayerPlan) -> bool:
+    """A linear layer's bias runs along the last axis (also on tokens ``(N, L, E)``)."""
+    return plan.info.kind == "linear"
 
 
 def rule_needs_layer_hook(plan: LayerPlan) -> bool:

@@ -82,18 +82,21 @@ class Ledger:
         B = self.B
         self._watch(y, lambda g: self._add(name, B.batch_dot(g, values)))
 
-    def _bias_share(self, g: Any, bias: Any) -> Any:
-        """``Σ_c b_c Σ_rest g`` per sample: channel sums first, so no full-size temporary."""
+    def _bias_share(self, g: Any, bias: Any, last: bool) -> Any:
+        """``Σ_c b_c Σ_rest g`` per sample: channel sums first, so no full-size temporary.
+        Channels on axis 1, or with ``last`` on the last axis (a linear layer on tokens)."""
         B = self.B
         nd = len(B.shape(g))
-        per_channel = B.sum(g, axis=tuple(range(2, nd))) if nd > 2 else g
+        rest = tuple(range(1, nd - 1)) if last else tuple(range(2, nd))
+        per_channel = B.sum(g, axis=rest) if nd > 2 else g
         return B.sum(per_channel * B.reshape(bias, (1, -1)), axis=1)
 
-    def bias(self, name: str, y: Any, bias: Any) -> None:
-        """LRP-0 on an affine output ``y`` with ``bias``: ``Σ g·b``."""
+    def bias(self, name: str, y: Any, bias: Any, last: bool = False) -> None:
+        """LRP-0 on an affine output ``y`` with ``bias``: ``Σ g·b`` (``last``: see
+        :meth:`_bias_share`)."""
         if bias is None:
             return
-        self._watch(y, lambda g: self._add(name, self._bias_share(g, bias)))
+        self._watch(y, lambda g: self._add(name, self._bias_share(g, bias, last)))
 
     def passed(self, name: str, out: Any, values: Any, source: Any, info: Any, copy: bool) -> None:
         """pass on ``y = f(a)`` emitted as ``out``, its gradient routed into ``source`` (an alias
@@ -116,6 +119,16 @@ class Ledger:
             self._add(name, -B.batch_dot(g, a))
         self.out(name, out, values)
         self._watch(source, fn)
+
+    def watch_constant(self, name: str, t: Any, p: Any, prefix: int | None) -> None:
+        """``Σ p·g`` at ``t``, which is a signal plus the constant ``p`` (broadcast), or, with
+        ``prefix=k``, starts with ``p`` along axis 1 (``t[:, :k] == p``)."""
+        B = self.B
+
+        def fn(g: Any) -> None:
+            part = g if prefix is None else g[:, :prefix]
+            self._add(name, B.batch_dot(part, B.broadcast_to(p, B.shape(part))))
+        self._watch(t, fn)
 
     def measured_out(self, name: str, out: Any, copy: bool = False) -> None:
         """``+Σ y·g`` at a measured layer's output ``out``."""

@@ -31,6 +31,10 @@ from .composites import Composite
 from .rules import Rule, make_rule
 
 _PARAM_KINDS = ("conv", "linear", "batchnorm")
+#: Layer kinds re-evaluated by a rule of the same kind (:mod:`.transformer`), with the rule
+#: they get when no composite or user rule names one.
+_REEVALUATED = {"layernorm": "constant_std", "attention": "attnlrp"}
+_REEVALUATING_RULES = {"layernorm": "constant_std", "attention": "'cp' or 'attnlrp'"}
 _GLOB = set("*?[")
 #: Rules that assume non-negative inputs (Montavon et al. 2019, sec. 10.2.2).
 _POSITIVE_INPUT_RULES = ("zplus", "gamma", "alphabeta")
@@ -121,6 +125,13 @@ def _default_spec(info: LayerInfo, found: Probe, composite: Composite, kinds: Ma
     if name == found.first and composite.first is not None:
         return composite.first, 0.0
     spec = kinds.get(info.kind, composite.kinds.get(info.kind))
+    if info.kind in _REEVALUATED:
+        reason = info.attrs.get("unsupported")
+        if reason:
+            raise LayerError(f"layer {name!r} ({info.type_name}) uses {reason}, which xplain's "
+                             f"attention rules do not cover; explain the model with a gradient "
+                             f"method (method='integrated_gradients')")
+        return (spec if spec is not None else _REEVALUATED[info.kind]), 0.0
     if info.kind == "activation":
         function = info.attrs.get("function")
         if not ACTIVATIONS.get(function, False):
@@ -216,6 +227,12 @@ def _conserves_here(rule: Rule, name: str, found: Probe) -> bool:
 
 def _check(info: LayerInfo, rule: Rule, found: Probe) -> None:
     name = f"{info.name!r} ({info.type_name})"
+    if (info.kind in _REEVALUATED or rule.kind in _REEVALUATED) and rule.kind != info.kind:
+        if info.kind in _REEVALUATED:
+            raise LayerError(f"layer {name} is a {info.kind} layer, whose gradient is not an LRP "
+                             f"rule; give it {_REEVALUATING_RULES[info.kind]}, not {rule.name!r}")
+        raise LayerError(f"LRP rule {rule.name!r} is for {rule.kind} layers; layer {name} is of "
+                         f"kind {info.kind!r}")
     if rule.needs_params:
         if info.kind not in _PARAM_KINDS:
             raise LayerError(f"LRP rule {rule.name!r} needs a conv, linear or BatchNorm layer, but layer "

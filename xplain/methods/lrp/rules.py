@@ -20,6 +20,10 @@ Four kinds of rules:
   a constant offset ``f(0)``, which is absorbed like a bias.
 * ``gate`` — a multiplicative gate (squeeze-and-excitation): its output is a constant weight
   of the signal it multiplies, so no relevance enters the gate's branch.
+* ``layernorm`` — LayerNorm with its normaliser ``σ`` taken as a constant (``constant_std``):
+  what is left is a centring (linear, conservative) and an affine map whose bias absorbs.
+* ``attention`` — a multi-head attention layer re-evaluated by :mod:`.transformer` with its
+  softmax weights as constants (``cp``) or with AttnLRP's rules (``attnlrp``).
 * ``terms`` — modified weights/inputs (γ, z⁺, αβ); and *explicit* term rules (flat, w², z^B)
   whose inputs are not the layer input (ones, box bounds) and which are therefore only possible
   where the relevance of the input is read directly: the first layer.
@@ -39,7 +43,7 @@ from ...errors import OptionError
 
 #: Names accepted wherever a rule is expected (``rules={"conv": "gamma"}``).
 RULE_NAMES = ("zero", "gradient", "epsilon", "pass", "gate", "gamma", "zplus", "alpha1beta0", "alphabeta",
-              "alpha2beta1", "flat", "wsquare", "zbox")
+              "alpha2beta1", "flat", "wsquare", "zbox", "constant_std", "cp", "attnlrp")
 
 #: Term input modifiers; ``low`` / ``high`` / ``identity-high`` / ``high-low`` use the z^B bounds.
 INPUT_MODIFIERS = ("identity", "positive", "negative", "ones", "low", "high", "identity-high", "high-low")
@@ -82,7 +86,8 @@ class Rule:
 
     Attributes:
         name: rule name (``"gamma"`` ...), for messages and ``extras["rules"]``.
-        kind: ``gradient`` | ``epsilon`` | ``pass`` | ``gate`` | ``terms``.
+        kind: ``gradient`` | ``epsilon`` | ``pass`` | ``gate`` | ``layernorm`` | ``attention`` |
+            ``terms``.
         groups: for ``terms`` rules, the groups of terms.
         stabilizer: ε added to denominators with their sign (``0`` counts as positive).
         explicit: relevance is not ``input ⊙ gradient`` (flat, w², z^B): first layer only.
@@ -221,6 +226,32 @@ def zbox(low: Any = None, high: Any = None, stabilizer: float = 1e-6) -> Rule:
                 explicit=True, low=lo, high=hi, params={"low": _show(lo), "high": _show(hi)})
 
 
+def constant_std() -> Rule:
+    """LayerNorm with its normaliser as a constant (Ali et al., "XAI for Transformers: Better
+    Explanations through Conservative Propagation", ICML 2022; the AttnLRP LayerNorm rule of
+    Achtibat et al. 2024): ``y = (x − mean(x)) / sg(σ) · w + b``. The centring is a linear map
+    without bias, so relevance through it is conserved; ``b`` absorbs its share."""
+    return Rule("constant_std", "layernorm")
+
+
+def cp(epsilon: float = 1e-6) -> Rule:
+    """Conservative propagation through attention (Ali et al., ICML 2022): the softmax weights
+    ``A`` are constants, so ``A·V`` is linear in the values and no relevance enters queries and
+    keys; the projections take LRP-ε."""
+    eps = _nonneg("epsilon", epsilon)
+    return Rule("cp", "attention", stabilizer=eps, params={"softmax": "constant", "epsilon": eps})
+
+
+def attnlrp(epsilon: float = 1e-6) -> Rule:
+    """AttnLRP (Achtibat et al., "AttnLRP: Attention-Aware Layer-Wise Relevance Propagation for
+    Transformers", ICML 2024): the softmax by its Taylor expansion at the input
+    (``R_x = x ⊙ (R_s − s·Σ R_s)``: input times the softmax's own gradient, the rest absorbed),
+    the bilinear products ``Q·Kᵀ`` and ``A·V`` by the uniform rule (half the relevance to each
+    factor), the projections by LRP-ε."""
+    eps = _nonneg("epsilon", epsilon)
+    return Rule("attnlrp", "attention", stabilizer=eps, params={"softmax": "taylor", "epsilon": eps})
+
+
 def _bound(name: str, value: Any) -> np.ndarray:
     """A scalar or per-channel bound as float32 numpy (``(C,)``, ``(1, C, 1, 1)`` ... accepted)."""
     for attr in ("detach", "cpu", "numpy"):  # a framework tensor
@@ -255,6 +286,9 @@ _FACTORIES = {
     "flat": lambda o: flat(o.get("stabilizer", 1e-6)),
     "wsquare": lambda o: wsquare(o.get("stabilizer", 1e-6)),
     "zbox": lambda o: zbox(o.get("low"), o.get("high"), o.get("stabilizer", 1e-6)),
+    "constantstd": lambda o: constant_std(),
+    "cp": lambda o: cp(o.get("epsilon", 1e-6)),
+    "attnlrp": lambda o: attnlrp(o.get("epsilon", 1e-6)),
 }
 
 

@@ -1,0 +1,277 @@
+"""LRP through transformer blocks: LayerNorm (σ constant), attention (cp, attnlrp), layer scale,
+position embeddings and class tokens, on both backends.
+
+Oracles: a numpy reference written in explicit relevance form (each rule's redistribution
+formula, not the gradient trick the implementation uses) on a one-block transformer; the
+conservation ledger; refusals where a layer is not what it claims to be.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xplain
+from xplain.errors import LayerError
+
+RNG = np.random.default_rng(11)
+L, E, HEADS, CLASSES = 5, 8, 2, 3
+EPS = 1e-6
+
+
+def _params(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+
+    def r(*shape, s=0.5):
+        return (rng.standard_normal(shape) * s).astype(np.float32)
+    return {"ln_w": 1 + r(E, s=0.2), "ln_b": r(E, s=0.2), "wq": r(E, E), "wk": r(E, E), "wv": r(E, E),
+            "bq": r(E, s=0.1), "bk": r(E, s=0.1), "bv": r(E, s=0.1), "wo": r(E, E), "bo": r(E, s=0.1),
+            "wh": r(CLASSES, L * E), "bh": r(CLASSES, s=0.1)}
+
+
+def _block(fw, P, mask=None):
+    """LayerNorm(E) → self-attention (HEADS heads, ``mask`` boolean ``(L, L)``: True = not
+    allowed) → flatten → linear: the framework's own layers, loaded with ``P``."""
+    if fw.name == "torch":
+        import torch
+        from torch import nn
+
+        class Attend(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.attn = nn.MultiheadAttention(E, HEADS, batch_first=True)
+
+            def forward(self, x):
+                m = None if mask is None else torch.tensor(mask)
+                return self.attn(x, x, x, need_weights=False, attn_mask=m)[0]
+
+        ln, att = nn.LayerNorm(E), Attend()
+        with torch.no_grad():
+            ln.weight.copy_(torch.tensor(P["ln_w"]))
+            ln.bias.copy_(torch.tensor(P["ln_b"]))
+            a = att.attn
+            a.in_proj_weight.copy_(torch.tensor(np.concatenate([P["wq"], P["wk"], P["wv"]])))
+            a.in_proj_bias.copy_(torch.tensor(np.concatenate([P["bq"], P["bk"], P["bv"]])))
+            a.out_proj.weight.copy_(torch.tensor(P["wo"]))
+            a.out_proj.bias.copy_(torch.tensor(P["bo"]))
+        model = nn.Sequential(ln, att, nn.Flatten(), fw.linear(L * E, CLASSES, weight=P["wh"], bias=P["bh"]))
+        return model.eval()
+    import paddle
+    from paddle import nn
+
+    class Attend(nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiHeadAttention(E, HEADS)
+
+        def forward(self, x):
+            m = None if mask is None else paddle.to_tensor(~mask)  # paddle: True = allowed
+            return self.attn(x, attn_mask=m)
+
+    ln, att = nn.LayerNorm(E), Attend()
+    ln.weight.set_value(P["ln_w"])
+    ln.bias.set_value(P["ln_b"])
+    a = att.attn
+    for name, w, b in (("q_proj", "wq", "bq"), ("k_proj", "wk", "bk"), ("v_proj", "wv", "bv"),
+                       ("out_proj", "wo", "bo")):
+        getattr(a, name).weight.set_value(P[w].T.copy())
+        getattr(a, name).bias.set_value(P[b])
+    model = nn.Sequential(ln, att, nn.Flatten(), fw.linear(L * E, CLASSES, weight=P["wh"], bias=P["bh"]))
+    model.eval()
+    return model
+
+
+def _stab(z):
+    return z + EPS * np.where(z >= 0, 1.0, -1.0)
+
+
+def np_block_lrp(x, P, targets, rule, mask=None):
+    """Relevance at ``x`` (N, L, E) of the one-block model, by each rule's redistribution
+    formula in float64: ε on the head and every projection, LRP-0 through the centring of a
+    LayerNorm with σ constant; attention ``cp`` (A constant: R_v = v ⊙ Aᵀ(R_ctx / ctx)) or
+    ``attnlrp`` (each product's term relevance split half-half between its factors; the
+    softmax's input gets ``P ⊙ (R_A − A·Σ R_A)``)."""
+    x = x.astype(np.float64)
+    P = {k: v.astype(np.float64) for k, v in P.items()}
+    n, d = x.shape[0], E // HEADS
+    mu = x.mean(-1, keepdims=True)
+    sd = np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-5)
+    a = (x - mu) / sd * P["ln_w"] + P["ln_b"]
+    q, k, v = (a @ P[w].T + P[b] for w, b in (("wq", "bq"), ("wk", "bk"), ("wv", "bv")))
+
+    def split(t):
+        return t.reshape(n, L, HEADS, d).transpose(0, 2, 1, 3)
+
+    def merge(t):
+        return t.transpose(0, 2, 1, 3).reshape(n, L, E)
+    qh, kh, vh = split(q), split(k), split(v)
+    qk = qh @ kh.transpose(0, 1, 3, 2)
+    s = qk * d ** -0.5 + (0.0 if mask is None else np.where(mask, -np.inf, 0.0))
+    A = np.exp(s - s.max(-1, keepdims=True))
+    A /= A.sum(-1, keepdims=True)
+    ctx = A @ vh
+    o = merge(ctx) @ P["wo"].T + P["bo"]
+    f = o.reshape(n, L * E)
+    y = f @ P["wh"].T + P["bh"]
+    Ry = np.zeros_like(y)
+    Ry[np.arange(n), targets] = y[np.arange(n), targets]
+    Rf = f * ((Ry / _stab(y)) @ P["wh"])
+    Ro = Rf.reshape(n, L, E)
+    Rctx = split(merge(ctx) * ((Ro / _stab(o)) @ P["wo"]))
+    share = Rctx / ctx  # LRP-0 over the terms A_ij v_jd of ctx_id
+    half = 0.5 if rule == "attnlrp" else 1.0
+    Rv = half * vh * np.einsum("nhij,nhid->nhjd", A, share)
+    Rq = np.zeros_like(qh)
+    Rk = np.zeros_like(kh)
+    if rule == "attnlrp":
+        RA = 0.5 * A * np.einsum("nhid,nhjd->nhij", share, vh)
+        Rp = qk * d ** -0.5 * (RA - A * RA.sum(-1, keepdims=True))  # the mask's share is absorbed
+        frac = Rp / qk  # the scaling is linear: the product QKᵀ carries Rp
+        Rq = 0.5 * qh * np.einsum("nhij,nhjd->nhid", frac, kh)
+        Rk = 0.5 * kh * np.einsum("nhij,nhid->nhjd", frac, qh)
+    Ra = a * sum((merge(R) / _stab(z)) @ P[w] for R, z, w in ((Rq, q, "wq"), (Rk, k, "wk"), (Rv, v, "wv")))
+    u = P["ln_w"] * (Ra / a) / sd  # LRP-0 through a = M x + b, M = diag(w / σ)·centring
+    return x * (u - u.mean(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("rule", ["cp", "attnlrp"])
+def test_one_block_equals_numpy_reference(fw, rule, masked):
+    P = _params()
+    mask = np.triu(np.ones((L, L), bool), 1) if masked else None
+    model = _block(fw, P, mask)
+    x = RNG.standard_normal((3, L, E)).astype(np.float32)
+    targets = [0, 2, 1]
+    exp = xplain.explain(model, fw.tensor(x), method="lrp", target=targets, epsilon=EPS,
+                         composite="cp_lrp" if rule == "cp" else "attn_lrp")
+    want = np_block_lrp(x, P, targets, rule, mask)
+    got = fw.numpy(exp.attributions)
+    # float32 through one block (~30 ops per value) against float64: 1e-4 of the map's scale;
+    # the two rules differ by the whole map (checked below)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    assert exp.conservation.balanced.all()
+    other = np_block_lrp(x, P, targets, "attnlrp" if rule == "cp" else "cp", mask)
+    assert np.abs(other - want).max() > 0.05 * np.abs(want).max()
+
+
+def test_cp_conserves_with_biases_zero(fw):
+    P = {k: (np.zeros_like(v) if k.startswith("b") or k == "ln_b" else v) for k, v in _params(1).items()}
+    model = _block(fw, P)
+    x = RNG.standard_normal((2, L, E)).astype(np.float32)
+    exp = xplain.explain(model, fw.tensor(x), method="lrp", composite="cp_lrp", epsilon=EPS)
+    rsum, logit = fw.numpy(exp.relevance_sum), fw.numpy(exp.target_output)
+    # only ε = 1e-6 absorbs: float32 sums over 40 terms
+    np.testing.assert_allclose(rsum, logit, rtol=1e-4)
+
+
+def test_default_composite_for_attention_is_attn_lrp(fw):
+    model = _block(fw, _params())
+    x = fw.tensor(RNG.standard_normal((2, L, E)))
+    rules = xplain.explain(model, x, method="lrp").extras["rules"]
+    assert [r for n, r in rules.items() if "attn" in n] == ["attnlrp(softmax=taylor, epsilon=1e-06)"]
+    assert rules["0"] == "constant_std"
+
+
+def test_layernorm_that_is_not_one_is_refused(fw):
+    """A LayerNorm subclass whose forward doubles the output: the re-evaluation does not
+    reproduce it, so the constant-σ rule would explain another function."""
+    nn = fw.nn()
+    base = nn.LayerNorm
+
+    class Doubled(base):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    model = fw.sequential(Doubled(E), fw.flatten(), fw.linear(L * E, CLASSES))
+    x = fw.tensor(RNG.standard_normal((2, L, E)))
+    with pytest.raises(LayerError, match=r"'0' \(Doubled\) does not compute a standard LayerNorm"):
+        xplain.explain(model, x, method="lrp", composite="cp_lrp")
+
+
+def test_wrong_rule_on_layernorm_is_refused(fw):
+    model = fw.sequential(fw.nn().LayerNorm(E), fw.flatten(), fw.linear(L * E, CLASSES))
+    x = fw.tensor(RNG.standard_normal((2, L, E)))
+    with pytest.raises(LayerError, match="layernorm layer.*constant_std"):
+        xplain.explain(model, x, method="lrp", rules={"0": "epsilon"})
+
+
+def test_layer_scale_is_proven_and_exact(fw):
+    """A container multiplying a sub-layer's output by a parameter of its own (ConvNeXt's layer
+    scale) plus its input: proven by the observation, and linear, so LRP-0 on this ReLU-free
+    bias-free net is input × gradient (the framework's autodiff)."""
+    nn = fw.nn()
+    torch_like = fw.name == "torch"
+    base = nn.Module if torch_like else nn.Layer
+    scale = RNG.standard_normal(4).astype(np.float32)
+
+    class Scaled(base):
+        def __init__(self):
+            super().__init__()
+            self.fc = fw.linear(4, 4, weight=RNG.standard_normal((4, 4)), bias=np.zeros(4))
+            if torch_like:
+                import torch
+
+                self.gamma = nn.Parameter(torch.tensor(scale))
+            else:
+                self.gamma = self.create_parameter([4])
+                self.gamma.set_value(scale)
+
+        def forward(self, x):
+            return x + self.gamma * self.fc(x)
+
+    model = fw.sequential(Scaled(), fw.linear(4, 2, weight=RNG.standard_normal((2, 4)), bias=np.zeros(2)))
+    x = RNG.standard_normal((3, 4)).astype(np.float32)
+    exp = xplain.explain(model, fw.tensor(x), method="lrp", composite="zero", target=[0, 1, 0])
+    grad = xplain.explain(model, fw.tensor(x), method="input_x_gradient", target=[0, 1, 0])
+    np.testing.assert_allclose(fw.numpy(exp.attributions), fw.numpy(grad.attributions), rtol=1e-5, atol=1e-6)
+
+
+def _tiny_vit(fw, zero_constants=False):
+    """torchvision's ViT at 32 px (patches of 8, 2 blocks of 2 heads, width 16), or the paddle
+    test zoo's port of it (same names, same function)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    cfg = dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+               num_classes=4)
+    tm = torchvision.models.VisionTransformer(**cfg).eval()
+    with torch.no_grad():
+        for name, p in tm.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+            if zero_constants and (name.endswith("bias") or name in ("class_token", "encoder.pos_embedding")):
+                p.zero_()
+    if fw.name == "torch":
+        return tm
+    from xplain_paddle.port import torch_to_paddle
+    from xplain_paddle.transformers import VisionTransformer
+
+    return torch_to_paddle(tm, VisionTransformer(**cfg))
+
+
+def test_vit_conserves_and_balances(fw):
+    """With biases, class token and position embedding zero, cp_lrp conserves; with them kept,
+    every composite's report balances (the class token and the position embedding are booked
+    as constants, the softmax's share under attn_lrp measured at the attention layers)."""
+    x = fw.tensor(np.random.default_rng(4).standard_normal((2, 3, 32, 32)))
+    exp = xplain.explain(_tiny_vit(fw, zero_constants=True), x, method="lrp", composite="cp_lrp")
+    np.testing.assert_allclose(fw.numpy(exp.relevance_sum), fw.numpy(exp.target_output), rtol=1e-4)
+    model = _tiny_vit(fw)
+    for composite in ("cp_lrp", "attn_lrp", "epsilon_plus_flat"):
+        exp = xplain.explain(model, x, method="lrp", composite=composite)
+        c = exp.conservation
+        assert c.balanced.all(), (composite, c.error)
+        assert np.abs(c.layers["class_token"]).max() > 0
+        assert np.abs(c.layers["encoder.pos_embedding"]).max() > 0
+
+
+@pytest.mark.cross
+def test_vit_lrp_equal_across_frameworks(both):
+    t, p = both
+    x = np.random.default_rng(5).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    for composite in ("cp_lrp", "attn_lrp"):
+        a = t.numpy(xplain.explain(_tiny_vit(t), t.tensor(x), method="lrp", composite=composite,
+                                   target=[1, 3]).attributions)
+        b = p.numpy(xplain.explain(_tiny_vit(p), p.tensor(x), method="lrp", composite=composite,
+                                   target=[1, 3]).attributions)
+        # the same float32 function in two frameworks (different kernels): 1e-5 of the scale
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())

@@ -106,3 +106,36 @@ def test_changed_detects_in_place_parameter_edit(fw):
             w.add_(paddle.ones_like(w))
     problems = B.changed(model, snap)
     assert problems and "0.weight" in problems[0]
+
+
+def test_layernorm_input_gradient_is_the_formulas(fw):
+    """Input × gradient through a LayerNorm with weights other than 1 equals the analytic
+    gradient. paddle 3.3's own layer_norm backward gets it wrong (on CPU, float32 and float64,
+    every shape tried: off by the whole gradient); the paddle backend routes it through the same
+    function built from primitive ops while xplain differentiates."""
+    import xplain
+
+    rng = np.random.default_rng(0)
+    E, L = 8, 3
+    w, b = rng.standard_normal(E), rng.standard_normal(E)
+    head = rng.standard_normal((2, L * E))
+    ln = fw.nn().LayerNorm(E)
+    if fw.name == "torch":
+        import torch
+
+        with torch.no_grad():
+            ln.weight.copy_(torch.tensor(w))
+            ln.bias.copy_(torch.tensor(b))
+    else:
+        ln.weight.set_value(w.astype("float32"))
+        ln.bias.set_value(b.astype("float32"))
+    model = fw.sequential(ln, fw.flatten(), fw.linear(L * E, 2, weight=head, bias=np.zeros(2)))
+    x = rng.standard_normal((2, L, E))
+    got = fw.numpy(xplain.explain(model, fw.tensor(x), method="input_x_gradient", target=[0, 1]).attributions)
+    mu = x.mean(-1, keepdims=True)
+    sd = np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-5)
+    xh = (x - mu) / sd
+    gy = head[[0, 1]].reshape(2, L, E) * w
+    gx = (gy - gy.mean(-1, keepdims=True) - xh * (gy * xh).mean(-1, keepdims=True)) / sd
+    # float32 against float64: 1e-5 of the scale
+    np.testing.assert_allclose(got, x * gx, rtol=0, atol=1e-5 * np.abs(x * gx).max())

@@ -13,6 +13,8 @@ import pytest
 import xplain
 from xplain.errors import LayerError
 
+from transformer_zoo import tiny_vit
+
 RNG = np.random.default_rng(11)
 L, E, HEADS, CLASSES = 5, 8, 2, 3
 EPS = 1e-6
@@ -225,37 +227,14 @@ def test_layer_scale_is_proven_and_exact(fw):
     np.testing.assert_allclose(fw.numpy(exp.attributions), fw.numpy(grad.attributions), rtol=1e-5, atol=1e-6)
 
 
-def _tiny_vit(fw, zero_constants=False):
-    """torchvision's ViT at 32 px (patches of 8, 2 blocks of 2 heads, width 16), or the paddle
-    test zoo's port of it (same names, same function)."""
-    import torch
-    import torchvision
-
-    torch.manual_seed(0)
-    cfg = dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
-               num_classes=4)
-    tm = torchvision.models.VisionTransformer(**cfg).eval()
-    with torch.no_grad():
-        for name, p in tm.named_parameters():
-            p.copy_(torch.randn_like(p) * 0.3)
-            if zero_constants and (name.endswith("bias") or name in ("class_token", "encoder.pos_embedding")):
-                p.zero_()
-    if fw.name == "torch":
-        return tm
-    from xplain_paddle.port import torch_to_paddle
-    from xplain_paddle.transformers import VisionTransformer
-
-    return torch_to_paddle(tm, VisionTransformer(**cfg))
-
-
 def test_vit_conserves_and_balances(fw):
     """With biases, class token and position embedding zero, cp_lrp conserves; with them kept,
     every composite's report balances (the class token and the position embedding are booked
     as constants, the softmax's share under attn_lrp measured at the attention layers)."""
     x = fw.tensor(np.random.default_rng(4).standard_normal((2, 3, 32, 32)))
-    exp = xplain.explain(_tiny_vit(fw, zero_constants=True), x, method="lrp", composite="cp_lrp")
+    exp = xplain.explain(tiny_vit(fw, zero_constants=True), x, method="lrp", composite="cp_lrp")
     np.testing.assert_allclose(fw.numpy(exp.relevance_sum), fw.numpy(exp.target_output), rtol=1e-4)
-    model = _tiny_vit(fw)
+    model = tiny_vit(fw)
     for composite in ("cp_lrp", "attn_lrp", "epsilon_plus_flat"):
         exp = xplain.explain(model, x, method="lrp", composite=composite)
         c = exp.conservation
@@ -269,9 +248,9 @@ def test_vit_lrp_equal_across_frameworks(both):
     t, p = both
     x = np.random.default_rng(5).standard_normal((2, 3, 32, 32)).astype(np.float32)
     for composite in ("cp_lrp", "attn_lrp"):
-        a = t.numpy(xplain.explain(_tiny_vit(t), t.tensor(x), method="lrp", composite=composite,
+        a = t.numpy(xplain.explain(tiny_vit(t), t.tensor(x), method="lrp", composite=composite,
                                    target=[1, 3]).attributions)
-        b = p.numpy(xplain.explain(_tiny_vit(p), p.tensor(x), method="lrp", composite=composite,
+        b = p.numpy(xplain.explain(tiny_vit(p), p.tensor(x), method="lrp", composite=composite,
                                    target=[1, 3]).attributions)
         # the same float32 function in two frameworks (different kernels): 1e-5 of the scale
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())

@@ -43,7 +43,8 @@ class LayerSummary:
             ``2`` for a module reused inside a block, such as torchvision's BasicBlock ReLU).
         order: position of the layer's last call in execution order (``-1`` without a probe).
         layout: for a 4-D output, :data:`CHANNELS_FIRST` or :data:`CHANNELS_LAST` as proven by
-            :func:`decide_layout`; ``None`` when not 4-D or when nothing tells them apart.
+            :func:`decide_layout`; for a token sequence ``(N, T, C)``, ``"tokens:k:hxw"``
+            (:func:`xplain.layout.token_layout`); ``None`` otherwise or when nothing decides.
         layout_reason: why (the evidence, or what is missing), for messages.
         feeds: whether the explained scores depend on this layer's output (a nonzero gradient
             reaches it); ``None`` when the probe did not ask (listing, non-float or non-4-D
@@ -67,7 +68,8 @@ class LayerSummary:
 
     @property
     def spatial(self) -> bool:
-        """A CAM candidate: a 4-D output of known layout with ``h * w > 1``, called once."""
+        """A CAM candidate: a 4-D output or a token sequence of known layout with ``h * w > 1``,
+        called once."""
         hw = self.map_size
         return hw is not None and hw[0] * hw[1] > 1 and self.calls == 1
 
@@ -88,7 +90,7 @@ def summarise(obs: Observation, infos: Sequence[Any], *, feeds: bool = True,
         s.calls += 1
         s.order = c.index
         s.output_shape = None if c.output is None else batched_shape(c.output.shape, batch)
-        if c.output is not None and len(c.output.shape) == 4:
+        if c.output is not None and len(c.output.shape) in (3, 4):
             s.layout, s.layout_reason = c.layout, c.layout_reason
     if feeds:
         for name, value in obs.feeds.items():

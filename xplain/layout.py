@@ -26,6 +26,8 @@ LAYOUTS = (CHANNELS_FIRST, CHANNELS_LAST)
 #: an ``h × w`` grid of patch tokens in row-major order, written ``"tokens:k:hxw"``
 #: (:func:`token_layout`); ``layout="tokens"`` asks for it to be detected.
 TOKENS = "tokens"
+#: Kinds whose 3-D output is not a token sequence: a 1-D convolution's ``(N, C, L)``.
+TOKENLESS = ("conv", "batchnorm")
 #: At most this many prefix tokens are looked for (a class token, a distillation token and up to
 #: eight registers).
 MAX_PREFIX = 10

@@ -18,7 +18,8 @@ is the model input) — plus the value facts the clients need:
   (its output is ``p · u`` or ``x + p · u`` for the output ``u`` of a call inside it), a
   constant added to a call's input (a position embedding: ``x + p``) or put in front of it along
   the token axis (a class token);
-* the layout of every 4-D output (:mod:`xplain.layout`);
+* the layout of every 4-D output, and the prefix and grid of every token sequence
+  ``(N, T, C)`` (:mod:`xplain.layout`);
 * with a ``scores`` function, which CAM candidates (spatial maps, not head pools) the scores
   depend on: each gets a zero leaf added to its output, and the gradient of a random projection
   of the scores there is exactly zero where the scores do not depend on the map (an auxiliary
@@ -44,8 +45,8 @@ import numpy as np
 
 from .backend import Backend, LayerInfo, Tensor
 from .checks import call_model
-from .layout import CHANNELS_FIRST, HEAD_POOLS, KEEPS_LAYOUT, decide_layout, map_size, own_layout, \
-    plausible_layouts
+from .layout import CHANNELS_FIRST, HEAD_POOLS, KEEPS_LAYOUT, TOKENLESS, decide_layout, map_size, \
+    own_layout, parse_tokens, plausible_layouts, token_layout
 
 if TYPE_CHECKING:
     from .run import Run
@@ -375,6 +376,7 @@ class _Pass:
         self._outs: list[Any] = []  # per call: its output as the model goes on with it
         self._open: list[_Open] = []
         self.zeros: list[tuple[str, Any]] = []  # (layer name, zero leaf) of the feeds check
+        self._prefix: dict[str, int] = {}  # layer name -> prefix tokens of a token output
         self.feeds: dict[str, bool] = {}
         shape = B.shape(x)
         self.grid = (shape[2], shape[3]) if len(shape) == 4 else None
@@ -435,8 +437,18 @@ class _Pass:
             gates = () if leaf or out is None else self._gates(opened, index, output, out)
             uses = () if leaf or out is None else self._param_uses(info, opened, index, output)
             layout, reason, replaced = None, "", None
-            if out is not None and len(out.shape) == 4 and info.name:
-                layout, reason = self._layout(info, opened, out)
+            # the projections inside an attention layer (paddle's q_proj ...) are not maps of
+            # their own: the attention layer is one unit, as torch's functional projections are
+            tokens = (out is not None and len(out.shape) == 3 and info.name
+                      and info.kind not in TOKENLESS
+                      and not any(o.info.kind == "attention" for o in self._open))
+            if out is not None and (len(out.shape) == 4 or tokens) and info.name:
+                if tokens:
+                    layout, reason = token_layout(out.shape, self.grid)
+                    if layout is not None:
+                        self._prefix[info.name] = parse_tokens(layout)[0]
+                else:
+                    layout, reason = self._layout(info, opened, out)
                 hw = map_size(out.shape, layout)
                 if self.scored and hw is not None and hw[0] * hw[1] > 1 \
                         and info.kind not in HEAD_POOLS:
@@ -599,6 +611,7 @@ class _Pass:
         cands = [n for n in per_layer if counts[n] == 1]
         for name in sorted(cands, key=lambda n: last[n], reverse=True):
             grads = B.grad(score, per_layer[name], retain_graph=True)
-            self.feeds[name] = not all(B.all(g == 0) for g in grads)
+            k = self._prefix.get(name, 0)  # a token sequence feeds through its grid, not its prefix
+            self.feeds[name] = not all(B.all((g[:, k:] if k else g) == 0) for g in grads)
             if self.feeds[name]:
                 return

@@ -12,6 +12,8 @@ from collections.abc import Callable
 import numpy as np
 
 from ...backend import Tensor
+from ...errors import LayerError
+from ...layout import describe, is_tokens
 from ...run import MethodResult, Run
 from .maps import (concat0, finish, gradcam_weights, gradcampp_weights, weighted_sum, xgradcam_weights)
 from .target import Layout, captured, resolve_layers, to_channels_first
@@ -67,7 +69,23 @@ def activations_and_gradients(run: Run, layer: Any,
     names = [i.name for i in infos]
     A = {i.name: to_channels_first(run, i, concat0(B, acts[i.name]), layout) for i in infos}
     G = {i.name: to_channels_first(run, i, concat0(B, grads[i.name]), layout) for i in infos}
+    for info in infos:
+        _check_grid_feeds(run, info, G[info.name])
     return names, A, G, run.resolve_targets(concat0(B, outs))
+
+
+def _check_grid_feeds(run: Run, info: Any, g: Tensor) -> None:
+    """Refuse a token layer whose grid tokens the scores do not depend on (after a ViT's last
+    attention only the class token reaches the head): every map would be zero, and a zero map
+    reads as "no evidence" where the truth is "this layer cannot show any"."""
+    B = run.backend
+    chosen = run.__dict__.get("_cam_layouts", {}).get(info.name)
+    if is_tokens(chosen) and bool(B.all(g == 0)):
+        raise LayerError(f"the explained scores do not depend on the grid tokens of layer "
+                         f"{info.name!r} ({describe(chosen)}), only on its prefix tokens (a class "
+                         f"token read after the last attention), so its CAM is zero everywhere; "
+                         f"pick a layer before the last attention, e.g. that block's first "
+                         f"LayerNorm, or leave layer= out for the default")
 
 
 def channel_cam(run: Run, rule: ChannelRule, *, layer: Any, relu: bool, normalize: bool,

@@ -26,14 +26,15 @@ import numpy as np
 from ...backend import LayerInfo, Tensor
 from ...errors import LayerError
 from ...layers import LayerSummary, last_spatial_layer, summarise
-from ...layout import CHANNELS_FIRST, HEAD_POOLS, decide_layout, own_layout, plausible_layouts
+from ...layout import CHANNELS_FIRST, HEAD_POOLS, TOKENS, decide_layout, describe, is_tokens, own_layout, \
+    parse_tokens, plausible_layouts, token_layout
 from ...observe import Observation, observe_run
 from ...run import Run
 
 _INDEX = re.compile(r"\[(-?\d+)\]")
 
 #: The ``layout=`` option of every CAM method (``None``: detected).
-Layout = Literal["channels_first", "channels_last"]
+Layout = Literal["channels_first", "channels_last", "tokens"]
 
 #: What the perturbation check (:func:`_feeding_by_perturbation`) found, per observation
 #: (weakly): the observation is cached per model, input shape and selector, and so is this.
@@ -192,24 +193,39 @@ def resolve_layers(run: Run, spec: Any) -> list[LayerInfo]:
 
 # ---- layouts -----------------------------------------------------------------------------------
 def layer_layout(run: Run, info: LayerInfo, shape: Sequence[int], layout: str | None) -> str:
-    """The layout of ``info``'s 4-D output of ``shape``: ``layout`` when given (refused when
-    the layer's evidence proves the other one), else proven by
+    """The layout of ``info``'s output of ``shape``: for a 4-D map, ``layout`` when given
+    (refused when the layer's evidence proves the other one), else proven by
     :func:`xplain.layers.decide_layout` — from the layer's kind, parameters and the input's grid
-    without a forward pass, and from the probe's provenance only when those leave it open.
-    Refused with :class:`~xplain.errors.LayerError` when nothing tells the two apart. Decided
-    once per layer and run."""
+    without a forward pass, and from the probe's provenance only when those leave it open; for a
+    token sequence ``(N, T, C)``, its prefix and grid (:func:`xplain.layout.token_layout`).
+    Refused with :class:`~xplain.errors.LayerError` when nothing decides. Decided once per layer
+    and run."""
     decided = run.__dict__.setdefault("_cam_layouts", {})
     if info.name in decided:
         return decided[info.name]
     B = run.backend
     in_shape = B.shape(run.inputs)
     grid = (in_shape[2], in_shape[3]) if len(in_shape) == 4 else None
+    shown = f"(N, {', '.join(str(d) for d in shape[1:])})"
+    if len(shape) == 3:
+        auto, reason = token_layout(shape, grid)
+        if layout not in (None, TOKENS):
+            raise LayerError(f"layout={layout!r} is for 4-D maps; layer {info.name!r} outputs a "
+                             f"sequence {shown}: pass layout='tokens' or leave it out")
+        if auto is None:
+            raise LayerError(f"layer {info.name!r}'s output {shown} is not a token grid CAM can "
+                             f"read: {reason}; pick a layer with a 4-D map or a token sequence "
+                             f"whose grid is unambiguous at this input size")
+        decided[info.name] = auto
+        return auto
+    if layout == TOKENS:
+        raise LayerError(f"layout='tokens' is for token sequences (N, T, C); layer {info.name!r} "
+                         f"outputs {shown}")
     auto, reason = decide_layout(*own_layout(B, info, shape), None, plausible_layouts(shape, grid))
     if auto is None and layout is None:
         found = _probe(run).get(info.name)
         if found is not None and tuple(found.output_shape or ())[1:] == tuple(shape)[1:]:
             auto, reason = found.layout, found.layout_reason or reason
-    shown = f"(N, {', '.join(str(d) for d in shape[1:])})"
     if layout is not None and auto is not None and layout != auto:
         raise LayerError(f"layout={layout!r} contradicts layer {info.name!r}: its output {shown} "
                          f"is {auto} ({reason}); remove layout= or pass layout={auto!r}")
@@ -224,18 +240,30 @@ def layer_layout(run: Run, info: LayerInfo, shape: Sequence[int], layout: str | 
 
 def to_channels_first(run: Run, info: LayerInfo, t: Tensor, layout: str | None) -> Tensor:
     """A captured activation or gradient of ``info`` as ``(N, C, h, w)`` (see
-    :func:`layer_layout`)."""
+    :func:`layer_layout`): a token sequence's prefix tokens (class, registers) dropped and its
+    grid tokens laid out row by row, as pytorch-grad-cam's ViT ``reshape_transform`` does."""
     B = run.backend
-    if layer_layout(run, info, B.shape(t), layout) == CHANNELS_FIRST:
+    chosen = layer_layout(run, info, B.shape(t), layout)
+    if chosen == CHANNELS_FIRST:
         return t
+    if is_tokens(chosen):
+        k, (h, w) = parse_tokens(chosen)
+        n, _, c = B.shape(t)
+        return B.permute_dims(B.reshape(t[:, k:], (n, h, w, c)), (0, 3, 1, 2))
     return B.permute_dims(t, (0, 3, 1, 2))
 
 
 def from_channels_first(run: Run, info: LayerInfo, t: Tensor) -> Tensor:
     """``(N, C, h, w)`` back in ``info``'s own layout, to substitute for its output (after
     :func:`to_channels_first` decided the layout)."""
-    if run.__dict__["_cam_layouts"][info.name] == CHANNELS_FIRST:
+    chosen = run.__dict__["_cam_layouts"][info.name]
+    if chosen == CHANNELS_FIRST:
         return t
+    if is_tokens(chosen):
+        raise LayerError(f"layer {info.name!r} outputs a token sequence ({describe(chosen)}); "
+                         f"methods that substitute a layer's output (Ablation-CAM) would have to "
+                         f"invent its prefix tokens. Use a gradient CAM (gradcam, gradcampp, "
+                         f"layercam), Score-CAM, or a layer with a 4-D map")
     return run.backend.permute_dims(t, (0, 2, 3, 1))
 
 
@@ -264,12 +292,12 @@ def captured(run: Run, infos: Sequence[LayerInfo], *, grad: bool,
         name = info.name
 
         def hook(_layer: Any, _inputs: tuple, out: Any) -> Any:
-            if not B.is_tensor(out) or len(B.shape(out)) != 4:
+            if not B.is_tensor(out) or len(B.shape(out)) not in (3, 4):
                 raise LayerError(f"layer {name!r} outputs "
                                  f"{B.shape(out) if B.is_tensor(out) else type(out).__name__}; "
                                  f"CAM methods need a 4-D (N, C, h, w) or (N, h, w, C) feature "
-                                 f"map — pick a layer listed by xplain.layers(model, "
-                                 f"input_shape) with a 4-D output")
+                                 f"map or a token sequence (N, T, C) — pick a layer listed by "
+                                 f"xplain.layers(model, input_shape) with such an output")
             if name in rec["act"] or name in seen:
                 raise LayerError(f"layer {name!r} ({info.type_name}) runs more than once per "
                                  f"forward pass (a reused module), so its activation is "

@@ -1,0 +1,148 @@
+"""CAM on transformer layers: token sequences (N, T, C) read as their patch grid (prefix tokens
+dropped), channels-last Swin maps, refusals where a layer cannot show evidence.
+
+Oracles: the framework's own autodiff at the layer (captured activations and gradients,
+reshaped by hand as pytorch-grad-cam's documented ``reshape_transform`` does); the other
+backend on a ported ViT; pytorch-grad-cam itself (peers env).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import xplain
+from xplain.errors import LayerError
+
+from test_cam import np_gradcam
+from test_cam_zoo import capture
+from transformer_zoo import tiny_vit
+
+SIZE = 48  # 6x6 patches of 8 px + a class token: 37 tokens, one way to split them
+
+
+def _grid(t, prefix=1):
+    """pytorch-grad-cam's ViT reshape_transform: drop the prefix, (N, h*w, C) → (N, C, h, w)."""
+    n, tokens, c = t.shape
+    side = int(round((tokens - prefix) ** 0.5))
+    return t[:, prefix:].reshape(n, side, side, c).transpose(0, 3, 1, 2)
+
+
+def _capture(fw, model, name, x, targets):
+    """The framework's autodiff at the layer. paddle 3.3's own LayerNorm backward is wrong for
+    weights other than 1 (tests/test_backend_layers.py), so on paddle the LayerNorms carry the
+    gradient of the same function built from primitive ops, as xplain's paddle backend does."""
+    if fw.name != "paddle":
+        return capture(fw, model, name, x, targets)
+    from paddle import nn
+    from xplain_paddle.backend import _exact_layer_norm_gradient
+
+    handles = [m.register_forward_post_hook(_exact_layer_norm_gradient, prepend=True)
+               for m in model.sublayers() if isinstance(m, nn.LayerNorm)]
+    try:
+        return capture(fw, model, name, x, targets)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_default_layer_is_last_blocks_first_norm_and_exact(fw):
+    """The last layer whose grid tokens reach the scores is the last block's first LayerNorm
+    (the last attention mixes them into the class token); Grad-CAM there equals the reference."""
+    model = tiny_vit(fw, image_size=SIZE)
+    x = fw.tensor(np.random.default_rng(1).standard_normal((2, 3, SIZE, SIZE)))
+    exp = xplain.explain(model, x, "gradcam", target=[1, 3], relu=False, normalize=False)
+    name = "encoder.layers.encoder_layer_1.ln_1"
+    assert exp.layers == [name]
+    A, G = _capture(fw, model, name, x, [1, 3])
+    want = np_gradcam(_grid(A), _grid(G))
+    got = fw.numpy(exp.layer_maps[name])
+    # float32 gradients summed over 16 channels: 1e-5 of the map's scale
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    assert np.abs(want).max() > 0
+    listed = {s.name: s.layout for s in xplain.layers(model, (1, 3, SIZE, SIZE))}
+    assert listed[name] == "tokens:1:6x6"
+
+
+def test_block_output_after_last_attention_is_refused(fw):
+    model = tiny_vit(fw, image_size=SIZE)
+    x = fw.tensor(np.random.default_rng(1).standard_normal((1, 3, SIZE, SIZE)))
+    with pytest.raises(LayerError, match="do not depend on the grid tokens.*encoder_layer_1'"):
+        xplain.explain(model, x, "gradcam", layer="encoder.layers.encoder_layer_1")
+    exp = xplain.explain(model, x, "layercam", layer="encoder.layers.encoder_layer_0", layout="tokens")
+    assert exp.numpy().shape == (1, SIZE, SIZE) and np.abs(exp.numpy()).max() > 0
+
+
+def test_token_layouts_refused_where_they_do_not_apply(fw):
+    model = tiny_vit(fw, image_size=SIZE)
+    x = fw.tensor(np.random.default_rng(1).standard_normal((1, 3, SIZE, SIZE)))
+    with pytest.raises(LayerError, match="layout='channels_last' is for 4-D maps.*layout='tokens'"):
+        xplain.explain(model, x, "gradcam", layer="encoder.layers.encoder_layer_0", layout="channels_last")
+    with pytest.raises(LayerError, match="layout='tokens' is for token sequences"):
+        xplain.explain(model, x, "gradcam", layer="conv_proj", layout="tokens")
+    with pytest.raises(LayerError, match="Ablation-CAM"):
+        xplain.explain(model, x, "ablationcam", layer="encoder.layers.encoder_layer_1.ln_1")
+    # at 32 px, 17 tokens split as 1 + 4x4 or 8 + 3x3: refused, not guessed
+    small = tiny_vit(fw, image_size=32)
+    xs = fw.tensor(np.random.default_rng(1).standard_normal((1, 3, 32, 32)))
+    with pytest.raises(LayerError, match="more than one way"):
+        xplain.explain(small, xs, "gradcam", layer="encoder.layers.encoder_layer_1.ln_1")
+
+
+@pytest.mark.cross
+def test_vit_cam_equal_across_frameworks(both):
+    t, p = both
+    x = np.random.default_rng(2).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    for method in ("gradcam", "gradcam++", "layercam", "scorecam"):
+        a = t.numpy(xplain.explain(tiny_vit(t, image_size=SIZE), t.tensor(x), method, target=[0, 2],
+                                   relu=False, normalize=False).attributions)
+        b = p.numpy(xplain.explain(tiny_vit(p, image_size=SIZE), p.tensor(x), method, target=[0, 2],
+                                   relu=False, normalize=False).attributions)
+        # the same float32 function in two frameworks: 1e-4 of the map's scale
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-4 * np.abs(a).max(), err_msg=method)
+
+
+@pytest.mark.peer
+def test_vit_equal_to_pytorch_grad_cam_with_reshape_transform():
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    torch = pytest.importorskip("torch")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    class Torch:
+        name = "torch"
+    model = tiny_vit(Torch, image_size=SIZE)
+    x = torch.as_tensor(np.random.default_rng(3).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32))
+    layer = model.encoder.layers.encoder_layer_1.ln_1
+
+    def reshape_transform(t):
+        return torch.as_tensor(_grid(t.detach().numpy()))
+    for method, cls in (("gradcam", "GradCAM"), ("layercam", "LayerCAM")):
+        with getattr(pgc, cls)(model=model, target_layers=[layer], reshape_transform=reshape_transform) as peer:
+            want = peer(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in (1, 3)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            got = xplain.explain(model, x, method, target=[1, 3], layer=layer).numpy()
+        np.testing.assert_allclose(got, want, atol=2e-4, err_msg=method)
+
+
+@pytest.mark.peer
+def test_swin_equal_to_pytorch_grad_cam_with_reshape_transform():
+    """Swin's blocks output (N, h, w, C); pytorch-grad-cam needs a permute to read them, xplain
+    finds the layout itself."""
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    torch.manual_seed(0)
+    model = torchvision.models.swin_t(weights=None, num_classes=10).eval()
+    x = torch.as_tensor(np.random.default_rng(4).standard_normal((2, 3, 96, 96)).astype(np.float32))
+    layer = model.features[7][1].norm1
+    with pgc.GradCAM(model=model, target_layers=[layer],
+                     reshape_transform=lambda t: t.permute(0, 3, 1, 2)) as peer:
+        want = peer(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in (2, 5)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        got = xplain.explain(model, x, "gradcam", target=[2, 5], layer="features.7.1.norm1").numpy()
+    np.testing.assert_allclose(got, want, atol=2e-4)

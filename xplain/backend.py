@@ -62,7 +62,12 @@ LAYER_KINDS = (
 #: key, value, mask)`` with ``mask`` additive (``-inf`` where attention is not allowed) and
 #: broadcastable to ``(N, heads, L, S)``, or ``None``; ``write_output(output, y)`` → the layer's
 #: output with the attention result ``y`` (``(N, L, E)`` or ``(L, N, E)`` as the inputs) in it.
-ATTENTION_ATTRS = ("heads", "batch_first", "unsupported", "read_call", "write_output")
+#: Optional, where the framework's layer can return its per-head softmax weights itself:
+#: ``weights_call(args, kwargs)`` → ``(args, kwargs, asked)`` asking it to, and
+#: ``split_weights(output, asked)`` → ``(weights (N, heads, L, S), the output the caller asked
+#: for)``.
+ATTENTION_ATTRS = ("heads", "batch_first", "unsupported", "read_call", "write_output", "weights_call",
+                   "split_weights")
 
 
 #: Activation functions a backend names in ``LayerInfo.attrs["function"]`` of an

@@ -464,8 +464,22 @@ def _attention_info(m: nn.MultiheadAttention) -> tuple[dict, dict]:
     def write_output(output: Any, y: torch.Tensor) -> Any:
         return (y,) + tuple(output[1:])
 
+    def weights_call(args: tuple, kwargs: dict) -> tuple[tuple, dict, Any]:
+        # per-head weights come back as output[1] (the unfused path: no extra cost measured)
+        bound = _MHA_SIGNATURE.bind(m, *args, **kwargs)
+        bound.apply_defaults()
+        asked = (bound.arguments["need_weights"], bound.arguments["average_attn_weights"])
+        return args, {**kwargs, "need_weights": True, "average_attn_weights": False}, asked
+
+    def split_weights(output: Any, asked: Any) -> tuple[torch.Tensor, Any]:
+        y, weights = output[0], output[1]
+        if not asked[0]:
+            return weights, (y, None)
+        return weights, (y, weights.mean(dim=1) if asked[1] else weights)
+
     return params, {"heads": int(m.num_heads), "batch_first": bool(m.batch_first),
-                    "unsupported": unsupported, "read_call": read_call, "write_output": write_output}
+                    "unsupported": unsupported, "read_call": read_call, "write_output": write_output,
+                    "weights_call": weights_call, "split_weights": split_weights}
 
 
 def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -11,7 +11,8 @@ from importlib import import_module
 from ..plugins import Registry, hookimpl
 
 #: Method family modules under :mod:`xplain.methods`.
-FAMILIES = ("gradients", "path", "noise", "guided", "perturbation", "prototype", "cam", "lrp")
+FAMILIES = ("gradients", "path", "noise", "guided", "perturbation", "prototype", "cam", "lrp",
+            "attention")
 
 
 @hookimpl

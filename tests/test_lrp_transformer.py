@@ -88,7 +88,7 @@ def _stab(z):
 
 def np_block_lrp(x, P, targets, rule, mask=None):
     """Relevance at ``x`` (N, L, E) of the one-block model, by each rule's redistribution
-    formula in float64: ε on the head and every projection, LRP-0 through the centring of a
+    formula in float64: ε on the head, LRP-0 on the attention's projections and through the centring of a
     LayerNorm with σ constant; attention ``cp`` (A constant: R_v = v ⊙ Aᵀ(R_ctx / ctx)) or
     ``attnlrp`` (each product's term relevance split half-half between its factors; the
     softmax's input gets ``P ⊙ (R_A − A·Σ R_A)``)."""
@@ -118,7 +118,7 @@ def np_block_lrp(x, P, targets, rule, mask=None):
     Ry[np.arange(n), targets] = y[np.arange(n), targets]
     Rf = f * ((Ry / _stab(y)) @ P["wh"])
     Ro = Rf.reshape(n, L, E)
-    Rctx = split(merge(ctx) * ((Ro / _stab(o)) @ P["wo"]))
+    Rctx = split(merge(ctx) * ((Ro / o) @ P["wo"]))
     share = Rctx / ctx  # LRP-0 over the terms A_ij v_jd of ctx_id
     half = 0.5 if rule == "attnlrp" else 1.0
     Rv = half * vh * np.einsum("nhij,nhid->nhjd", A, share)
@@ -130,7 +130,7 @@ def np_block_lrp(x, P, targets, rule, mask=None):
         frac = Rp / qk  # the scaling is linear: the product QKᵀ carries Rp
         Rq = 0.5 * qh * np.einsum("nhij,nhjd->nhid", frac, kh)
         Rk = 0.5 * kh * np.einsum("nhij,nhid->nhjd", frac, qh)
-    Ra = a * sum((merge(R) / _stab(z)) @ P[w] for R, z, w in ((Rq, q, "wq"), (Rk, k, "wk"), (Rv, v, "wv")))
+    Ra = a * sum((merge(R) / z) @ P[w] for R, z, w in ((Rq, q, "wq"), (Rk, k, "wk"), (Rv, v, "wv")))
     u = P["ln_w"] * (Ra / a) / sd  # LRP-0 through a = M x + b, M = diag(w / σ)·centring
     return x * (u - u.mean(-1, keepdims=True))
 
@@ -169,7 +169,7 @@ def test_default_composite_for_attention_is_attn_lrp(fw):
     model = _block(fw, _params())
     x = fw.tensor(RNG.standard_normal((2, L, E)))
     rules = xplain.explain(model, x, method="lrp").extras["rules"]
-    assert [r for n, r in rules.items() if "attn" in n] == ["attnlrp(softmax=taylor, epsilon=1e-06)"]
+    assert [r for n, r in rules.items() if "attn" in n] == ["attnlrp(softmax=taylor)"]
     assert rules["0"] == "constant_std"
 
 

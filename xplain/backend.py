@@ -61,13 +61,14 @@ LAYER_KINDS = (
 #: (why the layer cannot be re-evaluated, or ``None``), ``read_call(args, kwargs)`` → ``(query,
 #: key, value, mask)`` with ``mask`` additive (``-inf`` where attention is not allowed) and
 #: broadcastable to ``(N, heads, L, S)``, or ``None``; ``write_output(output, y)`` → the layer's
-#: output with the attention result ``y`` (``(N, L, E)`` or ``(L, N, E)`` as the inputs) in it.
-#: Optional, where the framework's layer can return its per-head softmax weights itself:
+#: output with the attention result ``y`` (``(N, L, E)`` or ``(L, N, E)`` as the inputs) in it;
+#: ``write_call(args, kwargs, query, key, value)`` → ``(args, kwargs)`` of the same call with
+#: those three inputs. Optional, where the framework's layer can return its per-head softmax weights itself:
 #: ``weights_call(args, kwargs)`` → ``(args, kwargs, asked)`` asking it to, and
 #: ``split_weights(output, asked)`` → ``(weights (N, heads, L, S), the output the caller asked
 #: for)``.
-ATTENTION_ATTRS = ("heads", "batch_first", "unsupported", "read_call", "write_output", "weights_call",
-                   "split_weights")
+ATTENTION_ATTRS = ("heads", "batch_first", "unsupported", "read_call", "write_output", "write_call",
+                   "weights_call", "split_weights")
 
 
 #: Activation functions a backend names in ``LayerInfo.attrs["function"]`` of an

@@ -462,8 +462,13 @@ def _attention_info(m: nn.MultiHeadAttention) -> tuple[dict, dict]:
     def write_output(output: Any, y: Any) -> Any:
         return (y,) + tuple(output[1:]) if isinstance(output, (tuple, list)) else y
 
+    def write_call(args: tuple, kwargs: dict, q: Any, k: Any, v: Any) -> tuple[tuple, dict]:
+        bound = _MHA_SIGNATURE.bind(m, *args, **kwargs)
+        bound.arguments.update(query=q, key=k, value=v)
+        return tuple(bound.args[1:]), dict(bound.kwargs)
+
     return params, {"heads": int(m.num_heads), "batch_first": True, "unsupported": None,
-                    "read_call": read_call, "write_output": write_output}
+                    "read_call": read_call, "write_output": write_output, "write_call": write_call}
 
 
 def layers(model: nn.Layer) -> list[LayerInfo]:

@@ -82,10 +82,10 @@ def install(B: Any, K: LRPKernels, plans: Mapping[str, LayerPlan], state: PassSt
                 return _ledgered_epsilon(plan, output)
             if rule.kind == "gate":
                 return elementwise.gate(B, output)
-            if rule.kind == "layernorm":  # inputs[0]: the alias from the pre-hook
-                ledger.measured_in(name, inputs[0])
-                out = transformer.layernorm(B, plan.info, inputs[0], output)
-                ledger.measured_out(name, out, copy(plan))
+            if rule.kind == "layernorm":  # the centring conserves: the bias absorbs Σ b·g
+                out, bias = transformer.layernorm(B, plan.info, inputs[0], output)
+                if bias is not None:
+                    ledger.watch_constant(name, out, bias, None)
                 return out
             if rule.kind == "pass":
                 a = stash.pop() if stash is not None else inputs[0]
@@ -119,31 +119,20 @@ def install(B: Any, K: LRPKernels, plans: Mapping[str, LayerPlan], state: PassSt
         return out
 
     def attention_pre_hook(plan: LayerPlan):
-        read = plan.info.attrs["read_call"]
+        info = plan.info
 
         def hook(_layer: Any, args: tuple, kwargs: dict) -> tuple:
-            # each distinct query/key/value tensor gets one alias that only the rule reads
-            aliases: dict[int, Any] = {}
-            for t in read(args, kwargs)[:3]:
-                if B.is_tensor(t) and id(t) not in aliases:
-                    aliases[id(t)] = (t, B.alias(t))
-                    ledger.measured_in(plan.info.name, aliases[id(t)][1])
-
-            def swap(v: Any) -> Any:
-                hit = aliases.get(id(v))
-                return hit[1] if hit is not None and hit[0] is v else v
-            return tuple(swap(v) for v in args), {k: swap(v) for k, v in kwargs.items()}
+            # the layer's own forward carries the rule: it is called with inputs whose gradient
+            # routes are the rule's (see transformer.attention_inputs)
+            query, key, value, _ = info.attrs["read_call"](args, kwargs)
+            q, k, v = transformer.attention_inputs(B, plan.rule, query, key, value,
+                                                   lambda a: ledger.measured_in(info.name, a))
+            return info.attrs["write_call"](args, kwargs, q, k, v)
         return hook
 
     def attention_hook(plan: LayerPlan):
-        info = plan.info
-
-        def hook(_layer: Any, args: tuple, kwargs: dict, output: Any) -> Any:
-            query, key, value, mask = info.attrs["read_call"](args, kwargs)
-            y = output[0] if isinstance(output, (tuple, list)) else output
-            out = transformer.attention(B, K, info, plan.rule, query, key, value, mask, y)
-            ledger.measured_out(info.name, out)
-            return info.attrs["write_output"](output, out)
+        def hook(_layer: Any, _inputs: tuple, output: Any) -> None:
+            ledger.measured_out(plan.info.name, output[0] if isinstance(output, (tuple, list)) else output)
         return hook
 
     def bn_hook(plan: LayerPlan):
@@ -181,13 +170,12 @@ def install(B: Any, K: LRPKernels, plans: Mapping[str, LayerPlan], state: PassSt
             if plan.rule.kind == "pass" and plan.info.attrs.get("inplace"):
                 stash = []
                 handles.append(B.add_forward_pre_hook(plan.info.module, elementwise.keep_input(stash)))
-            if plan.rule.kind in ("terms", "layernorm"):
+            if plan.rule.kind == "terms":
                 handles.append(B.add_forward_pre_hook(plan.info.module, alias_pre_hook))
             if plan.rule.kind == "attention":
                 handles.append(B.add_forward_pre_hook(plan.info.module, attention_pre_hook(plan),
                                                       with_kwargs=True))
-                handles.append(B.add_forward_hook(plan.info.module, attention_hook(plan),
-                                                  with_kwargs=True))
+                handles.append(B.add_forward_hook(plan.info.module, attention_hook(plan)))
                 continue
             if rule_needs_layer_hook(plan):
                 handles.append(B.add_forward_hook(plan.info.module, layer_hook(plan, stash)))

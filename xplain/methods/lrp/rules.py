@@ -234,22 +234,20 @@ def constant_std() -> Rule:
     return Rule("constant_std", "layernorm")
 
 
-def cp(epsilon: float = 1e-6) -> Rule:
+def cp() -> Rule:
     """Conservative propagation through attention (Ali et al., ICML 2022): the softmax weights
     ``A`` are constants, so ``A·V`` is linear in the values and no relevance enters queries and
-    keys; the projections take LRP-ε."""
-    eps = _nonneg("epsilon", epsilon)
-    return Rule("cp", "attention", stabilizer=eps, params={"softmax": "constant", "epsilon": eps})
+    keys; the projections take LRP-0."""
+    return Rule("cp", "attention", stabilizer=0.0, params={"softmax": "constant"})
 
 
-def attnlrp(epsilon: float = 1e-6) -> Rule:
+def attnlrp() -> Rule:
     """AttnLRP (Achtibat et al., "AttnLRP: Attention-Aware Layer-Wise Relevance Propagation for
     Transformers", ICML 2024): the softmax by its Taylor expansion at the input
     (``R_x = x ⊙ (R_s − s·Σ R_s)``: input times the softmax's own gradient, the rest absorbed),
     the bilinear products ``Q·Kᵀ`` and ``A·V`` by the uniform rule (half the relevance to each
-    factor), the projections by LRP-ε."""
-    eps = _nonneg("epsilon", epsilon)
-    return Rule("attnlrp", "attention", stabilizer=eps, params={"softmax": "taylor", "epsilon": eps})
+    factor), the projections by LRP-0 (as LXT's)."""
+    return Rule("attnlrp", "attention", stabilizer=0.0, params={"softmax": "taylor"})
 
 
 def _bound(name: str, value: Any) -> np.ndarray:
@@ -287,8 +285,8 @@ _FACTORIES = {
     "wsquare": lambda o: wsquare(o.get("stabilizer", 1e-6)),
     "zbox": lambda o: zbox(o.get("low"), o.get("high"), o.get("stabilizer", 1e-6)),
     "constantstd": lambda o: constant_std(),
-    "cp": lambda o: cp(o.get("epsilon", 1e-6)),
-    "attnlrp": lambda o: attnlrp(o.get("epsilon", 1e-6)),
+    "cp": lambda o: cp(),
+    "attnlrp": lambda o: attnlrp(),
 }
 
 

@@ -1,30 +1,34 @@
 """LRP through transformer blocks: LayerNorm and multi-head attention (docs/architecture.md §3).
 
-Both layers are *re-evaluated* from their input and parameters with the rule built into the
+LayerNorm is *re-evaluated* from its input and parameters with the rule built into the
 computation's gradient (:mod:`xplain.methods._attention`: the value stays exactly the layer's
 own, the re-evaluation is checked against it).
 
 * LayerNorm (``constant_std``): ``ŷ = (x − mean(x)) / sg(σ) · w + b`` (Ali et al., "XAI for
   Transformers: Better Explanations through Conservative Propagation", ICML 2022).
-* Attention (``cp``, Ali et al. 2022): projections by LRP-ε, the softmax weights ``A`` as
-  constants, so relevance flows through ``A·V`` into the values only.
+* Attention (``cp``, Ali et al. 2022): the softmax weights ``A`` as constants, so relevance
+  flows through ``A·V`` into the values only; projections by LRP-0.
 * Attention (``attnlrp``, Achtibat et al., "AttnLRP: Attention-Aware Layer-Wise Relevance
-  Propagation for Transformers", ICML 2024): projections by LRP-ε; ``Q·Kᵀ`` and ``A·V`` by the
-  uniform rule (half of the relevance to each factor: the gradient of a bilinear product
-  counts its output twice, so it is halved); the softmax by its Taylor expansion at the input,
-  ``R_x = x ⊙ (R_s − s·Σ R_s)``, which in xplain's convention (``R = value ⊙ gradient``) is the
-  softmax's own gradient.
+  Propagation for Transformers", ICML 2024): ``Q·Kᵀ`` and ``A·V`` by the uniform rule (half of
+  the relevance to each factor: the gradient of a bilinear product counts its output twice, so
+  it is halved); the softmax by its Taylor expansion at the input, ``R_x = x ⊙ (R_s − s·Σ R_s)``,
+  which in xplain's convention (``R = value ⊙ gradient``) is the softmax's own gradient;
+  projections by LRP-0.
+
+Attention is not re-evaluated: the layer's own forward runs on inputs whose gradient routes
+carry the rule (:func:`attention_inputs`), so masks, head splits and fused kernels are the
+layer's own and nothing is computed twice.
 
 The relevance each layer absorbs (biases, stabilisers, the softmax's and the masks' share) is
 measured by the ledger at the layer's boundary (``Σ y·g`` out minus ``Σ x·g`` in).
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from ...backend import LayerInfo
-from .._attention import check_reevaluation, reevaluate_attention, same_value
-from .kernels import LRPKernels
+from .._attention import check_reevaluation, same_value
 from .rules import Rule
 
 
@@ -37,44 +41,56 @@ def _along(B: Any, p: Any, axes: tuple[int, ...], ndim: int, shape: tuple[int, .
     return B.reshape(p, tuple(shape[i] if i in axes else 1 for i in range(ndim)))
 
 
-def layernorm(B: Any, info: LayerInfo, a: Any, y: Any) -> Any:
-    """The replacement of LayerNorm output ``y`` on input ``a`` under ``constant_std``."""
+#: (LayerNorm module) → input shapes at which its re-evaluation was checked against its output.
+_CHECKED: "weakref.WeakKeyDictionary[Any, set]" = weakref.WeakKeyDictionary()
+
+
+def layernorm(B: Any, info: LayerInfo, a: Any, y: Any) -> tuple[Any, Any]:
+    """The replacement of LayerNorm output ``y`` on input ``a`` under ``constant_std``, and the
+    layer's bias shaped to broadcast against ``y`` (``None`` without one): what it absorbs is
+    ``Σ b·g`` (the centring conserves).
+
+    The replacement is ``sg(y) + (c − sg(c))`` with ``c = (a − mean(a)) · sg(w/σ)``: the
+    gradient of the rule, the value of the layer. The first call per layer and input shape
+    re-evaluates the whole LayerNorm and checks it against ``y`` (a subclass computing
+    something else is refused); a module's forward does not change between calls."""
     shape = tuple(B.shape(a))
     ndim = len(shape)
     axes = _axes(info, ndim)
+    eps = float(info.attrs.get("eps", 1e-5))
+    weight, bias = info.params.get("weight"), info.params.get("bias")
     centred = a - B.mean(a, axis=axes, keepdims=True)
     fixed = B.stop_gradient(centred)
-    std = B.sqrt(B.mean(fixed * fixed, axis=axes, keepdims=True) + float(info.attrs.get("eps", 1e-5)))
-    mine = centred / std
-    weight, bias = info.params.get("weight"), info.params.get("bias")
+    scale = 1.0 / B.sqrt(B.mean(fixed * fixed, axis=axes, keepdims=True) + eps)
     if weight is not None:
-        mine = mine * _along(B, weight, axes, ndim, shape)
-    if bias is not None:
-        mine = mine + _along(B, bias, axes, ndim, shape)
-    check_reevaluation(B, info, y, mine, "LayerNorm")
-    return same_value(B, y, mine)
+        scale = scale * _along(B, weight, axes, ndim, shape)
+    mine = centred * scale
+    shaped_bias = None if bias is None else _along(B, bias, axes, ndim, shape)
+    checked = _CHECKED.setdefault(info.module, set())
+    if shape[1:] not in checked:
+        check_reevaluation(B, info, y, mine if shaped_bias is None else mine + shaped_bias, "LayerNorm")
+        checked.add(shape[1:])
+    return same_value(B, y, mine), shaped_bias
 
 
-def attention(B: Any, K: LRPKernels, info: LayerInfo, rule: Rule, query: Any, key: Any, value: Any,
-              mask: Any, y: Any) -> Any:
-    """The replacement of multi-head attention output ``y`` (``xplain.backend.ATTENTION_ATTRS``)
-    under ``rule`` (``cp`` or ``attnlrp``)."""
-    eps = rule.stabilizer
-    taylor = rule.params.get("softmax") == "taylor"
-    half = None
+def attention_inputs(B: Any, rule: Rule, query: Any, key: Any, value: Any,
+                     watch: Any) -> tuple[Any, Any, Any]:
+    """The query, key and value a multi-head attention layer is called with so that its own
+    forward carries ``rule`` (its in-projections are linear, so a rule's factor on the ``Q``,
+    ``K`` or ``V`` path can be applied to the gradient at that input): ``cp`` detaches query
+    and key (the softmax weights become constants); ``attnlrp`` scales the gradient at the
+    value by ½ (uniform rule on ``A·V``) and at query and key by ¼ (½ on ``A·V`` times ½ on
+    ``Q·Kᵀ``), the softmax keeping its own gradient. The projections thereby take LRP-0, their
+    biases absorbing. ``watch(a)`` is called with each input the relevance passes (an alias
+    only the layer reads, for the ledger's measurement)."""
+    def routed(t: Any, scale: float | None) -> Any:
+        a = B.alias(t)
+        watch(a)
+        if scale is None:
+            return a
+        b = B.alias(a)  # scaled behind the watched alias, which then sees the rule's gradient
+        return B.scale_gradient(b, B.asarray(scale, like=b))
 
-    def halved(t: Any) -> Any:  # the uniform rule on a bilinear product
-        nonlocal half
-        half = B.asarray(0.5, like=t) if half is None else half
-        return B.scale_gradient(t, half)
-
-    mine, _ = reevaluate_attention(
-        B, info, query, key, value, mask,
-        project=(lambda z: K.damp_gradient(z, eps, None)) if eps > 0 else None,
-        scores=halved if taylor else None,
-        weights=None if taylor else B.stop_gradient,  # CP: the attention weights are constants
-        context=halved if taylor else None)
-    check_reevaluation(B, info, y, mine, "multi-head attention")
-    return same_value(B, y, mine)
-
-
+    if rule.params.get("softmax") == "taylor":
+        return routed(query, 0.25), routed(key, 0.25), routed(value, 0.5)
+    return B.stop_gradient(query), B.stop_gradient(key), routed(value, None)

@@ -6,7 +6,7 @@ pytorch-grad-cam (when installed).
     python benchmarks/gpu_check.py --device cpu --size 64 --batch 2   # a dry run without a GPU
 
 Equality: the same deterministic resnet18 weights (``xplain.testing.zoo``) and inputs on both
-devices, each method with small options (``CHECK_OPTIONS``), compared as
+devices (a tiny ViT for the methods a CNN has nothing for: attention rollout), each method with small options (``CHECK_OPTIONS``), compared as
 ``max|gpu − cpu| / max|cpu|``. TF32 is switched off for the check (it rounds convolutions to
 10-bit mantissas on Ampere and later, by design); what stays is float32 reduction order,
 which the tolerance (``TOLERANCE``) covers. Prints two markdown tables; exits 1 on a mismatch.
@@ -88,12 +88,20 @@ def equality(framework: str, device: str, size: int, batch: int) -> list[tuple[s
     cpu_model = build("resnet18", framework)
     dev_model = k.move(build("resnet18", framework), device)
     x_cpu, x_dev = k.to_tensor(x_np, cpu_model), k.to_tensor(x_np, dev_model)
+    # methods a CNN has nothing for (attention rollout), and LRP through attention: a tiny ViT
+    vit_cpu = k.build_small("tiny_vit")
+    vit_dev = k.move(_copy(vit_cpu), device)
+    v_np = np.random.default_rng(0).standard_normal((batch, 3, 48, 48)).astype(np.float32)
+    v_cpu, v_dev = k.to_tensor(v_np, vit_cpu), k.to_tensor(v_np, vit_dev)
+    cnn_methods = set(xplain.methods(cpu_model))
     rows = []
     for method in xplain.methods():
         opts = CHECK_OPTIONS.get(method, {})
+        pair = ((cpu_model, x_cpu), (dev_model, x_dev)) if method in cnn_methods else \
+            ((vit_cpu, v_cpu), (vit_dev, v_dev))
         try:
-            a = xplain.explain(cpu_model, x_cpu, method=method, target=1, **opts).numpy()
-            b = xplain.explain(dev_model, x_dev, method=method, target=1, **opts).numpy()
+            a = xplain.explain(pair[0][0], pair[0][1], method=method, target=1, **opts).numpy()
+            b = xplain.explain(pair[1][0], pair[1][1], method=method, target=1, **opts).numpy()
         except xplain.XplainError as e:  # a method that refuses this model says so on both
             rows.append((method, float("nan"), 0.0, False))
             print(f"  {method}: refused ({e})", file=sys.stderr)
@@ -103,6 +111,13 @@ def equality(framework: str, device: str, size: int, batch: int) -> list[tuple[s
         bound = LOOSE.get(method, TOLERANCE)
         rows.append((method, diff, bound, diff <= bound))
     return rows
+
+
+def _copy(model: Any) -> Any:
+    """The same model with the same weights (a tiny ViT's own initialisation is random)."""
+    import copy
+
+    return copy.deepcopy(model)
 
 
 def timed(fn: Any, framework: str, repeats: int = 10) -> float:

@@ -16,6 +16,6 @@ def test_dry_run_on_cpu_checks_every_method(fw):
     import xplain
 
     rows = gpu_check.equality(fw.name, "cpu", size=64, batch=1)  # layer4 is 2x2 at 64 px
-    assert [r[0] for r in rows] == xplain.methods()
+    assert [r[0] for r in rows] == xplain.methods()  # attention rollout on the tiny ViT
     for method, diff, _bound, ok in rows:
         assert ok and diff == 0.0, method  # the same device twice: bit-identical

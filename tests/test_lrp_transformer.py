@@ -254,3 +254,151 @@ def test_vit_lrp_equal_across_frameworks(both):
                                    target=[1, 3]).attributions)
         # the same float32 function in two frameworks (different kernels): 1e-5 of the scale
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
+
+
+_LXT_SCRIPT = r'''
+import sys
+from functools import partial
+
+import numpy as np
+import torch
+from torchvision.models import vision_transformer as tv
+from lxt.efficient import monkey_patch
+from lxt.efficient.patches import layer_norm_forward, non_linear_forward, patch_method
+from lxt.efficient.rules import divide_gradient
+
+sys.path.insert(0, sys.argv[1])
+from transformer_zoo import tiny_vit
+
+
+def attnlrp_forward(self, q, k, v, *args, **kwargs):
+    return self.original_forward(divide_gradient(q, 4), divide_gradient(k, 4), divide_gradient(v, 2),
+                                 *args, **kwargs)
+
+
+if sys.argv[3] == "attnlrp":
+    monkey_patch(tv, {tv.nn.GELU: partial(patch_method, non_linear_forward, keep_original=True),
+                      tv.nn.LayerNorm: partial(patch_method, layer_norm_forward),
+                      tv.nn.MultiheadAttention: partial(patch_method, attnlrp_forward, keep_original=True)})
+else:
+    monkey_patch(tv)  # LXT's own map for torchvision's ViT: CP-LRP
+
+
+class Torch:
+    name = "torch"
+
+
+model = tiny_vit(Torch, image_size=48)
+for p in model.parameters():
+    p.requires_grad_(False)
+x = torch.tensor(np.load(sys.argv[2])).requires_grad_(True)
+out = model(x)
+out[torch.arange(2), torch.tensor([1, 3])].sum().backward()
+np.save(sys.argv[2] + ".lxt.npy", (x * x.grad).detach().numpy())
+'''
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("rule", ["attnlrp", "cp"])
+def test_equal_to_lxt_on_torchvision_vit(rule, tmp_path):
+    """LXT 2.1 (AttnLRP / CP-LRP through its patches of torchvision's ViT; conv and linear
+    layers by the plain gradient) against xplain with the same rules: LRP-0 on conv and linear
+    layers and GELU's identity rule with LXT's stabiliser (1e-10). LXT patches torch's own
+    classes for the whole process, so it runs in a subprocess."""
+    pytest.importorskip("lxt")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from xplain.methods.lrp import Composite
+
+    class Torch:
+        name = "torch"
+
+        @staticmethod
+        def tensor(a):
+            import torch
+            return torch.tensor(np.asarray(a, dtype=np.float32))
+    x = np.random.default_rng(8).standard_normal((2, 3, 48, 48)).astype(np.float32)
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    script = tmp_path / "lxt_run.py"
+    script.write_text(_LXT_SCRIPT)
+    subprocess.run([sys.executable, str(script), str(Path(__file__).parent), str(path), rule], check=True)
+    want = np.load(str(path) + ".lxt.npy")
+    comp = Composite({"conv": "zero", "linear": "zero", "activation": "pass", "layernorm": "constant_std",
+                      "attention": rule})
+    got = xplain.explain(tiny_vit(Torch, image_size=48), Torch.tensor(x), method="lrp", composite=comp,
+                         stabilizer=1e-10, target=[1, 3]).numpy()
+    # float32, the same rules through two implementations (LXT: custom autograd functions;
+    # xplain: output replacements): 1e-4 of the map's scale
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+def _swin(name, zero_constants=False):
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None, num_classes=10).eval()
+    if zero_constants:
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if pname.endswith("bias"):
+                    p.zero_()
+    return model
+
+
+@pytest.mark.parametrize("name", ["swin_t", "swin_v2_t"])
+def test_swin_conserves_and_balances(fw, name):
+    """Swin's shifted-window attention is re-evaluated (window partition, cyclic shift and its
+    mask, relative position bias, V2's cosine attention) and checked against torchvision's
+    own output; at 96 px the first stage pads its 24x24 map to whole windows and the last has
+    a window larger than its 3x3 map (no shift)."""
+    if fw.name != "torch":
+        pytest.skip("torchvision's Swin; paddle has no Swin yet")
+    import torch
+
+    x = torch.as_tensor(np.random.default_rng(9).standard_normal((2, 3, 96, 96)).astype(np.float32))
+    exp = xplain.explain(_swin(name, zero_constants=True), x, method="lrp", composite="cp_lrp")
+    # only ε = 1e-6 on the MLPs absorbs: float32 sums
+    np.testing.assert_allclose(fw.numpy(exp.relevance_sum), fw.numpy(exp.target_output), rtol=1e-4)
+    exp = xplain.explain(_swin(name), x, method="lrp")
+    assert exp.conservation.balanced.all(), exp.conservation.error
+    assert any("attnlrp" in r for r in exp.extras["rules"].values())
+
+
+def test_swin_cp_equals_autodiff_with_weights_and_sigma_detached(fw, monkeypatch):
+    """LRP-0 everywhere, GELU by its gradient, LayerNorm σ and the attention weights constant:
+    the relevance is input × the gradient of torchvision's own Swin with its softmax outputs and
+    LayerNorm normalisers detached (done here by patching torchvision's functional softmax and
+    hooking the LayerNorms)."""
+    if fw.name != "torch":
+        pytest.skip("torchvision's Swin")
+    import torch
+    import torchvision.models.swin_transformer as swin_module
+
+    from xplain.methods.lrp import Composite
+
+    model = _swin("swin_t")
+    x = torch.as_tensor(np.random.default_rng(10).standard_normal((2, 3, 96, 96)).astype(np.float32))
+    comp = Composite({"conv": "zero", "linear": "zero", "activation": "zero", "layernorm": "constant_std",
+                      "attention": "cp"})
+    got = xplain.explain(model, x, method="lrp", composite=comp, target=[2, 5]).numpy()
+
+    def ln_detached(m, inputs, out):
+        a = inputs[0]
+        c = a - a.mean(-1, keepdim=True)
+        sd = (c.detach().pow(2).mean(-1, keepdim=True) + m.eps).sqrt()
+        return c / sd * m.weight + m.bias
+    original = swin_module.F.softmax
+    monkeypatch.setattr(swin_module.F, "softmax", lambda t, dim: original(t, dim=dim).detach())
+    hooks = [m.register_forward_hook(ln_detached) for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    xg = x.clone().requires_grad_(True)
+    out = model(xg)
+    (g,) = torch.autograd.grad(out[[0, 1], [2, 5]].sum(), xg)
+    for h in hooks:
+        h.remove()
+    want = (x * g).numpy()
+    # float32 through 12 blocks, two implementations of the same gradient: 1e-4 of the scale
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())

@@ -94,9 +94,20 @@ class Explanation:
                              f"{sorted(extras)}")
 
 
-def methods() -> list[str]:
-    """Names of every registered attribution method (built-in and from plugins)."""
-    return sorted(registry().methods)
+def methods(model: Any = None) -> list[str]:
+    """Names of every registered attribution method (built-in and from plugins); with
+    ``model``, those that apply to it: a method that reads layers of particular kinds (attention
+    rollout reads attention layers; its function's ``needs_layers``) is left out for a model
+    without any. Such a method refuses those models with a ``LayerError``."""
+    entries = registry().methods
+    if model is None:
+        return sorted(entries)
+    kinds = {info.kind for info in backend_for(model).layers(model)}
+
+    def applies(name: str) -> bool:
+        needed = set(getattr(entries[name].fn, "needs_layers", ()))
+        return not needed or bool(kinds & needed)
+    return sorted(n for n in entries if applies(n))
 
 
 def validate_inputs(backend: Any, inputs: Any, model: Any = None) -> None:

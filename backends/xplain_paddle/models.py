@@ -61,8 +61,14 @@ class TutorialCNN(nn.Layer):
         return self.fc3(self.relu4(self.fc2(self.relu3(self.fc1(x)))))
 
 
+#: The torch backend's tiny ViT configuration.
+TINY_VIT = dict(image_size=48, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+                num_classes=10)
+
+
 def build_small(name: str) -> Any:
-    """``tutorial_cnn``, ``small_cnn`` or ``mlp`` (the torch backend's, layer for layer)."""
+    """``tutorial_cnn``, ``small_cnn``, ``mlp`` or ``tiny_vit`` (the torch backend's, layer for
+    layer)."""
     if name == "tutorial_cnn":
         return TutorialCNN()
     if name == "small_cnn":
@@ -73,6 +79,10 @@ def build_small(name: str) -> Any:
     if name == "mlp":
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 100),
                              nn.ReLU(), nn.Linear(100, 10))
+    if name == "tiny_vit":
+        from .transformers import VisionTransformer
+
+        return VisionTransformer(**TINY_VIT)
     raise KeyError(name)
 
 
@@ -103,11 +113,17 @@ def fill_weights(model: Any, values: Callable[[str, tuple[int, ...]], np.ndarray
     return model
 
 
+#: Classifiers paddle.vision lacks, built from paddle.nn layers by xplain's test zoo
+#: (:mod:`xplain_paddle.transformers`, torchvision's architecture and names).
+TRANSFORMERS = {"vit_b_16": {"patch_size": 16}, "vit_b_32": {"patch_size": 32}}
+
+
 def classifier_names() -> list[str]:
-    """Every classifier constructor of ``paddle.vision.models`` (LeNet, an MNIST model, left out)."""
+    """Every classifier constructor of ``paddle.vision.models`` (LeNet, an MNIST model, left
+    out), and the vision transformers of :data:`TRANSFORMERS`."""
     import paddle.vision.models as pvm
 
-    return sorted(n for n in pvm.__all__ if n[0].islower() and n != "lenet")
+    return sorted([n for n in pvm.__all__ if n[0].islower() and n != "lenet"] + list(TRANSFORMERS))
 
 
 def build_calibrated(name: str, num_classes: int, seed: int, zero_biases: bool,
@@ -118,7 +134,12 @@ def build_calibrated(name: str, num_classes: int, seed: int, zero_biases: bool,
     import paddle.vision.models as pvm
 
     paddle.seed(seed)
-    model = getattr(pvm, name)(num_classes=num_classes)
+    if name in TRANSFORMERS:
+        from .transformers import VisionTransformer
+
+        model = VisionTransformer(num_classes=num_classes, **TRANSFORMERS[name])
+    else:
+        model = getattr(pvm, name)(num_classes=num_classes)
     bns = [m for m in model.sublayers() if isinstance(m, paddle.nn.layer.norm._BatchNormBase)]
     if bns:
         # paddle's running average is `running * momentum + batch * (1 - momentum)`: momentum 0
@@ -132,7 +153,7 @@ def build_calibrated(name: str, num_classes: int, seed: int, zero_biases: bool,
     if zero_biases:
         with paddle.no_grad():
             for m in model.sublayers(include_self=True):
-                for attr in ("bias", "_mean"):
+                for attr in ("bias", "_mean", "class_token", "pos_embedding"):
                     t = getattr(m, attr, None)
                     if isinstance(t, paddle.Tensor):
                         t.set_value(paddle.zeros_like(t))

@@ -356,6 +356,9 @@ _ACTIVATIONS: list[tuple[type, str]] = [
 #: optional): EfficientNet's and ConvNeXt's stochastic depth.
 _IDENTITY_IN_EVAL = ("StochasticDepth",)
 
+#: torchvision's Swin attention (its forward calls ``shifted_window_attention`` with the weights).
+_WINDOW_ATTENTION = ("ShiftedWindowAttention", "ShiftedWindowAttentionV2")
+
 #: Parameter-free modules that only reorder axes, found by class name (torchvision.ops.misc).
 _REORDERS = ("Permute",)
 
@@ -382,6 +385,8 @@ def _layer_info(lname: str, m: nn.Module) -> LayerInfo:
         kind = "dropout"
     elif kind is None and type(m).__name__ in _REORDERS and not any(True for _ in m.parameters()):
         kind = "reshape"
+    elif kind is None and type(m).__name__ in _WINDOW_ATTENTION and type(m).__module__.startswith("torchvision."):
+        kind = "window_attention"
     has_children = next(iter(m.children()), None) is not None
     if kind is None:
         kind = "container" if has_children else "other"
@@ -417,6 +422,9 @@ def _layer_info(lname: str, m: nn.Module) -> LayerInfo:
         attrs = {"eps": float(m.eps), "axes": axes}
     elif kind == "attention":
         params, attrs = _attention_info(m)
+    elif kind == "window_attention":
+        kind = "attention"
+        params, attrs = _window_attention_info(m)
     elif kind in ("other", "container"):  # a container's own parameters (attention, layer scale)
         params = dict(m.named_parameters(recurse=False))
     return LayerInfo(lname, kind, type(m).__name__, m, params, attrs, has_children)
@@ -492,6 +500,21 @@ def _attention_info(m: nn.MultiheadAttention) -> tuple[dict, dict]:
                     "unsupported": unsupported, "read_call": read_call, "write_output": write_output,
                     "write_call": write_call, "weights_call": weights_call,
                     "split_weights": split_weights}
+
+
+def _window_attention_info(m: nn.Module) -> tuple[dict, dict]:
+    """The neutral description of torchvision's Swin attention (``xplain.methods._attention.
+    window_attention`` re-evaluates it); its input is ``(N, H, W, C)``."""
+    cosine = type(m).__name__ == "ShiftedWindowAttentionV2"
+    params = {"qkv_weight": m.qkv.weight, "qkv_bias": m.qkv.bias, "out_weight": m.proj.weight,
+              "out_bias": m.proj.bias, "logit_scale": m.logit_scale if cosine else None}
+
+    def relative_bias() -> torch.Tensor:
+        return m.get_relative_position_bias()
+
+    return params, {"heads": int(m.num_heads), "window_size": tuple(m.window_size),
+                    "shift_size": tuple(m.shift_size), "cosine": cosine,
+                    "relative_bias": relative_bias, "unsupported": None}
 
 
 def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

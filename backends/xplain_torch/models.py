@@ -47,9 +47,15 @@ class TutorialCNN(nn.Module):
         return self.fc3(self.relu4(self.fc2(self.relu3(self.fc1(x)))))
 
 
+#: A ViT small enough for quick checks: 48×48 RGB in, 6×6 patches + a class token, 10 classes.
+TINY_VIT = dict(image_size=48, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+                num_classes=10)
+
+
 def build_small(name: str) -> Any:
-    """``tutorial_cnn``, ``small_cnn`` (1×28×28 in, MNIST-like) or ``mlp`` (784 → 512 → 100 →
-    10, as in the MNIST prototype tutorial), with the constructors' initial weights."""
+    """``tutorial_cnn``, ``small_cnn`` (1×28×28 in, MNIST-like), ``mlp`` (784 → 512 → 100 →
+    10, as in the MNIST prototype tutorial) or ``tiny_vit`` (:data:`TINY_VIT`, torchvision's
+    ViT), with the constructors' initial weights (the ViT's head drawn: torchvision zeroes it)."""
     if name == "tutorial_cnn":
         return TutorialCNN()
     if name == "small_cnn":
@@ -60,6 +66,13 @@ def build_small(name: str) -> Any:
     if name == "mlp":
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 100),
                              nn.ReLU(), nn.Linear(100, 10))
+    if name == "tiny_vit":
+        import torchvision
+
+        model = torchvision.models.VisionTransformer(**TINY_VIT)
+        with torch.no_grad():
+            model.heads.head.weight.normal_(0.0, 0.05)
+        return model
     raise KeyError(name)
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import sys
 import types
+from typing import Any
 
 
 class _CallableModule(types.ModuleType):
-    def __call__(self) -> list[str]:
+    def __call__(self, model: Any = None) -> list[str]:
         from ..api import methods
 
-        return methods()
+        return methods(model)
 
 
 sys.modules[__name__].__class__ = _CallableModule

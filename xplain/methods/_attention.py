@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..backend import LayerInfo
 from ..errors import LayerError
 
@@ -92,3 +94,89 @@ def reevaluate_attention(B: Any, info: LayerInfo, query: Any, key: Any, value: A
     e = heads * B.shape(v)[-1]
     out = _project(B, info, B.reshape(B.permute_dims(ctx, (0, 2, 1, 3)), (n, lq, e)), "out", project)
     return _batch_first(B, info, out), a
+
+
+def _roll(B: Any, x: Any, shift: int, axis: int) -> Any:
+    """``x`` rolled by ``shift`` along ``axis`` (1 or 2 of a 4-D tensor), as two slices."""
+    size = B.shape(x)[axis]
+    shift %= size
+    if shift == 0:
+        return x
+    if axis == 1:
+        return B.concat([x[:, size - shift:], x[:, :size - shift]], axis=1)
+    return B.concat([x[:, :, size - shift:], x[:, :, :size - shift]], axis=2)
+
+
+def _shift_mask(pad_h: int, pad_w: int, window: tuple[int, int], shift: tuple[int, int]) -> np.ndarray:
+    """The additive mask ``(windows, L, L)`` of shifted-window attention (Liu et al., "Swin
+    Transformer", ICCV 2021, sec. 3.2): tokens from regions the cyclic shift brought together
+    do not attend to each other (−100 before the softmax, as torchvision's)."""
+    region = np.zeros((pad_h, pad_w), dtype=np.float32)
+    count = 0
+    for h in ((0, pad_h - window[0]), (pad_h - window[0], pad_h - shift[0]), (pad_h - shift[0], pad_h)):
+        for w in ((0, pad_w - window[1]), (pad_w - window[1], pad_w - shift[1]), (pad_w - shift[1], pad_w)):
+            region[h[0]:h[1], w[0]:w[1]] = count
+            count += 1
+    windows = region.reshape(pad_h // window[0], window[0], pad_w // window[1], window[1])
+    windows = windows.transpose(0, 2, 1, 3).reshape(-1, window[0] * window[1])
+    diff = windows[:, None, :] - windows[:, :, None]
+    return np.where(diff != 0, np.float32(-100.0), np.float32(0.0))
+
+
+def window_attention(B: Any, info: LayerInfo, x: Any, *, scores: Any = None, weights: Any = None,
+                     context: Any = None) -> Any:
+    """Shifted-window multi-head self-attention (Swin, Liu et al. 2021; V2's cosine attention,
+    Liu et al. 2022) of an ``(N, H, W, C)`` map from the layer's parameters: ``qkv_weight``,
+    ``qkv_bias``, ``out_weight``, ``out_bias``, ``logit_scale`` (V2, else ``None``) and attrs
+    ``heads``, ``window_size``, ``shift_size``, ``relative_bias()`` (``(heads, L, L)``
+    broadcastable), ``cosine``. ``scores``, ``weights`` and ``context`` as in
+    :func:`reevaluate_attention`; V2's query and key norms are taken as constants."""
+    P, A = info.params, info.attrs
+    n, H, W, C = B.shape(x)
+    wh, ww = (int(v) for v in A["window_size"])
+    sh, sw = (int(v) for v in A["shift_size"])
+    pad_b, pad_r = (wh - H % wh) % wh, (ww - W % ww) % ww
+    if pad_r:  # zeros on the right and at the bottom, to whole windows
+        x = B.concat([x, B.asarray(np.zeros((n, H, pad_r, C), np.float32), like=x)], axis=2)
+    if pad_b:
+        x = B.concat([x, B.asarray(np.zeros((n, pad_b, W + pad_r, C), np.float32), like=x)], axis=1)
+    ph, pw = H + pad_b, W + pad_r
+    sh, sw = (0 if wh >= ph else sh), (0 if ww >= pw else sw)
+    if sh or sw:
+        x = _roll(B, _roll(B, x, -sh, 1), -sw, 2)
+    nw, length = (ph // wh) * (pw // ww), wh * ww
+    x = B.reshape(B.permute_dims(B.reshape(x, (n, ph // wh, wh, pw // ww, ww, C)), (0, 1, 3, 2, 4, 5)),
+                  (n * nw, length, C))
+    heads = int(A["heads"])
+    d = C // heads
+    bias = P.get("qkv_bias")
+    if bias is not None and A.get("cosine"):  # V2 has no key bias (torchvision zeroes it)
+        bias = B.concat([bias[:C], B.zeros_like(bias[C:2 * C]), bias[2 * C:]], axis=0)
+    qkv = B.permute_dims(B.reshape(B.linear(x, P["qkv_weight"], bias), (n * nw, length, 3, heads, d)),
+                         (2, 0, 3, 1, 4))
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    if A.get("cosine"):
+        def unit(t: Any) -> Any:
+            norm = B.sqrt(B.sum(B.stop_gradient(t) * B.stop_gradient(t), axis=-1, keepdims=True))
+            return t / B.maximum(norm, 1e-12)
+        scale = B.exp(B.minimum(P["logit_scale"], float(np.log(100.0))))
+        s = B.matmul(unit(q), B.permute_dims(unit(k), (0, 1, 3, 2))) * scale
+    else:
+        s = B.matmul(q * (d ** -0.5), B.permute_dims(k, (0, 1, 3, 2)))
+    if scores is not None:
+        s = scores(s)
+    s = s + A["relative_bias"]()
+    if sh or sw:
+        mask = B.asarray(_shift_mask(ph, pw, (wh, ww), (sh, sw))[None, :, None], like=s)
+        s = B.reshape(B.reshape(s, (n, nw, heads, length, length)) + mask, (n * nw, heads, length, length))
+    a = B.softmax(s, axis=-1)
+    ctx = B.matmul(a if weights is None else weights(a), v)
+    if context is not None:
+        ctx = context(ctx)
+    out = B.linear(B.reshape(B.permute_dims(ctx, (0, 2, 1, 3)), (n * nw, length, C)),
+                   P["out_weight"], P.get("out_bias"))
+    out = B.reshape(B.permute_dims(B.reshape(out, (n, ph // wh, pw // ww, wh, ww, C)), (0, 1, 3, 2, 4, 5)),
+                    (n, ph, pw, C))
+    if sh or sw:
+        out = _roll(B, _roll(B, out, sh, 1), sw, 2)
+    return out[:, :H, :W] if (pad_b or pad_r) else out

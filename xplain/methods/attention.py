@@ -36,6 +36,11 @@ def _attention_layers(run: Run) -> list[Any]:
                          f"(torch nn.MultiheadAttention, paddle nn.MultiHeadAttention), and this "
                          f"model has none; use a CAM method or LRP")
     for info in infos:
+        if "read_call" not in info.attrs:
+            raise LayerError(f"layer {info.name!r} ({info.type_name}) attends within windows (Swin), "
+                             f"so its weights do not chain into one token-to-token flow; "
+                             f"{run.method} needs global self-attention (ViT, DeiT). Use Grad-CAM "
+                             f"(layout found automatically) or LRP")
         if info.attrs.get("unsupported"):
             raise LayerError(f"layer {info.name!r} ({info.type_name}) uses "
                              f"{info.attrs['unsupported']}, which {run.method} does not re-evaluate")
@@ -235,6 +240,9 @@ def gradient_attention_rollout(run: Run, *, normalize: bool = True) -> MethodRes
     raw = parts[0] if len(parts) == 1 else B.concat(parts, axis=0)
     return finish(run, {"rollout": raw}, relu=False, normalize=normalize)
 
+
+#: what :func:`xplain.methods` checks a model for
+attention_rollout.needs_layers = gradient_attention_rollout.needs_layers = ("attention",)  # type: ignore[attr-defined]
 
 METHODS = {"attention_rollout": attention_rollout,
            "gradient_attention_rollout": gradient_attention_rollout}

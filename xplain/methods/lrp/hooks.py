@@ -130,6 +130,14 @@ def install(B: Any, K: LRPKernels, plans: Mapping[str, LayerPlan], state: PassSt
             return info.attrs["write_call"](args, kwargs, q, k, v)
         return hook
 
+    def window_hook(plan: LayerPlan):
+        def hook(_layer: Any, inputs: tuple, output: Any) -> Any:
+            ledger.measured_in(plan.info.name, inputs[0])
+            out = transformer.window_attention_rule(B, plan.info, plan.rule, inputs[0], output)
+            ledger.measured_out(plan.info.name, out)
+            return out
+        return hook
+
     def attention_hook(plan: LayerPlan):
         def hook(_layer: Any, _inputs: tuple, output: Any) -> None:
             ledger.measured_out(plan.info.name, output[0] if isinstance(output, (tuple, list)) else output)
@@ -172,6 +180,11 @@ def install(B: Any, K: LRPKernels, plans: Mapping[str, LayerPlan], state: PassSt
                 handles.append(B.add_forward_pre_hook(plan.info.module, elementwise.keep_input(stash)))
             if plan.rule.kind == "terms":
                 handles.append(B.add_forward_pre_hook(plan.info.module, alias_pre_hook))
+            if plan.rule.kind == "attention" and "write_call" not in plan.info.attrs:
+                # re-evaluated (Swin): measured between an alias of its input and its output
+                handles.append(B.add_forward_pre_hook(plan.info.module, alias_pre_hook))
+                handles.append(B.add_forward_hook(plan.info.module, window_hook(plan)))
+                continue
             if plan.rule.kind == "attention":
                 handles.append(B.add_forward_pre_hook(plan.info.module, attention_pre_hook(plan),
                                                       with_kwargs=True))

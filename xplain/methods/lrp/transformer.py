@@ -28,7 +28,7 @@ import weakref
 from typing import Any
 
 from ...backend import LayerInfo
-from .._attention import check_reevaluation, same_value
+from .._attention import check_reevaluation, same_value, window_attention
 from .rules import Rule
 
 
@@ -94,3 +94,28 @@ def attention_inputs(B: Any, rule: Rule, query: Any, key: Any, value: Any,
     if rule.params.get("softmax") == "taylor":
         return routed(query, 0.25), routed(key, 0.25), routed(value, 0.5)
     return B.stop_gradient(query), B.stop_gradient(key), routed(value, None)
+
+
+def window_attention_rule(B: Any, info: LayerInfo, rule: Rule, x: Any, y: Any) -> Any:
+    """The replacement of shifted-window attention output ``y`` on input ``x`` under ``rule``.
+    Swin's layer computes its projections functionally from one packed weight, so its inputs
+    cannot carry the rule as :func:`attention_inputs` does: the layer is re-evaluated with the
+    rule in the gradient (``cp``: weights constant; ``attnlrp``: ½ on both products), checked
+    against ``y`` once per layer and shape."""
+    half: list = []
+
+    def halved(t: Any) -> Any:
+        if not half:
+            half.append(B.asarray(0.5, like=t))
+        return B.scale_gradient(t, half[0])
+
+    taylor = rule.params.get("softmax") == "taylor"
+    mine = window_attention(B, info, x, scores=halved if taylor else None,
+                            weights=None if taylor else B.stop_gradient,
+                            context=halved if taylor else None)
+    shape = tuple(B.shape(x))[1:]
+    checked = _CHECKED.setdefault(info.module, set())
+    if shape not in checked:
+        check_reevaluation(B, info, y, mine, "shifted-window attention")
+        checked.add(shape)
+    return same_value(B, y, mine)

@@ -1,17 +1,20 @@
 """Vision transformers: LRP (attn_lrp, cp_lrp) against a raw forward+backward, attention rollout
 against one forward, and LXT in a process of its own.
 
-The bars (ViT-B/16, batch 8, 224², CPU): LRP ≤ 1.4× a raw forward+backward and faster than
-LXT; rollout ≤ 1.1× one forward. torch runs torchvision's ``vit_b_16``; paddle the test zoo's
-port of the same architecture (``xplain_paddle.transformers``), random weights. LXT
+The bars (ViT-B/16 and Swin-T, batch 8, 224², CPU): LRP ≤ 1.4× a raw forward+backward and
+faster than LXT; rollout ≤ 1.1× one forward. torch runs torchvision's ``vit_b_16`` and
+``swin_t``; paddle the test zoo's ViT-B/16 (``xplain_paddle.transformers``; paddle has no Swin
+yet), random weights. LXT
 (``--lxt-python``, a Python with LXT 2.1) runs ``lxt_vit.py`` in a subprocess: LXT patches
 torch's classes for the whole process, so its ratio is to a raw baseline timed in that
-process. ``--quick`` uses batch 2 and fewer repeats.
+process (``XPLAIN_BENCH_LXT_PYTHON`` names it for ``benchmarks/run.py``). ``--quick`` uses
+batch 2 and fewer repeats.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -44,13 +47,34 @@ def vit(framework: str):
     return model
 
 
+def _swin(table: Table, batch: int, repeats: int) -> None:
+    """LRP on torchvision's Swin-T (window attention re-evaluated, see xplain.methods._attention)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.swin_t(weights=None).eval()
+    x = make_input("torch", batch, 224)
+    cases = {"raw": raw_forward_backward("torch", model, x),
+             "lrp attn_lrp": lambda: xplain.explain(model, x, method="lrp", composite="attn_lrp", target=0),
+             "lrp cp_lrp": lambda: xplain.explain(model, x, method="lrp", composite="cp_lrp", target=0)}
+    rounds = interleaved_rounds(cases, repeats)
+    t = {k: statistics.median(v) for k, v in rounds.items()}
+    table.add("raw forward+backward", "torch", "swin_t", t["raw"], t["raw"], f"batch {batch}, 224²")
+    for case in ("lrp attn_lrp", "lrp cp_lrp"):
+        table.add(f"xplain {case}", "torch", "swin_t", t[case], t["raw"], round_spread(rounds, case))
+
+
 def main(quick: bool = False, frameworks: tuple[str, ...] = ("torch", "paddle"),
          repeats: int | None = None, lxt_python: str | None = None) -> Table:
     table = Table()
+    lxt_python = lxt_python or os.environ.get("XPLAIN_BENCH_LXT_PYTHON")  # as benchmarks/run.py runs it
     batch, default_repeats = (2, 3) if quick else (8, 3)
     repeats = repeats or default_repeats
     for fw in frameworks:
         set_threads(fw)
+        if fw == "torch":
+            _swin(table, batch, repeats)
         model = vit(fw)
         x = make_input(fw, batch, 224)
         raw = raw_forward_backward(fw, model, x)

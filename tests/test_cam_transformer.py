@@ -16,35 +16,14 @@ import xplain
 from xplain.errors import LayerError
 
 from test_cam import np_gradcam
-from test_cam_zoo import capture
+from test_cam_zoo import capture, tokens_to_grid
 from transformer_zoo import tiny_vit
 
 SIZE = 48  # 6x6 patches of 8 px + a class token: 37 tokens, one way to split them
 
 
-def _grid(t, prefix=1):
-    """pytorch-grad-cam's ViT reshape_transform: drop the prefix, (N, h*w, C) → (N, C, h, w)."""
-    n, tokens, c = t.shape
-    side = int(round((tokens - prefix) ** 0.5))
-    return t[:, prefix:].reshape(n, side, side, c).transpose(0, 3, 1, 2)
-
-
-def _capture(fw, model, name, x, targets):
-    """The framework's autodiff at the layer. paddle 3.3's own LayerNorm backward is wrong for
-    weights other than 1 (tests/test_backend_layers.py), so on paddle the LayerNorms carry the
-    gradient of the same function built from primitive ops, as xplain's paddle backend does."""
-    if fw.name != "paddle":
-        return capture(fw, model, name, x, targets)
-    from paddle import nn
-    from xplain_paddle.backend import _exact_layer_norm_gradient
-
-    handles = [m.register_forward_post_hook(_exact_layer_norm_gradient, prepend=True)
-               for m in model.sublayers() if isinstance(m, nn.LayerNorm)]
-    try:
-        return capture(fw, model, name, x, targets)
-    finally:
-        for h in handles:
-            h.remove()
+def _grid(t):
+    return tokens_to_grid(t)
 
 
 def test_default_layer_is_last_blocks_first_norm_and_exact(fw):
@@ -55,7 +34,7 @@ def test_default_layer_is_last_blocks_first_norm_and_exact(fw):
     exp = xplain.explain(model, x, "gradcam", target=[1, 3], relu=False, normalize=False)
     name = "encoder.layers.encoder_layer_1.ln_1"
     assert exp.layers == [name]
-    A, G = _capture(fw, model, name, x, [1, 3])
+    A, G = capture(fw, model, name, x, [1, 3])  # paddle: with its LayerNorm gradient fixed
     want = np_gradcam(_grid(A), _grid(G))
     got = fw.numpy(exp.layer_maps[name])
     # float32 gradients summed over 16 channels: 1e-5 of the map's scale

@@ -152,13 +152,37 @@ def capture(fw: Any, model: Any, layer: str, x: Any, targets: list[int],
 
         handle = dict(model.named_sublayers())[layer].register_forward_post_hook(hook)
         grad = paddle.grad
+    fixes = _layer_norm_fixes(fw, model)
     try:
         out = model(x)
     finally:
         handle.remove()
+        for h in fixes:
+            h.remove()
     out = out if output is None else out[output]
     (G,) = grad(sum(out[i, t] for i, t in enumerate(targets)), seen["z"])
     return fw.numpy(seen["A"]), fw.numpy(G)
+
+
+def _layer_norm_fixes(fw: Any, model: Any) -> list:
+    """paddle 3.3's own LayerNorm backward is wrong for weights other than 1
+    (tests/test_backend_layers.py): on paddle the LayerNorms carry the gradient of the same
+    function from primitive ops, as xplain's paddle backend does, so the reference is right."""
+    if fw.name != "paddle":
+        return []
+    from paddle import nn
+    from xplain_paddle.backend import _exact_layer_norm_gradient
+
+    return [m.register_forward_post_hook(_exact_layer_norm_gradient, prepend=True)
+            for m in model.sublayers() if isinstance(m, nn.LayerNorm)]
+
+
+def tokens_to_grid(t: np.ndarray, prefix: int = 1) -> np.ndarray:
+    """pytorch-grad-cam's documented ViT ``reshape_transform``: the prefix (class) token
+    dropped, ``(N, h*w, C)`` → ``(N, C, h, w)`` on a square grid."""
+    n, tokens, c = t.shape
+    side = int(round((tokens - prefix) ** 0.5))
+    return t[:, prefix:].reshape(n, side, side, c).transpose(0, 3, 1, 2)
 
 
 def upsample(fw: Any, m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -180,6 +204,8 @@ def reference_gradcam(fw: Any, model: Any, layer: str, x: Any, targets: list[int
     """``(A, G, map)``: :func:`capture` and the signed Grad-CAM map ``sum_k mean_hw(G_k) A_k``
     upsampled to the input."""
     A, G = capture(fw, model, layer, x, targets, output)
+    if A.ndim == 3:  # a ViT's tokens (the zoo's have one class token)
+        A, G = tokens_to_grid(A), tokens_to_grid(G)
     m = (G.mean(axis=(2, 3), keepdims=True) * A).sum(1)
     return A, G, upsample(fw, m, tuple(fw.B.shape(x)[2:]))
 

@@ -402,3 +402,22 @@ def test_swin_cp_equals_autodiff_with_weights_and_sigma_detached(fw, monkeypatch
     want = (x * g).numpy()
     # float32 through 12 blocks, two implementations of the same gradient: 1e-4 of the scale
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+def test_maxvit_packed_attention_conserves(fw):
+    """MaxViT's attention computes its query, key and value with one projection module: the rule
+    sits on that module's output (query and key parts detached under cp), the block and grid
+    partitions are reshapes; with biases zero cp conserves."""
+    if fw.name != "torch":
+        pytest.skip("torchvision's MaxViT; paddle has none")
+    import torch
+
+    from xplain.testing import classifiers
+
+    model = classifiers.build("maxvit_t", "torch", zero_biases=True, batches=1, batch=2)
+    x = torch.as_tensor(np.random.default_rng(12).standard_normal((1, 3, 224, 224)).astype(np.float32))
+    exp = xplain.explain(model, x, method="lrp", composite="cp_lrp", target=3)
+    # ε = 1e-6 on the MLPs and the classifier absorbs: float32 sums
+    np.testing.assert_allclose(fw.numpy(exp.relevance_sum), fw.numpy(exp.target_output), rtol=2e-3)
+    with pytest.raises(LayerError, match="attends within windows or grids"):
+        xplain.explain(model, x, method="attention_rollout")

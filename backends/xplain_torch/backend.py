@@ -359,8 +359,13 @@ _IDENTITY_IN_EVAL = ("StochasticDepth",)
 #: torchvision's Swin attention (its forward calls ``shifted_window_attention`` with the weights).
 _WINDOW_ATTENTION = ("ShiftedWindowAttention", "ShiftedWindowAttentionV2")
 
-#: Parameter-free modules that only reorder axes, found by class name (torchvision.ops.misc).
-_REORDERS = ("Permute",)
+#: Parameter-free modules that only reorder axes, found by class name (torchvision.ops.misc;
+#: MaxViT's window partitions and axis swaps).
+_REORDERS = ("Permute", "WindowPartition", "WindowDepartition", "SwapAxes")
+
+#: torchvision's attention modules whose query, key and value come from one packed projection
+#: module (``to_qkv``: ``q | k | v`` on the last axis) called as a module: MaxViT's.
+_PACKED_ATTENTION = {"RelativePositionalMultiHeadAttention": "to_qkv"}
 
 
 def _activation_attrs(m: nn.Module, function: str) -> dict[str, Any]:
@@ -387,6 +392,8 @@ def _layer_info(lname: str, m: nn.Module) -> LayerInfo:
         kind = "reshape"
     elif kind is None and type(m).__name__ in _WINDOW_ATTENTION and type(m).__module__.startswith("torchvision."):
         kind = "window_attention"
+    elif kind is None and type(m).__name__ in _PACKED_ATTENTION and type(m).__module__.startswith("torchvision."):
+        kind = "packed_attention"
     has_children = next(iter(m.children()), None) is not None
     if kind is None:
         kind = "container" if has_children else "other"
@@ -425,6 +432,11 @@ def _layer_info(lname: str, m: nn.Module) -> LayerInfo:
     elif kind == "window_attention":
         kind = "attention"
         params, attrs = _window_attention_info(m)
+    elif kind == "packed_attention":
+        kind = "attention"
+        params = dict(m.named_parameters(recurse=False))
+        attrs = {"heads": int(m.n_heads), "packed_qkv": getattr(m, _PACKED_ATTENTION[type(m).__name__]),
+                 "unsupported": None}
     elif kind in ("other", "container"):  # a container's own parameters (attention, layer scale)
         params = dict(m.named_parameters(recurse=False))
     return LayerInfo(lname, kind, type(m).__name__, m, params, attrs, has_children)

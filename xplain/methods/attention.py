@@ -37,10 +37,10 @@ def _attention_layers(run: Run) -> list[Any]:
                          f"model has none; use a CAM method or LRP")
     for info in infos:
         if "read_call" not in info.attrs:
-            raise LayerError(f"layer {info.name!r} ({info.type_name}) attends within windows (Swin), "
-                             f"so its weights do not chain into one token-to-token flow; "
-                             f"{run.method} needs global self-attention (ViT, DeiT). Use Grad-CAM "
-                             f"(layout found automatically) or LRP")
+            raise LayerError(f"layer {info.name!r} ({info.type_name}) attends within windows or "
+                             f"grids (Swin, MaxViT), so its weights do not chain into one "
+                             f"token-to-token flow; {run.method} needs global self-attention (ViT, "
+                             f"DeiT). Use Grad-CAM (layout found automatically) or LRP")
         if info.attrs.get("unsupported"):
             raise LayerError(f"layer {info.name!r} ({info.type_name}) uses "
                              f"{info.attrs['unsupported']}, which {run.method} does not re-evaluate")

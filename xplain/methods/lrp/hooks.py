@@ -130,6 +130,17 @@ def install(B: Any, K: LRPKernels, plans: Mapping[str, LayerPlan], state: PassSt
             return info.attrs["write_call"](args, kwargs, q, k, v)
         return hook
 
+    def packed_hook(plan: LayerPlan):
+        def hook(_layer: Any, inputs: tuple, output: Any) -> None:
+            ledger.measured_in(plan.info.name, inputs[0])
+            ledger.measured_out(plan.info.name, output)
+        return hook
+
+    def qkv_hook(plan: LayerPlan):
+        def hook(_layer: Any, _inputs: tuple, output: Any) -> Any:
+            return transformer.packed_qkv(B, plan.rule, output)
+        return hook
+
     def window_hook(plan: LayerPlan):
         def hook(_layer: Any, inputs: tuple, output: Any) -> Any:
             ledger.measured_in(plan.info.name, inputs[0])
@@ -180,6 +191,13 @@ def install(B: Any, K: LRPKernels, plans: Mapping[str, LayerPlan], state: PassSt
                 handles.append(B.add_forward_pre_hook(plan.info.module, elementwise.keep_input(stash)))
             if plan.rule.kind == "terms":
                 handles.append(B.add_forward_pre_hook(plan.info.module, alias_pre_hook))
+            if plan.rule.kind == "attention" and "packed_qkv" in plan.info.attrs:
+                # its own forward, the rule on its packed projection's output; measured between
+                # an alias of its input and its output
+                handles.append(B.add_forward_pre_hook(plan.info.module, alias_pre_hook))
+                handles.append(B.add_forward_hook(plan.info.module, packed_hook(plan)))
+                handles.append(B.add_forward_hook(plan.info.attrs["packed_qkv"], qkv_hook(plan)))
+                continue
             if plan.rule.kind == "attention" and "write_call" not in plan.info.attrs:
                 # re-evaluated (Swin): measured between an alias of its input and its output
                 handles.append(B.add_forward_pre_hook(plan.info.module, alias_pre_hook))

@@ -27,6 +27,8 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+import numpy as np
+
 from ...backend import LayerInfo
 from .._attention import check_reevaluation, same_value, window_attention
 from .rules import Rule
@@ -94,6 +96,19 @@ def attention_inputs(B: Any, rule: Rule, query: Any, key: Any, value: Any,
     if rule.params.get("softmax") == "taylor":
         return routed(query, 0.25), routed(key, 0.25), routed(value, 0.5)
     return B.stop_gradient(query), B.stop_gradient(key), routed(value, None)
+
+
+def packed_qkv(B: Any, rule: Rule, t: Any) -> Any:
+    """The output ``t`` (``q | k | v`` on the last axis) of an attention layer's packed
+    projection, with the gradient routes of ``rule`` (see :func:`attention_inputs`): value
+    unchanged; ``cp``: query and key parts detached; ``attnlrp``: their gradient ¼, the
+    value's ½."""
+    width = B.shape(t)[-1] // 3
+    if rule.params.get("softmax") != "taylor":
+        return B.concat([B.stop_gradient(t[..., :2 * width]), t[..., 2 * width:]], axis=-1)
+    scale = np.concatenate([np.full(2 * width, 0.25, np.float32), np.full(width, 0.5, np.float32)])
+    fixed = B.stop_gradient(t)
+    return fixed + (t - fixed) * B.asarray(scale, like=t)
 
 
 def window_attention_rule(B: Any, info: LayerInfo, rule: Rule, x: Any, y: Any) -> Any:

@@ -421,3 +421,46 @@ def test_maxvit_packed_attention_conserves(fw):
     np.testing.assert_allclose(fw.numpy(exp.relevance_sum), fw.numpy(exp.target_output), rtol=2e-3)
     with pytest.raises(LayerError, match="attends within windows or grids"):
         xplain.explain(model, x, method="attention_rollout")
+
+
+def _timm(name):
+    timm = pytest.importorskip("timm")
+    import torch
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    with torch.no_grad():  # timm starts these at zero or tiny: drawn, so their booking shows
+        for pname, p in model.named_parameters():
+            if pname in ("cls_token", "dist_token", "pos_embed"):
+                p.normal_(0.0, 0.5)
+    return model
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("name,constants", [("vit_tiny_patch16_224", "cls_token+pos_embed"),
+                                            ("deit_tiny_distilled_patch16_224", "cls_token+dist_token+pos_embed")])
+def test_timm_vit_and_deit(name, constants):
+    """timm's ViT and DeiT (a test dependency of the peers env): its Attention takes the rule on
+    its packed qkv projection; the class (and distillation) token concatenated in front of the
+    patch embedding and the position embedding added to all tokens are proven by the
+    observation and booked as one constant; with every bias and those constants zero, cp
+    conserves; Grad-CAM's default layer reads the tokens after the prefix (1 or 2)."""
+    import torch
+
+    model = _timm(name)
+    x = torch.as_tensor(np.random.default_rng(13).standard_normal((2, 3, 224, 224)).astype(np.float32))
+    exp = xplain.explain(model, x, method="lrp", target=[1, 2])
+    assert exp.conservation.balanced.all(), exp.conservation.error
+    assert np.abs(exp.conservation.layers[constants]).max() > 0
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.endswith("bias") or pname in ("cls_token", "dist_token", "pos_embed"):
+                p.zero_()
+    exp = xplain.explain(model, x, method="lrp", composite="cp_lrp", target=[1, 2])
+    # only ε = 1e-6 on the MLPs and the head absorbs: float32 sums
+    np.testing.assert_allclose(exp.relevance_sum.numpy(), exp.target_output.numpy(), rtol=1e-4)
+    cam = xplain.explain(model, x, method="gradcam", target=[1, 2])
+    assert cam.layers == ["blocks.11.norm1"]
+    prefix = 2 if "distilled" in name else 1
+    listed = {s.name: s.layout for s in xplain.layers(model, (1, 3, 224, 224))}
+    assert listed["blocks.11.norm1"] == f"tokens:{prefix}:14x14"

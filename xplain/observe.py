@@ -525,7 +525,56 @@ class _Pass:
                 if relation is not None:
                     found.append((pname, relation, i))
                     break
+        rest = {k: v for k, v in own.items() if k not in {f[0] for f in found}}
+        if rest:
+            found += self._embedding(rest, opened, index)
         return tuple(found)
+
+    def _embedding(self, params: dict, opened: _Open, index: int) -> list:
+        """A token embedding (timm's ViT): a call inside the container reads
+        ``t = [p_1 | … | p_m | u] + pos`` — prefix-token parameters, then the output ``u`` of an
+        earlier call inside it, plus a position-embedding parameter over all tokens or over
+        ``u``'s only. Found by exact equality; the relation ``embed:k:prefix names:pos name:
+        all|grid`` names every parameter it uses (the ledger books ``Σ (t − [0 | u])·g``)."""
+        from itertools import permutations
+
+        B = self.B
+        shapes = {k: tuple(B.shape(v)) for k, v in params.items()}
+        for i in range(opened.first_inner, index):
+            a = self.calls[i].first_input
+            if a is None or len(a.shape) != 3 or a.shape[0] != 1:
+                continue
+            t = self._live[a.token]
+            _, T, C = a.shape
+            tokens = {k: s[1] for k, s in shapes.items() if len(s) == 3 and s[0] == 1 and s[2] == C}
+            for j in range(opened.first_inner, i):
+                u_facts = self.calls[j].output
+                if u_facts is None or len(u_facts.shape) != 3 or u_facts.shape[2] != C:
+                    continue
+                k = T - u_facts.shape[1]
+                if k < 0:
+                    continue
+                u = self._outs[j]
+                for pos, cover in [(n, "all") for n, m in tokens.items() if m == T] + \
+                        [(n, "grid") for n, m in tokens.items() if m == T - k and k > 0] + [(None, "")]:
+                    # compared as the model computes them (u + pos, not t − pos: rounding)
+                    signal = u if pos is None else u + params[pos][:, (k if cover == "all" else 0):]
+                    if not bool(B.all(t[:, k:] == signal)):
+                        continue
+                    singles = [n for n in tokens if n != pos and tokens[n] <= k]
+                    for r in range(len(singles) + 1):
+                        for order in permutations(singles, r):
+                            if sum(tokens[n] for n in order) != k or (k and not order):
+                                continue
+                            if k:
+                                head = B.concat([params[n] for n in order], axis=1)
+                                if pos is not None and cover == "all":
+                                    head = head + params[pos][:, :k]
+                                if not bool(B.all(t[:, :k] == head)):
+                                    continue
+                            spec = f"embed:{k}:{','.join(order)}:{pos or ''}:{cover}"
+                            return [(n, spec, i) for n in (*order, *([pos] if pos else []))]
+        return []
 
     def _relation(self, x: Any, out: Any, p: Any, pshape: tuple, i: int) -> str | None:
         B = self.B

@@ -363,9 +363,30 @@ _WINDOW_ATTENTION = ("ShiftedWindowAttention", "ShiftedWindowAttentionV2")
 #: MaxViT's window partitions and axis swaps).
 _REORDERS = ("Permute", "WindowPartition", "WindowDepartition", "SwapAxes")
 
-#: torchvision's attention modules whose query, key and value come from one packed projection
-#: module (``to_qkv``: ``q | k | v`` on the last axis) called as a module: MaxViT's.
-_PACKED_ATTENTION = {"RelativePositionalMultiHeadAttention": "to_qkv"}
+#: Attention modules whose query, key and value come from one projection module (``q | k | v``
+#: on its output's last axis): (module path prefix, class name) → the projection's attribute.
+#: torchvision's MaxViT; timm's ViT/DeiT ``Attention`` (``qkv`` reshaped to (B, N, 3, H, D)).
+_PACKED_ATTENTION = {("torchvision.", "RelativePositionalMultiHeadAttention"): "to_qkv",
+                     ("timm.", "Attention"): "qkv"}
+
+
+def _packed_qkv_name(m: nn.Module) -> str | None:
+    for (prefix, cls), attr in _PACKED_ATTENTION.items():
+        if type(m).__name__ == cls and type(m).__module__.startswith(prefix) \
+                and isinstance(getattr(m, attr, None), nn.Linear):
+            return attr
+    return None
+
+
+def _packed_unsupported(m: nn.Module) -> str | None:
+    """What a packed attention module computes beyond ``softmax(q·kᵀ)·v`` (timm's options)."""
+    for attr in ("q_norm", "k_norm", "norm"):
+        sub = getattr(m, attr, None)
+        if sub is not None and not isinstance(sub, nn.Identity):
+            return f"a {attr} layer inside the attention ({type(sub).__name__})"
+    if getattr(m, "gate", None) is not None:
+        return "a gate inside the attention"
+    return None
 
 
 def _activation_attrs(m: nn.Module, function: str) -> dict[str, Any]:
@@ -392,7 +413,7 @@ def _layer_info(lname: str, m: nn.Module) -> LayerInfo:
         kind = "reshape"
     elif kind is None and type(m).__name__ in _WINDOW_ATTENTION and type(m).__module__.startswith("torchvision."):
         kind = "window_attention"
-    elif kind is None and type(m).__name__ in _PACKED_ATTENTION and type(m).__module__.startswith("torchvision."):
+    elif kind is None and _packed_qkv_name(m) is not None:
         kind = "packed_attention"
     has_children = next(iter(m.children()), None) is not None
     if kind is None:
@@ -435,8 +456,8 @@ def _layer_info(lname: str, m: nn.Module) -> LayerInfo:
     elif kind == "packed_attention":
         kind = "attention"
         params = dict(m.named_parameters(recurse=False))
-        attrs = {"heads": int(m.n_heads), "packed_qkv": getattr(m, _PACKED_ATTENTION[type(m).__name__]),
-                 "unsupported": None}
+        attrs = {"heads": int(getattr(m, "n_heads", getattr(m, "num_heads", 0))),
+                 "packed_qkv": getattr(m, _packed_qkv_name(m)), "unsupported": _packed_unsupported(m)}
     elif kind in ("other", "container"):  # a container's own parameters (attention, layer scale)
         params = dict(m.named_parameters(recurse=False))
     return LayerInfo(lname, kind, type(m).__name__, m, params, attrs, has_children)

@@ -170,6 +170,8 @@ def derive(obs: Observation, infos: Iterable[LayerInfo], merge_batchnorm: bool) 
             for pname, relation, i in c.param_uses
             if relation == "scale" or counts[obs.calls[i].name] == 1]
     proven = {(u[0], u[1]) for u in uses}
+    # an embedding uses several parameters in one relation: booked once
+    uses = list({(u[0], u[2], u[3]) if u[2].startswith("embed:") else u: u for u in uses}.values())
     calls: dict[str, int] = {}
     for c in leaves:
         calls[c.name] = calls.get(c.name, 0) + 1

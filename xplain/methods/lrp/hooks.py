@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from ...errors import LayerError
 from . import elementwise, transformer
 from .emit import compose, damped, emit
@@ -227,19 +229,42 @@ def param_watches(B: Any, layers: Mapping[str, Any], uses: tuple, ledger: Ledger
     of it (``Probe.param_uses``): ``Σ p·g`` at that input, booked as ``container.parameter``."""
     handles = []
     for container, pname, relation, child in uses:
-        p = layers[container].params[pname]
-        label = f"{container}.{pname}" if container else pname
+        if relation.startswith("embed:"):  # one relation over several parameters
+            names = [n for n in relation.split(":")[2].split(",") + [relation.split(":")[3]] if n]
+            p, label = None, ".".join(filter(None, (container, "+".join(names))))
+        else:
+            p = layers[container].params[pname]
+            label = f"{container}.{pname}" if container else pname
 
         def pre_hook(_layer: Any, inputs: tuple, p: Any = p, relation: str = relation,
-                     label: str = label) -> None:
+                     label: str = label, container: str = container) -> None:
             t = inputs[0]
-            if relation == "prefix":
+            if relation.startswith("embed:"):
+                ledger.watch_constant(label, t, _embedding_constant(B, layers[container], relation, t), None)
+            elif relation == "prefix":
                 k = B.shape(p)[1]
                 ledger.watch_constant(label, t, p, k)
             else:
                 ledger.watch_constant(label, t, p, None)
         handles.append(B.add_forward_pre_hook(layers[child].module, pre_hook))
     return handles
+
+
+def _embedding_constant(B: Any, info: Any, relation: str, t: Any) -> Any:
+    """``t − [0 | u]`` of an embedding relation (see ``xplain.observe``), from the parameters:
+    the prefix tokens, then zeros over the signal, plus the position embedding."""
+    _, k, order, pos, cover = relation.split(":")
+    k = int(k)
+    n, T, C = B.shape(t)
+    parts = [B.broadcast_to(info.params[name], (n,) + tuple(B.shape(info.params[name]))[1:])
+             for name in order.split(",") if name]
+    parts.append(B.asarray(np.zeros((n, T - k, C), np.float32), like=t))
+    constant = B.concat(parts, axis=1) if len(parts) > 1 else parts[0]
+    if pos:
+        p = info.params[pos]
+        constant = constant + (p if cover == "all" else
+                               B.concat([B.asarray(np.zeros((1, k, C), np.float32), like=t), p], axis=1))
+    return constant
 
 
 def _on_last_axis(plan: LayerPlan) -> bool:

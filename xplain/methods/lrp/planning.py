@@ -126,6 +126,11 @@ def _default_spec(info: LayerInfo, found: Probe, composite: Composite, kinds: Ma
         return composite.first, 0.0
     spec = kinds.get(info.kind, composite.kinds.get(info.kind))
     if info.kind in _REEVALUATED:
+        reason = info.attrs.get("unsupported")
+        if reason and "write_call" not in info.attrs:  # the own-forward route takes any call
+            raise LayerError(f"layer {name!r} ({info.type_name}) computes {reason}, which xplain's "
+                             f"attention rules do not cover; explain the model with a gradient "
+                             f"method (method='integrated_gradients')")
         return (spec if spec is not None else _REEVALUATED[info.kind]), 0.0
     if info.kind == "activation":
         function = info.attrs.get("function")

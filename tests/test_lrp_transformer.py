@@ -464,3 +464,32 @@ def test_timm_vit_and_deit(name, constants):
     prefix = 2 if "distilled" in name else 1
     listed = {s.name: s.layout for s in xplain.layers(model, (1, 3, 224, 224))}
     assert listed["blocks.11.norm1"] == f"tokens:{prefix}:14x14"
+
+
+@pytest.mark.cross
+def test_convnext_equal_across_frameworks(both):
+    """torchvision's ConvNeXt-T ported into xplain's paddle ConvNeXt (LayerNorm2d over channels,
+    permutes, layer scale), LayerNorm weights and layer scales drawn so they matter: LRP,
+    Grad-CAM and saliency agree."""
+    import torch
+    import torchvision
+    from xplain_paddle.port import torch_to_paddle
+    from xplain_paddle.transformers import ConvNeXt
+
+    t, p = both
+    torch.manual_seed(0)
+    tm = torchvision.models.convnext_tiny(num_classes=10).eval()
+    with torch.no_grad():
+        for name, prm in tm.named_parameters():
+            if "layer_scale" in name:
+                prm.copy_(torch.rand_like(prm) + 0.5)
+            elif prm.ndim == 1:
+                prm.copy_(torch.randn_like(prm) * 0.1 + (1.0 if name.endswith("weight") else 0.0))
+    pm = torch_to_paddle(tm, ConvNeXt(num_classes=10))
+    x = np.random.default_rng(14).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    for method, opts in (("lrp", {}), ("lrp", {"composite": "epsilon"}), ("gradcam", {}), ("saliency", {})):
+        a = t.numpy(xplain.explain(tm, t.tensor(x), method, target=[1, 2], **opts).attributions)
+        b = p.numpy(xplain.explain(pm, p.tensor(x), method, target=[1, 2], **opts).attributions)
+        # the same float32 function in two frameworks through 18 blocks; LRP's ε ratios amplify
+        # rounding where outputs are near 0: 5e-4 of the scale (measured 8e-5)
+        np.testing.assert_allclose(b, a, rtol=0, atol=5e-4 * np.abs(a).max(), err_msg=f"{method} {opts}")

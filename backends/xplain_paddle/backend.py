@@ -390,6 +390,8 @@ def _layer_info(lname: str, m: nn.Layer) -> LayerInfo:
     if function is not None:
         kind = "activation"
     has_children = bool(m._sub_layers)
+    if kind is None and type(m).__name__ in _REORDERS and not m.parameters():
+        kind = "reshape"
     if kind is None:
         kind = "container" if has_children else "other"
     params: dict[str, Any] = {}
@@ -418,7 +420,7 @@ def _layer_info(lname: str, m: nn.Layer) -> LayerInfo:
         attrs = {"inplace": False}
     elif kind == "layernorm":
         params = {"weight": m.weight, "bias": m.bias}
-        attrs = {"eps": float(m._epsilon), "axes": tuple(range(-len(m._normalized_shape), 0))}
+        attrs = {"eps": float(m._epsilon), "axes": _norm_axes(m)}
     elif kind == "attention":
         params, attrs = _attention_info(m)
     elif kind in ("other", "container"):  # a container's own parameters (attention, layer scale)
@@ -469,6 +471,18 @@ def _attention_info(m: nn.MultiHeadAttention) -> tuple[dict, dict]:
 
     return params, {"heads": int(m.num_heads), "batch_first": True, "unsupported": None,
                     "read_call": read_call, "write_output": write_output, "write_call": write_call}
+
+
+#: LayerNorm subclasses over the channels of an NCHW map, by class name (xplain's paddle
+#: ConvNeXt, torchvision's spelling too); LRP checks the re-evaluation against the output.
+_CHANNEL_NORMS = ("LayerNorm2D", "LayerNorm2d")
+
+#: Parameter-free layers that only reorder axes, by class name.
+_REORDERS = ("Permute",)
+
+
+def _norm_axes(m: nn.LayerNorm) -> tuple[int, ...]:
+    return (1,) if type(m).__name__ in _CHANNEL_NORMS else tuple(range(-len(m._normalized_shape), 0))
 
 
 def layers(model: nn.Layer) -> list[LayerInfo]:
@@ -679,11 +693,16 @@ def _exact_layer_norm_gradient(layer: nn.LayerNorm, inputs: tuple, output: Any) 
     x = inputs[0] if inputs else None
     if not isinstance(x, paddle.Tensor) or x.stop_gradient or not isinstance(output, paddle.Tensor):
         return None
-    axes = list(range(-len(layer._normalized_shape), 0))
+    axes = [a % x.ndim for a in _norm_axes(layer)]
+    shape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]
     centred = x - x.mean(axis=axes, keepdim=True)
     y = centred / paddle.sqrt((centred * centred).mean(axis=axes, keepdim=True) + layer._epsilon)
     if layer.weight is not None:
-        y = y * layer.weight
+        y = y * layer.weight.reshape(shape)
     if layer.bias is not None:
-        y = y + layer.bias
+        y = y + layer.bias.reshape(shape)
+    if type(layer) is not nn.LayerNorm and y.shape != output.shape or not bool(
+            paddle.allclose(y.detach(), output.detach(), rtol=1e-4, atol=1e-5)):
+        # (float32 recomputed in another order: ~1e-6; a different function: O(1))
+        return None  # a subclass computing something else: its own gradient, not this one
     return output.detach() + (y - y.detach())

@@ -114,8 +114,9 @@ def fill_weights(model: Any, values: Callable[[str, tuple[int, ...]], np.ndarray
 
 
 #: Classifiers paddle.vision lacks, built from paddle.nn layers by xplain's test zoo
-#: (:mod:`xplain_paddle.transformers`, torchvision's architecture and names).
-TRANSFORMERS = {"vit_b_16": {"patch_size": 16}, "vit_b_32": {"patch_size": 32}}
+#: (:mod:`xplain_paddle.transformers`, torchvision's architectures and names): constructor →
+#: its keyword arguments.
+TRANSFORMERS = {"vit_b_16": {"patch_size": 16}, "vit_b_32": {"patch_size": 32}, "convnext_tiny": {}}
 
 
 def classifier_names() -> list[str]:
@@ -135,9 +136,10 @@ def build_calibrated(name: str, num_classes: int, seed: int, zero_biases: bool,
 
     paddle.seed(seed)
     if name in TRANSFORMERS:
-        from .transformers import VisionTransformer
+        from .transformers import ConvNeXt, VisionTransformer
 
-        model = VisionTransformer(num_classes=num_classes, **TRANSFORMERS[name])
+        build = ConvNeXt if name.startswith("convnext") else VisionTransformer
+        model = build(num_classes=num_classes, **TRANSFORMERS[name])
     else:
         model = getattr(pvm, name)(num_classes=num_classes)
     bns = [m for m in model.sublayers() if isinstance(m, paddle.nn.layer.norm._BatchNormBase)]
@@ -154,6 +156,7 @@ def build_calibrated(name: str, num_classes: int, seed: int, zero_biases: bool,
         with paddle.no_grad():
             for m in model.sublayers(include_self=True):
                 for attr in ("bias", "_mean", "class_token", "pos_embedding"):
+                    # (a ConvNeXt's layer scale multiplies, it is no bias: kept)
                     t = getattr(m, attr, None)
                     if isinstance(t, paddle.Tensor):
                         t.set_value(paddle.zeros_like(t))

@@ -1,4 +1,5 @@
-"""Vision transformers built from ``paddle.nn`` layers, for xplain's tests and examples.
+"""Vision transformers and ConvNeXt built from ``paddle.nn`` layers, for xplain's tests and
+examples (paddle.vision has neither).
 
 paddle.vision has no ViT. :class:`VisionTransformer` is torchvision's ``VisionTransformer``
 (Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021) layer for layer and name for
@@ -71,3 +72,61 @@ class VisionTransformer(nn.Layer):
         x = paddle.concat([self.class_token.expand([n, -1, -1]), x], axis=1)
         x = self.encoder(x)
         return self.heads(x[:, 0])
+
+
+class LayerNorm2D(nn.LayerNorm):
+    """LayerNorm over the channels of an ``(N, C, H, W)`` map (torchvision's ``LayerNorm2d``)."""
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return super().forward(x.transpose([0, 2, 3, 1])).transpose([0, 3, 1, 2])
+
+
+class Permute(nn.Layer):
+    """Reorders axes (torchvision's ``ops.misc.Permute``)."""
+
+    def __init__(self, perm: list[int]) -> None:
+        super().__init__()
+        self.perm = list(perm)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return x.transpose(self.perm)
+
+
+class CNBlock(nn.Layer):
+    """ConvNeXt block: depthwise 7×7, channels-last LayerNorm, MLP, layer scale, residual."""
+
+    def __init__(self, dim: int, layer_scale: float = 1e-6) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2D(dim, dim, 7, padding=3, groups=dim), Permute([0, 2, 3, 1]),
+            nn.LayerNorm(dim, epsilon=1e-6), nn.Linear(dim, 4 * dim), nn.GELU(),
+            nn.Linear(4 * dim, dim), Permute([0, 3, 1, 2]))
+        self.layer_scale = self.create_parameter(
+            [dim, 1, 1], default_initializer=nn.initializer.Constant(layer_scale))
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.layer_scale * self.block(x) + x
+
+
+class ConvNeXt(nn.Layer):
+    """torchvision's ConvNeXt (Liu et al., "A ConvNet for the 2020s", CVPR 2022) in paddle, with
+    its names (``features.{i}``, ``classifier``); ``dims``/``depths`` of the tiny model by
+    default."""
+
+    def __init__(self, dims: tuple[int, ...] = (96, 192, 384, 768), depths: tuple[int, ...] = (3, 3, 9, 3),
+                 num_classes: int = 1000) -> None:
+        super().__init__()
+        layers: list[nn.Layer] = [nn.Sequential(nn.Conv2D(3, dims[0], 4, stride=4),
+                                                LayerNorm2D(dims[0], epsilon=1e-6))]
+        for i, (dim, depth) in enumerate(zip(dims, depths)):
+            layers.append(nn.Sequential(*[CNBlock(dim) for _ in range(depth)]))
+            if i + 1 < len(dims):
+                layers.append(nn.Sequential(LayerNorm2D(dim, epsilon=1e-6),
+                                            nn.Conv2D(dim, dims[i + 1], 2, stride=2)))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2D(1)
+        self.classifier = nn.Sequential(LayerNorm2D(dims[-1], epsilon=1e-6), nn.Flatten(1),
+                                        nn.Linear(dims[-1], num_classes))
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.classifier(self.avgpool(self.features(x)))

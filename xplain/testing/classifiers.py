@@ -32,7 +32,7 @@ FAMILIES = {
               "resnet18", "resnext50_32x4d", "shufflenet_v2_x0_5", "squeezenet1_0",
               "squeezenet1_1", "swin_t", "swin_v2_t", "vgg11", "vgg11_bn", "vit_b_32",
               "wide_resnet50_2"),
-    "paddle": ("alexnet", "densenet121", "googlenet", "inception_v3", "mobilenet_v1",
+    "paddle": ("alexnet", "convnext_tiny", "densenet121", "googlenet", "inception_v3", "mobilenet_v1",
                "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "resnet18",
                "resnext50_32x4d", "shufflenet_v2_swish", "shufflenet_v2_x0_25", "squeezenet1_0",
                "squeezenet1_1", "vgg11", "vit_b_32", "wide_resnet50_2"),

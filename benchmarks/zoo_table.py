@@ -108,9 +108,17 @@ def _cam_and_saliency(fw: _Fw, name: str, x: Any) -> dict:
 
 
 def _autodiff_saliency(fw: _Fw, model: Any, x: Any, targets: list[int], out: dict) -> np.ndarray:
+    """|∂logit/∂x| by the framework alone, the parameters frozen as xplain freezes them (torch's
+    MultiheadAttention takes another kernel when its weights want gradients: 2e-6 apart on a
+    ViT), paddle's LayerNorms with the gradient of their formula (its own is wrong for weights
+    other than 1, tests/test_backend_layers.py)."""
+    from test_cam_zoo import _layer_norm_fixes
+
     if fw.name == "torch":
         import torch
 
+        for p in model.parameters():
+            p.requires_grad_(False)
         xx = x.detach().clone().requires_grad_(True)
         y = model(xx)
         y = y if not out else y[out["output"]]
@@ -118,9 +126,16 @@ def _autodiff_saliency(fw: _Fw, model: Any, x: Any, targets: list[int], out: dic
         return np.abs(g.numpy())
     import paddle
 
+    for p in model.parameters():
+        p.stop_gradient = True
     xx = x.detach().clone()
     xx.stop_gradient = False
-    y = model(xx)
+    fixes = _layer_norm_fixes(fw, model)
+    try:
+        y = model(xx)
+    finally:
+        for h in fixes:
+            h.remove()
     y = y if not out else y[out["output"]]
     (g,) = paddle.grad(sum(y[i, t] for i, t in enumerate(targets)), xx)
     return np.abs(g.numpy())

@@ -470,7 +470,8 @@ def _attention_info(m: nn.MultiHeadAttention) -> tuple[dict, dict]:
         return tuple(bound.args[1:]), dict(bound.kwargs)
 
     return params, {"heads": int(m.num_heads), "batch_first": True, "unsupported": None,
-                    "read_call": read_call, "write_output": write_output, "write_call": write_call}
+                    "read_call": read_call, "write_output": write_output, "write_call": write_call,
+                    "projections": {"q": m.q_proj, "k": m.k_proj}}
 
 
 #: LayerNorm subclasses over the channels of an NCHW map, by class name (xplain's paddle

@@ -569,6 +569,23 @@ def add_forward_pre_hook(layer: nn.Module, hook, *, with_kwargs: bool = False):
     return layer.register_forward_pre_hook(hook, with_kwargs=with_kwargs)
 
 
+def add_gradless_calls(layer: nn.Module) -> list:
+    """Hooks that run ``layer``'s own forward without recording a graph (its output is replaced
+    by a re-evaluation that carries the gradient): gradients off before the call, back on after
+    it, also when it raises."""
+    state: list[bool] = []
+
+    def pre(_m: nn.Module, _inputs: tuple) -> None:
+        state.append(torch.is_grad_enabled())
+        torch.set_grad_enabled(False)
+
+    def post(_m: nn.Module, _inputs: tuple, _output: Any) -> None:
+        torch.set_grad_enabled(state.pop() if state else True)
+
+    return [layer.register_forward_pre_hook(pre),
+            layer.register_forward_hook(post, prepend=True, always_call=True)]
+
+
 def call_layer(layer: nn.Module, *inputs):
     return layer(*inputs)
 

@@ -66,9 +66,16 @@ def attention_weights(B: Any, info: LayerInfo, query: Any, key: Any, mask: Any, 
     """The softmax weights ``(N, heads, L, S)`` of a multi-head attention layer, from its
     parameters (``xplain.backend.ATTENTION_ATTRS``) and inputs in the layer's layout;
     ``project`` and ``scores`` as in :func:`reevaluate_attention`."""
+    q = _project(B, info, _batch_first(B, info, query), "q", project)
+    k = _project(B, info, _batch_first(B, info, key), "k", project)
+    return weights_of_projections(B, info, q, k, mask, scores=scores)
+
+
+def weights_of_projections(B: Any, info: LayerInfo, q: Any, k: Any, mask: Any, *, scores: Any = None) -> Any:
+    """The softmax weights ``(N, heads, L, S)`` from the projected queries and keys
+    ``(N, L, E)`` / ``(N, S, E)`` (batch first)."""
     heads = int(info.attrs["heads"])
-    q = _heads(B, _project(B, info, _batch_first(B, info, query), "q", project), heads)
-    k = _heads(B, _project(B, info, _batch_first(B, info, key), "k", project), heads)
+    q, k = _heads(B, q, heads), _heads(B, k, heads)
     s = B.matmul(q, B.permute_dims(k, (0, 1, 3, 2))) * (B.shape(q)[-1] ** -0.5)
     if scores is not None:
         s = scores(s)

@@ -22,7 +22,8 @@ from ..errors import LayerError
 from ..layout import parse_tokens, token_layout
 from ..options import Range
 from ..run import MethodResult, Run
-from ._attention import attention_weights, check_reevaluation, reevaluate_attention, same_value
+from ._attention import (attention_weights, check_reevaluation, reevaluate_attention, same_value,
+                         weights_of_projections)
 from .cam.maps import finish
 
 #: (layer module) → token counts at which its re-evaluation was checked against its output.
@@ -60,6 +61,15 @@ def _weights_pass(run: Run, x: Tensor, infos: list[Any], *, grad: bool) -> tuple
     def fast(info: Any) -> bool:
         return not grad and "weights_call" in info.attrs
 
+    def projected(info: Any) -> bool:  # checked at this size before: weights from its q/k layers
+        return (not grad and "projections" in info.attrs and "weights_call" not in info.attrs
+                and bool(_CHECKED.get(info.module)))
+
+    def capture(store: dict, which: str) -> Any:
+        def hook(_layer: Any, _inputs: tuple, output: Any) -> None:
+            store[which] = output
+        return hook
+
     def pre_for(info: Any, asked: list) -> Any:
         def pre(_layer: Any, args: tuple, kwargs: dict) -> tuple:
             args, kwargs, what = info.attrs["weights_call"](args, kwargs)
@@ -91,15 +101,23 @@ def _weights_pass(run: Run, x: Tensor, infos: list[Any], *, grad: bool) -> tuple
                 mine, a = reevaluate_attention(B, info, query, key, value, mask)
                 check_reevaluation(B, info, y, mine, "multi-head attention")
                 checked.add(shape)
+            elif info.name in projections and {"q", "k"} <= set(projections[info.name]):
+                got = projections[info.name]  # the layer's own projections, this call's
+                a = weights_of_projections(B, info, got.pop("q"), got.pop("k"), mask)
             else:  # checked before at this size: the weights alone (no values, no output)
                 a = attention_weights(B, info, query, key, mask)
             seen.append(a)
             return None
         return hook
 
+    projections: dict[str, dict] = {}
     try:
         for info in infos:
             asked: list = []
+            if projected(info):
+                store = projections.setdefault(info.name, {})
+                for which, layer in info.attrs["projections"].items():
+                    handles.append(B.add_forward_hook(layer, capture(store, which)))
             if fast(info):
                 handles.append(B.add_forward_pre_hook(info.module, pre_for(info, asked), with_kwargs=True))
             handles.append(B.add_forward_hook(info.module, hook_for(info, asked), with_kwargs=True))

@@ -201,9 +201,14 @@ def install(B: Any, K: LRPKernels, plans: Mapping[str, LayerPlan], state: PassSt
                 handles.append(B.add_forward_hook(plan.info.attrs["packed_qkv"], qkv_hook(plan)))
                 continue
             if plan.rule.kind == "attention" and "write_call" not in plan.info.attrs:
-                # re-evaluated (Swin): measured between an alias of its input and its output
+                # re-evaluated (Swin): measured between an alias of its input and its output;
+                # its own forward, whose graph the replacement drops, records none where the
+                # backend can say so
                 handles.append(B.add_forward_pre_hook(plan.info.module, alias_pre_hook))
                 handles.append(B.add_forward_hook(plan.info.module, window_hook(plan)))
+                gradless = getattr(B, "add_gradless_calls", None)
+                if gradless is not None:
+                    handles += gradless(plan.info.module)
                 continue
             if plan.rule.kind == "attention":
                 handles.append(B.add_forward_pre_hook(plan.info.module, attention_pre_hook(plan),

@@ -534,16 +534,12 @@ def test_ambiguous_layout_is_refused_until_given(fw):
 
 
 def test_swin_channels_last_layers(fw):
-    """torchvision's Swin-T at 96 px: its blocks output (N, 3, 3, 768). A LayerNorm inside the
-    last block is channels-last (its 768 weights sit on axis 3); the default layer is the
-    final permute back to (N, 768, 3, 3)."""
-    if fw.name != "torch":
-        pytest.skip("torchvision's Swin; the channels-last toy above covers paddle")
-    import torch
-    import torchvision
+    """Swin-T (torchvision's, or the paddle test zoo's port of it) at 96 px: its blocks output
+    (N, 3, 3, 768). A LayerNorm inside the last block is channels-last (its 768 weights sit on
+    axis 3); the default layer is the final permute back to (N, 768, 3, 3)."""
+    from transformer_zoo import swin
 
-    torch.manual_seed(0)
-    model = torchvision.models.swin_t(weights=None, num_classes=10).eval()
+    model = swin(fw, "swin_t")
     x = cl_input(fw, 96)
     for layer, channels_last in (("features.7.1.norm1", True), ("features.7", True),
                                  (None, False)):

@@ -69,6 +69,64 @@ def test_token_layouts_refused_where_they_do_not_apply(fw):
         xplain.explain(small, xs, "gradcam", layer="encoder.layers.encoder_layer_1.ln_1")
 
 
+def _functional_attention_vit(fw):
+    """A one-block ViT whose attention is computed from module calls in its own forward (timm's
+    non-fused path, PaddleClas's ViT): ``qkv`` Linear, a functional softmax, ``attn_drop`` on
+    the (N, heads, T, T) weights, ``proj``; 8x8 patches of 8 px + a class token (65 tokens)."""
+    nn = fw.nn()
+    torch_like = fw.name == "torch"
+    base = nn.Module if torch_like else nn.Layer
+    B = fw.B
+
+    class Attention(base):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.attn_drop, self.proj = fw.linear(8, 24), nn.Dropout(0.0), fw.linear(8, 8)
+
+        def forward(self, x):
+            n, t, c = B.shape(x)
+            qkv = B.permute_dims(B.reshape(self.qkv(x), (n, t, 3, 2, c // 2)), (2, 0, 3, 1, 4))
+            a = B.softmax(B.matmul(qkv[0], B.permute_dims(qkv[1], (0, 1, 3, 2))) * (c // 2) ** -0.5, axis=-1)
+            y = B.matmul(self.attn_drop(a), qkv[2])
+            return self.proj(B.reshape(B.permute_dims(y, (0, 2, 1, 3)), (n, t, c)))
+
+    class ViT(base):
+        def __init__(self):
+            super().__init__()
+            self.patch = fw.conv2d(3, 8, 8, stride=8)
+            self.norm1, self.attn, self.head = nn.LayerNorm(8), Attention(), fw.linear(8, 3)
+
+        def forward(self, x):
+            p = self.patch(x)
+            n = B.shape(p)[0]
+            tokens = B.permute_dims(B.reshape(p, (n, 8, 64)), (0, 2, 1))
+            tokens = B.concat([B.zeros_like(tokens[:, :1]), tokens], axis=1)
+            tokens = tokens + self.attn(self.norm1(tokens))
+            return self.head(tokens[:, 0])
+
+    model = ViT()
+    model.eval()
+    return model
+
+
+def test_attention_weights_are_not_a_map(fw):
+    """Attention weights (N, heads, T, T) that pass through a module (a dropout) look like a map
+    by their size alone (65x65 lies on a 64 px grid at some scale); they follow 65-token
+    sequences, so they are not read as one; the default layer is the last token sequence whose
+    grid tokens reach the scores (here the projection inside the attention, which this model's
+    unrecognised attention does not make one unit as torch's and paddle's attention layers
+    are)."""
+    model = _functional_attention_vit(fw)
+    listed = {s.name: s for s in xplain.layers(model, (1, 3, 64, 64))}
+    assert listed["attn.attn_drop"].layout is None
+    assert "attention weights" in listed["attn.attn_drop"].layout_reason
+    x = fw.tensor(np.random.default_rng(2).standard_normal((2, 3, 64, 64)))
+    exp = xplain.explain(model, x, "gradcam", target=[0, 1])
+    assert exp.layers == ["attn.qkv"]
+    with pytest.raises(LayerError, match="attention weights"):
+        xplain.explain(model, x, "gradcam", target=[0, 1], layer="attn.attn_drop")
+
+
 @pytest.mark.cross
 def test_vit_cam_equal_across_frameworks(both):
     t, p = both

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import xplain
-from xplain.errors import LayerError
+from xplain.errors import InputError, LayerError
 
-from transformer_zoo import tiny_vit
+from transformer_zoo import swin, tiny_maxvit, tiny_vit
 
 RNG = np.random.default_rng(11)
 L, E, HEADS, CLASSES = 5, 8, 2, 3
@@ -268,7 +268,7 @@ from lxt.efficient.patches import layer_norm_forward, non_linear_forward, patch_
 from lxt.efficient.rules import divide_gradient
 
 sys.path.insert(0, sys.argv[1])
-from transformer_zoo import tiny_vit
+from transformer_zoo import swin, tiny_maxvit, tiny_vit
 
 
 def attnlrp_forward(self, q, k, v, *args, **kwargs):
@@ -335,92 +335,180 @@ def test_equal_to_lxt_on_torchvision_vit(rule, tmp_path):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
 
 
-def _swin(name, zero_constants=False):
-    import torch
-    import torchvision
-
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(weights=None, num_classes=10).eval()
-    if zero_constants:
-        with torch.no_grad():
-            for pname, p in model.named_parameters():
-                if pname.endswith("bias"):
-                    p.zero_()
-    return model
-
-
 @pytest.mark.parametrize("name", ["swin_t", "swin_v2_t"])
 def test_swin_conserves_and_balances(fw, name):
     """Swin's shifted-window attention is re-evaluated (window partition, cyclic shift and its
-    mask, relative position bias, V2's cosine attention) and checked against torchvision's
-    own output; at 96 px the first stage pads its 24x24 map to whole windows and the last has
-    a window larger than its 3x3 map (no shift)."""
-    if fw.name != "torch":
-        pytest.skip("torchvision's Swin; paddle has no Swin yet")
-    import torch
-
-    x = torch.as_tensor(np.random.default_rng(9).standard_normal((2, 3, 96, 96)).astype(np.float32))
-    exp = xplain.explain(_swin(name, zero_constants=True), x, method="lrp", composite="cp_lrp")
+    mask, relative position bias, V2's cosine attention) and checked against the model's own
+    output (torchvision's, or the paddle test zoo's port of it); at 96 px the first stage pads
+    its 24x24 map to whole windows and the last has a window larger than its 3x3 map (no
+    shift)."""
+    x = fw.tensor(np.random.default_rng(9).standard_normal((2, 3, 96, 96)).astype(np.float32))
+    exp = xplain.explain(swin(fw, name, zero_constants=True), x, method="lrp", composite="cp_lrp")
     # only ε = 1e-6 on the MLPs absorbs: float32 sums
     np.testing.assert_allclose(fw.numpy(exp.relevance_sum), fw.numpy(exp.target_output), rtol=1e-4)
-    exp = xplain.explain(_swin(name), x, method="lrp")
+    exp = xplain.explain(swin(fw, name), x, method="lrp")
     assert exp.conservation.balanced.all(), exp.conservation.error
     assert any("attnlrp" in r for r in exp.extras["rules"].values())
 
 
-def test_swin_cp_equals_autodiff_with_weights_and_sigma_detached(fw, monkeypatch):
-    """LRP-0 everywhere, GELU by its gradient, LayerNorm σ and the attention weights constant:
-    the relevance is input × the gradient of torchvision's own Swin with its softmax outputs and
-    LayerNorm normalisers detached (done here by patching torchvision's functional softmax and
-    hooking the LayerNorms)."""
-    if fw.name != "torch":
-        pytest.skip("torchvision's Swin")
-    import torch
-    import torchvision.models.swin_transformer as swin_module
+def _detached_softmax_and_sigma(fw, model, monkeypatch):
+    """The model's own softmax outputs and LayerNorm normalisers made constants of the gradient
+    (a functional softmax patched, LayerNorm outputs replaced by hooks); returns the hooks."""
+    if fw.name == "torch":
+        import torch
+        import torchvision.models.swin_transformer as swin_module
 
-    from xplain.methods.lrp import Composite
+        original = swin_module.F.softmax
+        monkeypatch.setattr(swin_module.F, "softmax", lambda t, dim: original(t, dim=dim).detach())
 
-    model = _swin("swin_t")
-    x = torch.as_tensor(np.random.default_rng(10).standard_normal((2, 3, 96, 96)).astype(np.float32))
-    comp = Composite({"conv": "zero", "linear": "zero", "activation": "zero", "layernorm": "constant_std",
-                      "attention": "cp"})
-    got = xplain.explain(model, x, method="lrp", composite=comp, target=[2, 5]).numpy()
+        def ln_detached(m, inputs, out):
+            a = inputs[0]
+            c = a - a.mean(-1, keepdim=True)
+            sd = (c.detach().pow(2).mean(-1, keepdim=True) + m.eps).sqrt()
+            return c / sd * m.weight + m.bias
+        return [m.register_forward_hook(ln_detached) for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    import paddle
 
-    def ln_detached(m, inputs, out):
+    original = paddle.nn.functional.softmax
+    monkeypatch.setattr(paddle.nn.functional, "softmax", lambda t, axis=-1: original(t, axis=axis).detach())
+
+    def ln_detached_paddle(m, inputs, out):
         a = inputs[0]
         c = a - a.mean(-1, keepdim=True)
-        sd = (c.detach().pow(2).mean(-1, keepdim=True) + m.eps).sqrt()
+        sd = (c.detach().pow(2).mean(-1, keepdim=True) + m._epsilon).sqrt()
         return c / sd * m.weight + m.bias
-    original = swin_module.F.softmax
-    monkeypatch.setattr(swin_module.F, "softmax", lambda t, dim: original(t, dim=dim).detach())
-    hooks = [m.register_forward_hook(ln_detached) for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
-    xg = x.clone().requires_grad_(True)
-    out = model(xg)
-    (g,) = torch.autograd.grad(out[[0, 1], [2, 5]].sum(), xg)
+    return [m.register_forward_post_hook(ln_detached_paddle) for m in model.sublayers()
+            if isinstance(m, paddle.nn.LayerNorm)]
+
+
+def test_swin_cp_equals_autodiff_with_weights_and_sigma_detached(fw, monkeypatch):
+    """LRP-0 everywhere, GELU by its gradient, LayerNorm σ and the attention weights constant:
+    the relevance is input × the gradient of the model's own Swin (torchvision's, or the paddle
+    test zoo's) with its softmax outputs and LayerNorm normalisers detached."""
+    from xplain.methods.lrp import Composite
+
+    model = swin(fw, "swin_t")
+    x = np.random.default_rng(10).standard_normal((2, 3, 96, 96)).astype(np.float32)
+    comp = Composite({"conv": "zero", "linear": "zero", "activation": "zero", "layernorm": "constant_std",
+                      "attention": "cp"})
+    got = fw.numpy(xplain.explain(model, fw.tensor(x), method="lrp", composite=comp, target=[2, 5]).attributions)
+    hooks = _detached_softmax_and_sigma(fw, model, monkeypatch)
+    g = _input_gradient(fw, model, x, [2, 5])
     for h in hooks:
         h.remove()
-    want = (x * g).numpy()
+    want = x * g
     # float32 through 12 blocks, two implementations of the same gradient: 1e-4 of the scale
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+def _input_gradient(fw, model, x, targets):
+    """d(Σ_i out[i, targets[i]]) / dx by the framework's own autodiff."""
+    if fw.name == "torch":
+        import torch
+
+        xg = torch.tensor(x, requires_grad=True)
+        out = model(xg)
+        (g,) = torch.autograd.grad(out[list(range(len(targets))), targets].sum(), xg)
+        return g.numpy()
+    import paddle
+
+    xg = paddle.to_tensor(x, stop_gradient=False)
+    out = model(xg)
+    picked = paddle.stack([out[i, t] for i, t in enumerate(targets)]).sum()
+    (g,) = paddle.grad(picked, xg)
+    return g.numpy()
+
+
+def test_swin_gradient_mode_restored_when_the_forward_raises(fw):
+    """Swin's own attention forward runs without a graph (its output is replaced by the
+    re-evaluation); a forward that raises inside it leaves the framework's gradient mode on."""
+    model = swin(fw, "swin_t", tiny=True)
+    attn = dict(model.named_modules() if fw.name == "torch" else model.named_sublayers())["features.1.0.attn"]
+
+    def grad_enabled():
+        if fw.name == "torch":
+            import torch
+            return torch.is_grad_enabled()
+        import paddle
+        return paddle.is_grad_enabled()
+
+    own = attn.get_relative_position_bias
+
+    def boom():
+        if not grad_enabled():  # the layer's own forward under LRP (not the input check's)
+            raise RuntimeError("boom")
+        return own()
+    # called inside the layer's forward, after the hook that turns gradients off
+    object.__setattr__(attn, "get_relative_position_bias", boom)
+    x = fw.tensor(np.random.default_rng(3).standard_normal((1, 3, 40, 40)).astype(np.float32))
+    with pytest.raises(InputError, match="boom"):  # the model's forward failed, named
+        xplain.explain(model, x, method="lrp")
+    object.__delattr__(attn, "get_relative_position_bias")
+    assert grad_enabled()
+    assert fw.hook_count(model) == 0
+    exp = xplain.explain(model, x, method="lrp")
+    assert exp.conservation.balanced.all()
+
+
+@pytest.mark.cross
+@pytest.mark.parametrize("name", ["swin_t", "swin_v2_t"])
+def test_swin_equal_across_frameworks(both, name):
+    """torchvision's Swin (a small one: padded and shifted windows, an odd patch merging; every
+    parameter drawn so it matters) ported into the paddle test zoo's: LRP with both attention
+    rules, Grad-CAM and saliency agree."""
+    t, p = both
+    x = np.random.default_rng(5).standard_normal((2, 3, 40, 40)).astype(np.float32)
+    _assert_methods_agree(both, swin(t, name, tiny=True), swin(p, name, tiny=True), x)
+
+
+def _assert_methods_agree(both, tm, pm, x):
+    """LRP with both attention rules, Grad-CAM and saliency equal on the torch model ``tm`` and
+    its paddle port ``pm``."""
+    t, p = both
+    for method, opts in (("lrp", {"composite": "cp_lrp"}), ("lrp", {"composite": "attn_lrp"}),
+                         ("gradcam", {}), ("saliency", {})):
+        a = t.numpy(xplain.explain(tm, t.tensor(x), method, target=[1, 2], **opts).attributions)
+        b = p.numpy(xplain.explain(pm, p.tensor(x), method, target=[1, 2], **opts).attributions)
+        # the same float32 function in two frameworks through a few blocks (measured ≤ 1.2e-5
+        # of the scale; LRP's ratios amplify rounding where outputs are near 0): 1e-4
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-4 * np.abs(a).max(), err_msg=f"{method} {opts}")
 
 
 def test_maxvit_packed_attention_conserves(fw):
     """MaxViT's attention computes its query, key and value with one projection module: the rule
     sits on that module's output (query and key parts detached under cp), the block and grid
-    partitions are reshapes; with biases zero cp conserves."""
-    if fw.name != "torch":
-        pytest.skip("torchvision's MaxViT; paddle has none")
-    import torch
-
+    partitions are reshapes; with biases zero cp conserves (torchvision's MaxViT-T, or the
+    paddle test zoo's)."""
     from xplain.testing import classifiers
 
-    model = classifiers.build("maxvit_t", "torch", zero_biases=True, batches=1, batch=2)
-    x = torch.as_tensor(np.random.default_rng(12).standard_normal((1, 3, 224, 224)).astype(np.float32))
+    model = classifiers.build("maxvit_t", fw.name, zero_biases=True, batches=1, batch=2)
+    x = fw.tensor(np.random.default_rng(12).standard_normal((1, 3, 224, 224)).astype(np.float32))
     exp = xplain.explain(model, x, method="lrp", composite="cp_lrp", target=3)
     # ε = 1e-6 on the MLPs and the classifier absorbs: float32 sums
     np.testing.assert_allclose(fw.numpy(exp.relevance_sum), fw.numpy(exp.target_output), rtol=2e-3)
-    with pytest.raises(LayerError, match="attends within windows or grids"):
+    with pytest.raises(LayerError, match="packed query/key/value projection"):
         xplain.explain(model, x, method="attention_rollout")
+
+
+def test_maxvit_balances_with_biases(fw):
+    """A small MaxViT with every bias, BatchNorm statistic and position table drawn: the report
+    balances under both attention rules (its stem conv feeds a BatchNorm and a shortcut, so the
+    BatchNorm is not merged into it)."""
+    model = tiny_maxvit(fw)
+    x = fw.tensor(np.random.default_rng(13).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    for composite in ("cp_lrp", "attn_lrp"):
+        exp = xplain.explain(model, x, method="lrp", composite=composite, target=[1, 2])
+        assert exp.conservation.balanced.all(), (composite, exp.conservation.error)
+        assert "merged" not in exp.rules["stem.1.0"]
+
+
+@pytest.mark.cross
+def test_maxvit_equal_across_frameworks(both):
+    """torchvision's MaxViT (small, every parameter drawn) ported into the paddle test zoo's:
+    LRP with both attention rules, Grad-CAM and saliency agree."""
+    t, p = both
+    x = np.random.default_rng(5).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    _assert_methods_agree(both, tiny_maxvit(t), tiny_maxvit(p), x)
 
 
 def _timm(name):
@@ -493,3 +581,92 @@ def test_convnext_equal_across_frameworks(both):
         # the same float32 function in two frameworks through 18 blocks; LRP's ε ratios amplify
         # rounding where outputs are near 0: 5e-4 of the scale (measured 8e-5)
         np.testing.assert_allclose(b, a, rtol=0, atol=5e-4 * np.abs(a).max(), err_msg=f"{method} {opts}")
+
+
+def test_paddleclas_style_vit_is_recognised(fw):
+    """PaddleClas's ViT (``ppcls.arch.backbone.model_zoo.vision_transformer``: its own ``Identity``
+    for drop paths, an ``Attention`` with one packed ``qkv`` projection, class token and position
+    embedding in the root's forward) is recognised by the paddle backend by package and class
+    name. PaddleClas itself pins NumPy 1.24 and OpenCV ≤ 4.6 and does not install beside Paddle
+    3.3, so these layers mirror its source, classes placed in its package: LRP conserves with
+    biases zero and balances with them, Grad-CAM takes the last block's first LayerNorm."""
+    if fw.name != "paddle":
+        pytest.skip("PaddleClas is a paddle library")
+    import paddle
+    from paddle import nn
+
+    class Identity(nn.Layer):
+        def forward(self, x):
+            return x
+
+    class Attention(nn.Layer):
+        def __init__(self, dim, num_heads):
+            super().__init__()
+            self.num_heads, self.scale = num_heads, (dim // num_heads) ** -0.5
+            self.qkv, self.attn_drop = nn.Linear(dim, 3 * dim), nn.Dropout(0.0)
+            self.proj, self.proj_drop = nn.Linear(dim, dim), nn.Dropout(0.0)
+
+        def forward(self, x):
+            n, c = x.shape[1:]
+            qkv = self.qkv(x).reshape((-1, n, 3, self.num_heads, c // self.num_heads)).transpose((2, 0, 3, 1, 4))
+            attn = nn.functional.softmax(qkv[0].matmul(qkv[1].transpose((0, 1, 3, 2))) * self.scale, axis=-1)
+            x = self.attn_drop(attn).matmul(qkv[2]).transpose((0, 2, 1, 3)).reshape((-1, n, c))
+            return self.proj_drop(self.proj(x))
+
+    class Block(nn.Layer):
+        def __init__(self, dim, heads):
+            super().__init__()
+            self.norm1, self.attn, self.drop_path = nn.LayerNorm(dim), Attention(dim, heads), Identity()
+            self.norm2 = nn.LayerNorm(dim)
+            self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+        def forward(self, x):
+            x = x + self.drop_path(self.attn(self.norm1(x)))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    class PatchEmbed(nn.Layer):
+        def __init__(self, dim):
+            super().__init__()
+            self.proj = nn.Conv2D(3, dim, 8, stride=8)
+
+        def forward(self, x):
+            return self.proj(x).flatten(2).transpose((0, 2, 1))
+
+    class VisionTransformer(nn.Layer):
+        def __init__(self, dim=16, depth=2, heads=2, classes=4):
+            super().__init__()
+            self.patch_embed = PatchEmbed(dim)
+            self.pos_embed = self.create_parameter([1, 37, dim])
+            self.cls_token = self.create_parameter([1, 1, dim])
+            self.pos_drop = nn.Dropout(0.0)
+            self.blocks = nn.LayerList([Block(dim, heads) for _ in range(depth)])
+            self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, classes)
+
+        def forward(self, x):
+            x = self.patch_embed(x)
+            x = paddle.concat((self.cls_token.expand((x.shape[0], -1, -1)), x), axis=1)
+            x = self.pos_drop(x + self.pos_embed)
+            for block in self.blocks:
+                x = block(x)
+            return self.head(self.norm(x)[:, 0])
+
+    for cls in (Identity, Attention, Block, PatchEmbed, VisionTransformer):
+        cls.__module__ = "ppcls.arch.backbone.model_zoo.vision_transformer"
+    paddle.seed(0)
+    model = VisionTransformer()
+    rng = np.random.default_rng(0)
+    for p in model.parameters():
+        p.set_value((rng.standard_normal(p.shape) * (0.1 if len(p.shape) == 1 else 0.3)).astype("float32"))
+    model.eval()
+    x = fw.tensor(rng.standard_normal((2, 3, 48, 48)).astype(np.float32))
+    exp = xplain.explain(model, x, method="lrp", target=[1, 3])
+    assert exp.conservation.balanced.all(), exp.conservation.error
+    assert exp.rules["blocks.1.attn"].startswith("attnlrp")
+    cam = xplain.explain(model, x, method="gradcam", target=[1, 3])
+    assert cam.layers == ["blocks.1.norm1"]
+    for name, p in model.named_parameters():
+        if name.endswith("bias") or name in ("pos_embed", "cls_token"):
+            p.set_value(np.zeros(p.shape, np.float32))
+    exp = xplain.explain(model, x, method="lrp", composite="cp_lrp", target=[1, 3])
+    # ε = 1e-6 on the MLPs absorbs: float32 sums
+    np.testing.assert_allclose(fw.numpy(exp.relevance_sum), fw.numpy(exp.target_output), rtol=1e-4)

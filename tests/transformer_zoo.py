@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 
 def tiny_vit(fw: Any, zero_constants: bool = False, image_size: int = 32) -> Any:
     """torchvision's ViT at ``image_size`` px (patches of 8, 2 blocks of 2 heads, width 16, 4
@@ -48,3 +50,110 @@ def _paddle_vit(cfg: dict, zero_constants: bool) -> Any:
         p.set_value(value)
     model.eval()
     return model
+
+
+#: A small Swin (torchvision's ``SwinTransformer`` arguments): at 40 px its first stage pads its
+#: 10x10 map to whole 4x4 windows and shifts them, its patch merging pads an odd 5x5 map.
+TINY_SWIN = dict(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4],
+                 num_classes=4)
+
+
+def swin(fw: Any, name: str = "swin_t", *, zero_constants: bool = False, tiny: bool = False) -> Any:
+    """torchvision's Swin-T (``swin_t``) or Swin-V2-T (``swin_v2_t``), 10 classes, seeded random
+    weights (``tiny``: :data:`TINY_SWIN`, every parameter drawn so biases, tables and scales
+    matter), or the paddle test zoo's port of it; where torch is not installed, the paddle model
+    with its own seeded weights. ``zero_constants``: every bias 0."""
+    import importlib.util
+
+    v2 = name == "swin_v2_t"
+    window = [8, 8] if v2 and not tiny else TINY_SWIN["window_size"] if tiny else [7, 7]
+    paddle_cfg = dict(embed_dim=16, depths=(2, 2), num_heads=(2, 4), num_classes=4) if tiny else \
+        dict(num_classes=10)
+    paddle_cfg.update(window_size=tuple(window), v2=v2)
+    if fw.name == "paddle" and importlib.util.find_spec("torch") is None:
+        import paddle
+        from xplain_paddle.transformers import SwinTransformer
+
+        paddle.seed(0)
+        model = SwinTransformer(**paddle_cfg)
+        if zero_constants:
+            for pname, p in model.named_parameters():
+                if pname.endswith("bias"):
+                    p.set_value(paddle.zeros_like(p))
+        model.eval()
+        return model
+    import torch
+    import torchvision
+    from torchvision.models import swin_transformer as tv_swin
+
+    torch.manual_seed(0)
+    if tiny:
+        extra = dict(block=tv_swin.SwinTransformerBlockV2, downsample_layer=tv_swin.PatchMergingV2) if v2 else {}
+        tm = torchvision.models.SwinTransformer(**{**TINY_SWIN, "window_size": window}, **extra).eval()
+        with torch.no_grad():
+            for pname, p in tm.named_parameters():
+                if pname.endswith("logit_scale"):
+                    p.copy_(torch.rand_like(p) + 1.5)
+                elif p.ndim == 1 and pname.endswith("weight"):  # LayerNorm scales around 1
+                    p.copy_(1 + torch.randn_like(p) * 0.2)
+                else:
+                    p.copy_(torch.randn_like(p) * (0.1 if p.ndim == 1 else 0.3))
+    else:
+        tm = getattr(torchvision.models, name)(weights=None, num_classes=10).eval()
+    if zero_constants:
+        with torch.no_grad():
+            for pname, p in tm.named_parameters():
+                if pname.endswith("bias"):
+                    p.zero_()
+    if fw.name == "torch":
+        return tm
+    from xplain_paddle.port import torch_to_paddle
+    from xplain_paddle.transformers import SwinTransformer
+
+    return torch_to_paddle(tm, SwinTransformer(**paddle_cfg))
+
+
+#: A small MaxViT (torchvision's ``MaxVit`` arguments) at 32 px: two blocks, partitions of 2.
+TINY_MAXVIT = dict(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[8, 16],
+                   block_layers=[1, 2], head_dim=4, num_classes=4)
+
+
+def tiny_maxvit(fw: Any) -> Any:
+    """torchvision's MaxViT at :data:`TINY_MAXVIT`, every parameter and BatchNorm statistic
+    drawn (seeded) so biases, the stem's shortcut and the position tables matter, or the paddle
+    test zoo's port of it; where torch is not installed, the paddle model with its own seeded
+    weights."""
+    import importlib.util
+
+    if fw.name == "paddle" and importlib.util.find_spec("torch") is None:
+        import paddle
+        from xplain_paddle.transformers import MaxVit
+
+        model = MaxVit(**TINY_MAXVIT)
+        rng = np.random.default_rng(0)
+        for name, t in model.state_dict().items():
+            if name.endswith("_variance"):
+                t.set_value(rng.uniform(0.5, 1.5, t.shape).astype("float32"))
+            elif t.dtype == paddle.float32:
+                scale = 0.1 if name.endswith("_mean") or len(t.shape) == 1 else 0.3
+                t.set_value((rng.standard_normal(t.shape) * scale).astype("float32"))
+        return model.eval()
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    tm = torchvision.models.MaxVit(stochastic_depth_prob=0.0, **TINY_MAXVIT).eval()
+    with torch.no_grad():
+        for p in tm.parameters():
+            p.copy_(torch.randn_like(p) * (0.1 if p.ndim == 1 else 0.3))
+        for name, b in tm.named_buffers():
+            if name.endswith("running_var"):
+                b.uniform_(0.5, 1.5)
+            elif name.endswith("running_mean"):
+                b.normal_(0, 0.1)
+    if fw.name == "torch":
+        return tm
+    from xplain_paddle.port import torch_to_paddle
+    from xplain_paddle.transformers import MaxVit
+
+    return torch_to_paddle(tm, MaxVit(**TINY_MAXVIT))

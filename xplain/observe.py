@@ -377,6 +377,7 @@ class _Pass:
         self._open: list[_Open] = []
         self.zeros: list[tuple[str, Any]] = []  # (layer name, zero leaf) of the feeds check
         self._prefix: dict[str, int] = {}  # layer name -> prefix tokens of a token output
+        self._token_lengths: set[int] = set()  # T of every token sequence (N, T, C) seen so far
         self.feeds: dict[str, bool] = {}
         shape = B.shape(x)
         self.grid = (shape[2], shape[3]) if len(shape) == 4 else None
@@ -447,6 +448,7 @@ class _Pass:
                     layout, reason = token_layout(out.shape, self.grid)
                     if layout is not None:
                         self._prefix[info.name] = parse_tokens(layout)[0]
+                        self._token_lengths.add(int(out.shape[1]))
                 else:
                     layout, reason = self._layout(info, opened, out)
                 hw = map_size(out.shape, layout)
@@ -483,8 +485,17 @@ class _Pass:
         first = opened.facts[0] if opened.facts else None
         if inherited is None and info.kind in KEEPS_LAYOUT and first is not None:
             inherited = self._layouts.get(first.token)
-        layout, reason = decide_layout(*own_layout(self.B, info, out.shape), inherited,
-                                       plausible_layouts(out.shape, self.grid))
+        own = own_layout(self.B, info, out.shape)
+        side = int(out.shape[2])
+        if own[0] is None and side == out.shape[3] and side in self._token_lengths:
+            # (N, heads, T, T) inside an attention computed from module calls: its size alone
+            # would put it on the input's grid at some scale, but a map is not as wide as the
+            # token sequences it was computed from are long
+            self._layouts[out.token] = None
+            return None, (f"its last two axes are both {side} long, the length of the token "
+                          f"sequences before it: attention weights (token × token), not a map on "
+                          f"the input's grid")
+        layout, reason = decide_layout(*own, inherited, plausible_layouts(out.shape, self.grid))
         self._layouts[out.token] = layout
         return layout, reason
 

@@ -392,6 +392,14 @@ def _layer_info(lname: str, m: nn.Layer) -> LayerInfo:
     has_children = bool(m._sub_layers)
     if kind is None and type(m).__name__ in _REORDERS and not m.parameters():
         kind = "reshape"
+    cls, module = type(m).__name__, type(m).__module__
+    ours = module.startswith("xplain_paddle.")
+    if kind is None and cls in _WINDOW_ATTENTION and ours:
+        kind = "window_attention"
+    if kind is None and _packed_qkv_attr(m) is not None:
+        kind = "packed_attention"
+    if kind is None and (module.split(".")[0], cls) in _IDENTITY_IN_EVAL and not m.parameters():
+        kind = "dropout"
     if kind is None:
         kind = "container" if has_children else "other"
     params: dict[str, Any] = {}
@@ -423,6 +431,14 @@ def _layer_info(lname: str, m: nn.Layer) -> LayerInfo:
         attrs = {"eps": float(m._epsilon), "axes": _norm_axes(m)}
     elif kind == "attention":
         params, attrs = _attention_info(m)
+    elif kind == "window_attention":
+        kind = "attention"
+        params, attrs = _window_attention_info(m)
+    elif kind == "packed_attention":
+        kind = "attention"
+        params = dict(m.named_parameters(include_sublayers=False))
+        attrs = {"heads": int(getattr(m, "n_heads", getattr(m, "num_heads", 0))),
+                 "packed_qkv": getattr(m, _packed_qkv_attr(m)), "unsupported": None}
     elif kind in ("other", "container"):  # a container's own parameters (attention, layer scale)
         params = dict(m.named_parameters(include_sublayers=False))
     return LayerInfo(lname, kind, type(m).__name__, m, params, attrs, has_children)
@@ -474,12 +490,44 @@ def _attention_info(m: nn.MultiHeadAttention) -> tuple[dict, dict]:
                     "projections": {"q": m.q_proj, "k": m.k_proj}}
 
 
+#: Swin's window attention of xplain's paddle test zoo (``xplain_paddle.transformers``, the
+#: layout and names of torchvision's), by class name.
+_WINDOW_ATTENTION = ("ShiftedWindowAttention", "ShiftedWindowAttentionV2")
+
+#: Attention layers that compute ``softmax(q·kᵀ·s + bias)·v`` with query, key and value from
+#: one projection (``q | k | v`` on its output's last axis): (package, class name) → the
+#: projection's attribute. xplain's paddle test zoo's MaxViT (torchvision's layout); PaddleClas's
+#: ViT/DeiT ``Attention`` (``qkv`` reshaped to (B, N, 3, H, D), as timm's).
+_PACKED_ATTENTION = {("xplain_paddle", "RelativePositionalMultiHeadAttention"): "to_qkv",
+                     ("ppcls", "Attention"): "qkv"}
+
+#: Parameter-free layers that are the identity in evaluation mode, by (package, class name):
+#: PaddleClas's own ``Identity`` and its stochastic depth (``DropPath``).
+_IDENTITY_IN_EVAL = {("ppcls", "Identity"), ("ppcls", "DropPath")}
+
+
+def _packed_qkv_attr(m: nn.Layer) -> str | None:
+    attr = _PACKED_ATTENTION.get((type(m).__module__.split(".")[0], type(m).__name__))
+    return attr if attr is not None and isinstance(getattr(m, attr, None), nn.Linear) else None
+
+
+def _window_attention_info(m: nn.Layer) -> tuple[dict, dict]:
+    """The neutral description of Swin's attention (``xplain.methods._attention.
+    window_attention`` re-evaluates it); its input is ``(N, H, W, C)``."""
+    cosine = type(m).__name__ == "ShiftedWindowAttentionV2"
+    params = {"qkv_weight": m.qkv.weight.T, "qkv_bias": m.qkv.bias, "out_weight": m.proj.weight.T,
+              "out_bias": m.proj.bias, "logit_scale": m.logit_scale if cosine else None}
+    return params, {"heads": int(m.num_heads), "window_size": tuple(m.window_size),
+                    "shift_size": tuple(m.shift_size), "cosine": cosine,
+                    "relative_bias": m.get_relative_position_bias, "unsupported": None}
+
+
 #: LayerNorm subclasses over the channels of an NCHW map, by class name (xplain's paddle
 #: ConvNeXt, torchvision's spelling too); LRP checks the re-evaluation against the output.
 _CHANNEL_NORMS = ("LayerNorm2D", "LayerNorm2d")
 
-#: Parameter-free layers that only reorder axes, by class name.
-_REORDERS = ("Permute",)
+#: Parameter-free layers that only reorder axes, by class name (MaxViT's partitions too).
+_REORDERS = ("Permute", "WindowPartition", "WindowDepartition", "SwapAxes")
 
 
 def _norm_axes(m: nn.LayerNorm) -> tuple[int, ...]:
@@ -496,6 +544,40 @@ def add_forward_hook(layer: nn.Layer, hook, *, with_kwargs: bool = False):
 
 def add_forward_pre_hook(layer: nn.Layer, hook, *, with_kwargs: bool = False):
     return layer.register_forward_pre_hook(hook, with_kwargs=with_kwargs)
+
+
+class _GradlessCalls:
+    """The handle of :func:`add_gradless_calls`: removing it also restores the gradient mode
+    when a call raised between the two hooks (paddle has no always-called post-hook)."""
+
+    def __init__(self, handles: list, state: list[bool]) -> None:
+        self.handles, self.state = handles, state
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        if self.state:
+            paddle.set_grad_enabled(self.state[0])
+            self.state.clear()
+
+
+def add_gradless_calls(layer: nn.Layer) -> list:
+    """Hooks that run ``layer``'s own forward without recording a graph (its output is replaced
+    by a re-evaluation that carries the gradient): gradients off before the call, back on
+    first thing after it (before the other post-hooks)."""
+    state: list[bool] = []
+
+    def pre(_m: nn.Layer, _inputs: tuple) -> None:
+        state.append(paddle.is_grad_enabled())
+        paddle.set_grad_enabled(False)
+
+    def post(_m: nn.Layer, _inputs: tuple, _output: Any) -> None:
+        paddle.set_grad_enabled(state.pop() if state else True)
+
+    first = layer.register_forward_pre_hook(pre)
+    last = layer.register_forward_post_hook(post)
+    layer._forward_post_hooks.move_to_end(last._hook_id, last=False)
+    return [_GradlessCalls([first, last], state)]
 
 
 def call_layer(layer: nn.Layer, *inputs):

@@ -116,7 +116,8 @@ def fill_weights(model: Any, values: Callable[[str, tuple[int, ...]], np.ndarray
 #: Classifiers paddle.vision lacks, built from paddle.nn layers by xplain's test zoo
 #: (:mod:`xplain_paddle.transformers`, torchvision's architectures and names): constructor →
 #: its keyword arguments.
-TRANSFORMERS = {"vit_b_16": {"patch_size": 16}, "vit_b_32": {"patch_size": 32}, "convnext_tiny": {}}
+TRANSFORMERS = {"vit_b_16": {"patch_size": 16}, "vit_b_32": {"patch_size": 32}, "convnext_tiny": {},
+                "swin_t": {}, "swin_v2_t": {"window_size": (8, 8), "v2": True}, "maxvit_t": {}}
 
 
 def classifier_names() -> list[str]:
@@ -136,9 +137,10 @@ def build_calibrated(name: str, num_classes: int, seed: int, zero_biases: bool,
 
     paddle.seed(seed)
     if name in TRANSFORMERS:
-        from .transformers import ConvNeXt, VisionTransformer
+        from .transformers import ConvNeXt, MaxVit, SwinTransformer, VisionTransformer
 
-        build = ConvNeXt if name.startswith("convnext") else VisionTransformer
+        build = {"convnext": ConvNeXt, "maxvit": MaxVit, "swin": SwinTransformer,
+                 "vit": VisionTransformer}[name.split("_")[0]]
         model = build(num_classes=num_classes, **TRANSFORMERS[name])
     else:
         model = getattr(pvm, name)(num_classes=num_classes)

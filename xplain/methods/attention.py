@@ -38,10 +38,15 @@ def _attention_layers(run: Run) -> list[Any]:
                          f"model has none; use a CAM method or LRP")
     for info in infos:
         if "read_call" not in info.attrs:
-            raise LayerError(f"layer {info.name!r} ({info.type_name}) attends within windows or "
-                             f"grids (Swin, MaxViT), so its weights do not chain into one "
-                             f"token-to-token flow; {run.method} needs global self-attention (ViT, "
-                             f"DeiT). Use Grad-CAM (layout found automatically) or LRP")
+            how = ("attends within windows or grids (Swin), so its weights do not chain into one "
+                   "token-to-token flow" if "window_size" in info.attrs else
+                   "computes its attention inside one module from a packed query/key/value "
+                   "projection (MaxViT's windows and grids, timm's or PaddleClas's ViT), where "
+                   "xplain does not read its weights")
+            raise LayerError(f"layer {info.name!r} ({info.type_name}) {how}; {run.method} reads "
+                             f"global self-attention layers (torch nn.MultiheadAttention, paddle "
+                             f"nn.MultiHeadAttention: torchvision's ViT, xplain's paddle ViT). Use "
+                             f"Grad-CAM (layout found automatically) or LRP")
         if info.attrs.get("unsupported"):
             raise LayerError(f"layer {info.name!r} ({info.type_name}) uses "
                              f"{info.attrs['unsupported']}, which {run.method} does not re-evaluate")

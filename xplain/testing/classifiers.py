@@ -22,7 +22,8 @@ TRANSFORMERS = ("vit_", "swin_", "maxvit_")
 #: Smallest square input (pixels) each family accepts, per framework; the rest run at 64.
 _MIN_SIZE = {"torch": {"inception_v3": 80, "vit_": 224, "maxvit_t": 224},
              # paddle's AlexNet and GoogLeNet pool to fixed sizes before their linear layers
-             "paddle": {"inception_v3": 80, "alexnet": 224, "googlenet": 224, "vit_": 224}}
+             "paddle": {"inception_v3": 80, "alexnet": 224, "googlenet": 224, "vit_": 224,
+                        "maxvit_t": 224}}
 
 #: The smallest constructor of every family (what the default test run covers).
 FAMILIES = {
@@ -32,10 +33,10 @@ FAMILIES = {
               "resnet18", "resnext50_32x4d", "shufflenet_v2_x0_5", "squeezenet1_0",
               "squeezenet1_1", "swin_t", "swin_v2_t", "vgg11", "vgg11_bn", "vit_b_32",
               "wide_resnet50_2"),
-    "paddle": ("alexnet", "convnext_tiny", "densenet121", "googlenet", "inception_v3", "mobilenet_v1",
+    "paddle": ("alexnet", "convnext_tiny", "densenet121", "googlenet", "inception_v3", "maxvit_t", "mobilenet_v1",
                "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "resnet18",
                "resnext50_32x4d", "shufflenet_v2_swish", "shufflenet_v2_x0_25", "squeezenet1_0",
-               "squeezenet1_1", "vgg11", "vit_b_32", "wide_resnet50_2"),
+               "squeezenet1_1", "swin_t", "swin_v2_t", "vgg11", "vit_b_32", "wide_resnet50_2"),
 }
 
 #: Constructors LRP refuses, and why (the LayerError names the layer and the fix).

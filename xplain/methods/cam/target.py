@@ -221,8 +221,11 @@ def layer_layout(run: Run, info: LayerInfo, shape: Sequence[int], layout: str | 
     if layout == TOKENS:
         raise LayerError(f"layout='tokens' is for token sequences (N, T, C); layer {info.name!r} "
                          f"outputs {shown}")
-    auto, reason = decide_layout(*own_layout(B, info, shape), None, plausible_layouts(shape, grid))
-    if auto is None and layout is None:
+    own = own_layout(B, info, shape)
+    auto, reason = decide_layout(*own, None, plausible_layouts(shape, grid))
+    # without evidence of its own, the probe's reading (what the tensor was computed from:
+    # inherited layouts, attention weights after token sequences) decides
+    if (auto is None or own[0] is None) and layout is None:
         found = _probe(run).get(info.name)
         if found is not None and tuple(found.output_shape or ())[1:] == tuple(shape)[1:]:
             auto, reason = found.layout, found.layout_reason or reason
@@ -230,6 +233,10 @@ def layer_layout(run: Run, info: LayerInfo, shape: Sequence[int], layout: str | 
         raise LayerError(f"layout={layout!r} contradicts layer {info.name!r}: its output {shown} "
                          f"is {auto} ({reason}); remove layout= or pass layout={auto!r}")
     chosen = layout or auto
+    if chosen is None and "attention weights" in reason:
+        raise LayerError(f"layer {info.name!r}'s output {shown} is no map CAM can read: {reason}; "
+                         f"pick a layer whose output is a map or a token sequence (the layer "
+                         f"before the attention)")
     if chosen is None:
         raise LayerError(f"cannot tell whether layer {info.name!r}'s output {shown} is (N, C, h, w) "
                          f"or channels-last (N, h, w, C): {reason}; pass "

@@ -215,13 +215,19 @@ def derive(obs: Observation, infos: Iterable[LayerInfo], merge_batchnorm: bool) 
 
 
 def _merges(leaves: list[Call], produced_by: dict[int, Call], calls: dict[str, int]) -> dict[str, str]:
-    """conv/linear → BatchNorm to merge: the BatchNorm reads that layer's output tensor, and
-    only clean one-to-one pairs that run once each (a reused module could meet different
-    partners in different calls)."""
+    """conv/linear → BatchNorm to merge: the BatchNorm reads that layer's output tensor and no
+    other layer does (MaxViT's stem conv also feeds a shortcut: a merged rule would leave that
+    branch's relevance to the conv's plain gradient and its bias unbooked), and only clean
+    one-to-one pairs that run once each (a reused module could meet different partners in
+    different calls)."""
+    readers: dict[int, int] = {}
+    for c in leaves:
+        for t in {t.token for t in c.inputs if t is not None}:
+            readers[t] = readers.get(t, 0) + 1
     candidates: dict[str, str] = {}
     for c in leaves:
         a = c.first_input
-        if c.kind == "batchnorm" and a is not None and a.token in produced_by:
+        if c.kind == "batchnorm" and a is not None and a.token in produced_by and readers[a.token] == 1:
             candidates.setdefault(c.name, produced_by[a.token].name)
     merged: dict[str, str] = {}
     for bn_name, lin_name in candidates.items():

@@ -189,3 +189,109 @@ def test_rollouts_equal_across_frameworks(both):
                                    normalize=False).layer_maps["rollout"])
         # the same float32 function in two frameworks: 1e-5 of the scale
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max(), err_msg=method)
+
+
+# ---- attention computed from module calls (timm's non-fused path, PaddleClas) --------------------
+def _dropout_weights(fw, model, drops, x, targets):
+    """The softmax weights each ``attn_drop`` module receives, and the targets' gradient at them
+    (its output replaced by a leaf of the same value), by the framework's own autodiff."""
+    leaves = []
+    if fw.name == "torch":
+        import torch
+
+        def hook(_mod, _args, out):
+            leaf = out.detach().requires_grad_()
+            leaves.append(leaf)
+            return leaf
+        hs = [d.register_forward_hook(hook) for d in drops]
+        out = model(x)
+        grads = torch.autograd.grad(out[torch.arange(len(targets)), targets].sum(), leaves)
+        weights = [a.detach().numpy() for a in leaves]
+        grads = [g.numpy() for g in grads]
+    else:
+        import paddle
+        from xplain_paddle.backend import _exact_layer_norm_gradient
+
+        def hook_paddle(_mod, _args, out):
+            leaf = out.detach()
+            leaf.stop_gradient = False
+            leaves.append(leaf)
+            return leaf
+        hs = [d.register_forward_post_hook(hook_paddle) for d in drops]
+        # paddle 3.3's LayerNorm input gradient is wrong for weights other than 1
+        hs += [m.register_forward_post_hook(_exact_layer_norm_gradient, prepend=True)
+               for m in model.sublayers() if isinstance(m, paddle.nn.LayerNorm)]
+        out = model(x)
+        picked = paddle.stack([out[i, t] for i, t in enumerate(targets)]).sum()
+        grads = [g.numpy() for g in paddle.grad(picked, leaves)]
+        weights = [a.numpy() for a in leaves]
+    for h in hs:
+        h.remove()
+    return weights, grads
+
+
+def _check_packed_rollouts(fw, model, drops, x, targets, prefix, grid):
+    weights, grads = _dropout_weights(fw, model, drops, x, targets)
+    t = weights[0].shape[-1]
+    joint = None
+    for a in weights:
+        step = 0.5 * a.mean(1) + 0.5 * np.eye(t)
+        step = step / step.sum(-1, keepdims=True)
+        joint = step if joint is None else step @ joint
+    want = joint[:, 0, prefix:].reshape(len(targets), *grid)
+    exp = xplain.explain(model, x, "attention_rollout", normalize=False)
+    # float32 weights from the same projections in another operation order: 1e-5
+    np.testing.assert_allclose(fw.numpy(exp.layer_maps["rollout"]), want, rtol=0, atol=1e-5 * np.abs(want).max())
+    joint = np.broadcast_to(np.eye(t), (len(targets), t, t)).copy()
+    for a, g in zip(weights, grads):
+        joint = joint + np.maximum(a * g, 0).mean(1) @ joint
+    want = joint[:, 0, prefix:].reshape(len(targets), *grid)
+    exp = xplain.explain(model, x, "gradient_attention_rollout", target=targets, normalize=False)
+    np.testing.assert_allclose(fw.numpy(exp.layer_maps["rollout"]), want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+
+
+def test_rollouts_on_paddleclas_style_attention(fw):
+    """PaddleClas's ViT attention (one packed qkv projection, its weights computed from module
+    calls): both rollouts equal numpy on the weights its ``attn_drop`` receives and on the
+    gradients paddle's autodiff gives there."""
+    if fw.name != "paddle":
+        pytest.skip("PaddleClas is a paddle library")
+    from transformer_zoo import paddleclas_vit
+
+    model = paddleclas_vit()
+    x = fw.tensor(np.random.default_rng(7).standard_normal((2, 3, 48, 48)).astype(np.float32))
+    _check_packed_rollouts(fw, model, [b.attn.attn_drop for b in model.blocks], x, TARGETS, 1, (6, 6))
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("name,prefix", [("vit_tiny_patch16_224", 1), ("deit_tiny_distilled_patch16_224", 2)])
+def test_rollouts_on_timm(name, prefix):
+    """timm's ViT and DeiT (peers env): both rollouts read the weights from the packed qkv
+    projection (timm's fused attention never materialises them); equal to numpy on the weights
+    timm's non-fused path passes to ``attn_drop`` and to torch's gradients there; DeiT's class
+    and distillation tokens are both prefix tokens."""
+    timm = pytest.importorskip("timm")
+    import torch
+
+    from conftest import Framework
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    x = torch.as_tensor(np.random.default_rng(8).standard_normal((2, 3, 224, 224)).astype(np.float32))
+    fused = xplain.explain(model, x, "attention_rollout", normalize=False).layer_maps["rollout"].numpy()
+    for block in model.blocks:
+        block.attn.fused_attn = False
+    _check_packed_rollouts(Framework("torch"), model, [b.attn.attn_drop for b in model.blocks], x,
+                           [1, 2], prefix, (14, 14))
+    unfused = xplain.explain(model, x, "attention_rollout", normalize=False).layer_maps["rollout"].numpy()
+    np.testing.assert_allclose(fused, unfused, rtol=0, atol=1e-5 * np.abs(unfused).max())
+
+
+def test_window_attention_is_refused(fw):
+    """Swin's window attention does not chain into one token-to-token flow: refused, named."""
+    from transformer_zoo import swin
+
+    model = swin(fw, "swin_t", tiny=True)
+    x = fw.tensor(np.random.default_rng(9).standard_normal((1, 3, 40, 40)).astype(np.float32))
+    with pytest.raises(LayerError, match="attends within windows"):
+        xplain.explain(model, x, "attention_rollout")

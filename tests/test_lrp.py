@@ -503,6 +503,58 @@ def test_batchnorm_not_merged_into_a_layer_whose_output_has_another_reader(fw):
     np.testing.assert_allclose(exp.conservation.error, 0, atol=1e-7)
 
 
+def _scaled_mlp(fw, gamma, *, in_place=False, folded=False):
+    """linear 5→6, a leaf layer of xplain-unknown class computing ``γ ⊙ x`` (timm's
+    ``LayerScale``), ReLU, linear 6→3; float64. ``folded``: γ folded into the first linear
+    layer (``diag(γ)·W``, ``γ·b``) and the leaf scaling by ones: the same function."""
+    nn = fw.nn()
+    rng = np.random.default_rng(21)
+    torch_like = fw.name == "torch"
+    base = nn.Module if torch_like else nn.Layer
+
+    class Scale(base):
+        def __init__(self):
+            super().__init__()
+            if torch_like:
+                import torch
+                self.gamma = torch.nn.Parameter(torch.as_tensor(scale, dtype=torch.float32))
+            else:
+                self.gamma = self.create_parameter([6])
+                self.gamma.set_value(np.asarray(scale, np.float32))
+
+        def forward(self, x):
+            return x.mul_(self.gamma) if in_place else x * self.gamma
+
+    w, b = rng.normal(size=(6, 5)), rng.normal(size=6) * 0.1
+    gamma = np.asarray(gamma, np.float64)
+    if folded:
+        w, b = w * gamma[:, None], b * gamma
+    scale = np.ones(6) if folded else gamma
+    model = fw.sequential(fw.linear(5, 6, weight=w, bias=b), Scale(), fw.relu(),
+                          fw.linear(6, 3, weight=rng.normal(size=(3, 6)), bias=rng.normal(size=3) * 0.1))
+    model.eval()
+    return model.double() if torch_like else _paddle_float64(model)
+
+
+def test_leaf_that_scales_by_its_parameter_is_proven(fw):
+    """A leaf of unknown class with one parameter whose output is exactly its input times it is
+    a bias-free linear map, proven on the values: its gradient is its LRP-0 rule. Oracle: the
+    same network with γ folded into the linear layer before it (``diag(γ)·W``, ``γ·b``) gets
+    the same relevance under LRP-0; an in-place scaling (its input is gone) is refused."""
+    gamma = np.array([0.5, -1.5, 2.0, 0.1, 1.0, -0.3])
+    model, folded = _scaled_mlp(fw, gamma), _scaled_mlp(fw, gamma, folded=True)
+    x = fw.tensor(np.random.default_rng(22).standard_normal((4, 5)), dtype="float64")
+    # the weights pass through float32 before the float64 cast, folded or not: 1e-5
+    np.testing.assert_allclose(fw.numpy(model(x)), fw.numpy(folded(x)), rtol=1e-5)
+    got = xplain.explain(model, x, method="lrp", composite="zero", target=[0, 1, 2, 0])
+    want = xplain.explain(folded, x, method="lrp", composite="zero", target=[0, 1, 2, 0])
+    np.testing.assert_allclose(fw.numpy(got.attributions), fw.numpy(want.attributions), rtol=1e-5, atol=1e-9)
+    assert got.conservation.balanced.all()
+    if fw.name == "torch":
+        with pytest.raises(LayerError, match="has parameters"):
+            xplain.explain(_scaled_mlp(fw, gamma, in_place=True), x, method="lrp", target=0)
+
+
 # ---- the borrowed model ---------------------------------------------------------------------------------
 def test_model_unchanged_also_when_a_rule_raises(fw):
     model = zoo(fw, "vgg16_bn")
@@ -559,7 +611,7 @@ def test_unknown_layer_with_parameters_is_refused(fw):
                 self.s = nn.Parameter(torch.ones(4))
 
             def forward(self, x):
-                return x * self.s
+                return x * self.s + self.s  # not a proven scaling (that one is a bias-free linear map)
         scale = Scale()
     else:
         class Scale(nn.Layer):
@@ -568,7 +620,7 @@ def test_unknown_layer_with_parameters_is_refused(fw):
                 self.s = self.create_parameter([4], default_initializer=nn.initializer.Constant(1.0))
 
             def forward(self, x):
-                return x * self.s
+                return x * self.s + self.s
         scale = Scale()
     model = fw.sequential(fw.linear(3, 4), scale, fw.relu(), fw.linear(4, 2))
     x = fw.tensor(RNG.standard_normal((2, 3)))

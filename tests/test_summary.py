@@ -76,3 +76,41 @@ def test_bad_shape(fw):
     with pytest.raises(xplain.InputError, match="input_shape"):
         xplain.summary(fw.model("mlp"), (0, 784))
     assert np.isfinite(xplain.summary(fw.model("mlp"), (1, 1, 28, 28)).total_params)
+
+
+def test_vit_counts_attention_and_embeddings_by_hand(fw):
+    """torchvision's ViT (paddle: its port): the class token and position embedding are the
+    parameters of the modules whose forward uses them, torch's MultiheadAttention computes its
+    projections functionally (its row shows them), paddle's calls them as layers; both total
+    the same by-hand count."""
+    from transformer_zoo import tiny_vit
+
+    model = tiny_vit(fw, image_size=48)  # patches of 8: 36 + 1 tokens, width 16, MLP 32, 2 blocks
+    s = xplain.summary(model, (2, 3, 48, 48))
+    e, t, m, classes = 16, 37, 32, 4
+    block = 2 * (2 * e) + (4 * e * e + 4 * e) + (e * m + m) + (m * e + e)  # 2 LN, attention, MLP
+    params = (3 * 8 * 8 * e + e) + e + t * e + 2 * block + 2 * e + (e * classes + classes)
+    assert s.total_params == params == sum(int(np.prod(p.shape)) for p in model.parameters())
+    block_macs = t * 4 * e * e + t * e * m + t * m * e  # projections, MLP (attention products: 0)
+    assert s.total_mult_adds == 2 * (36 * 3 * 8 * 8 * e + 2 * block_macs + e * classes)
+    rows = {r.name: r for r in s.rows}
+    assert rows["encoder"].params == t * e and rows[""].params == e  # position embedding; class token
+
+
+def test_swin_counts_window_projections(fw):
+    """Swin's attention projections are called as modules in paddle's port and run functionally
+    on their weights in torchvision's: the same totals, windows counted padded."""
+    from transformer_zoo import swin
+
+    model = swin(fw, "swin_t", tiny=True)
+    s = xplain.summary(model, (1, 3, 40, 40))
+    assert s.total_params == 35_744  # tiny Swin: both frameworks' own parameter counts
+    patch = 10 * 10 * 16 * 3 * 4 * 4
+    # a stage's block: qkv (C→3C) and proj (C→C) on the map padded to whole 4x4 windows, MLP
+    # (C→4C→C) on the map itself
+    def block(c, side, padded):
+        return padded ** 2 * (c * 3 * c + c * c) + side ** 2 * 2 * c * 4 * c
+    stage1 = 2 * block(16, 10, 12)
+    merge = 5 * 5 * 64 * 32  # 10x10 → 5x5, 4·16 → 32
+    stage2 = 2 * block(32, 5, 8)
+    assert s.total_mult_adds == patch + stage1 + merge + stage2 + 32 * 4 == 1_766_528

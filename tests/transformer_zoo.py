@@ -157,3 +157,79 @@ def tiny_maxvit(fw: Any) -> Any:
     from xplain_paddle.transformers import MaxVit
 
     return torch_to_paddle(tm, MaxVit(**TINY_MAXVIT))
+
+
+def paddleclas_vit(seed: int = 0) -> Any:
+    """A small ViT written as PaddleClas writes its ViT/DeiT (``ppcls.arch.backbone.model_zoo.
+    vision_transformer``: its own ``Identity`` for drop paths, an ``Attention`` with one packed
+    ``qkv`` projection computed from module calls, a ``PatchEmbed`` container, class token and
+    position embedding in the root's forward), its classes placed in that package so the paddle
+    backend recognises them as it does PaddleClas's own. PaddleClas itself pins NumPy 1.24 and
+    OpenCV ≤ 4.6 and does not install beside Paddle 3.3. 48 px, patches of 8, 2 blocks of 2
+    heads, width 16, 4 classes; every parameter drawn (seeded)."""
+    import paddle
+    from paddle import nn
+
+    class Identity(nn.Layer):
+        def forward(self, x):
+            return x
+
+    class Attention(nn.Layer):
+        def __init__(self, dim, num_heads):
+            super().__init__()
+            self.num_heads, self.scale = num_heads, (dim // num_heads) ** -0.5
+            self.qkv, self.attn_drop = nn.Linear(dim, 3 * dim), nn.Dropout(0.0)
+            self.proj, self.proj_drop = nn.Linear(dim, dim), nn.Dropout(0.0)
+
+        def forward(self, x):
+            n, c = x.shape[1:]
+            qkv = self.qkv(x).reshape((-1, n, 3, self.num_heads, c // self.num_heads)).transpose((2, 0, 3, 1, 4))
+            attn = nn.functional.softmax(qkv[0].matmul(qkv[1].transpose((0, 1, 3, 2))) * self.scale, axis=-1)
+            x = self.attn_drop(attn).matmul(qkv[2]).transpose((0, 2, 1, 3)).reshape((-1, n, c))
+            return self.proj_drop(self.proj(x))
+
+    class Block(nn.Layer):
+        def __init__(self, dim, heads):
+            super().__init__()
+            self.norm1, self.attn, self.drop_path = nn.LayerNorm(dim), Attention(dim, heads), Identity()
+            self.norm2 = nn.LayerNorm(dim)
+            self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+        def forward(self, x):
+            x = x + self.drop_path(self.attn(self.norm1(x)))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    class PatchEmbed(nn.Layer):
+        def __init__(self, dim):
+            super().__init__()
+            self.proj = nn.Conv2D(3, dim, 8, stride=8)
+
+        def forward(self, x):
+            return self.proj(x).flatten(2).transpose((0, 2, 1))
+
+    class VisionTransformer(nn.Layer):
+        def __init__(self, dim=16, depth=2, heads=2, classes=4):
+            super().__init__()
+            self.patch_embed = PatchEmbed(dim)
+            self.pos_embed = self.create_parameter([1, 37, dim])
+            self.cls_token = self.create_parameter([1, 1, dim])
+            self.pos_drop = nn.Dropout(0.0)
+            self.blocks = nn.LayerList([Block(dim, heads) for _ in range(depth)])
+            self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, classes)
+
+        def forward(self, x):
+            x = self.patch_embed(x)
+            x = paddle.concat((self.cls_token.expand((x.shape[0], -1, -1)), x), axis=1)
+            x = self.pos_drop(x + self.pos_embed)
+            for block in self.blocks:
+                x = block(x)
+            return self.head(self.norm(x)[:, 0])
+
+    for cls in (Identity, Attention, Block, PatchEmbed, VisionTransformer):
+        cls.__module__ = "ppcls.arch.backbone.model_zoo.vision_transformer"
+    model = VisionTransformer()
+    rng = np.random.default_rng(seed)
+    for p in model.parameters():
+        p.set_value((rng.standard_normal(p.shape) * (0.1 if len(p.shape) == 1 else 0.3)).astype("float32"))
+    model.eval()
+    return model

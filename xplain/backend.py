@@ -69,11 +69,15 @@ LAYER_KINDS = (
 #: for)``; or ``projections`` ``{"q": layer, "k": layer}``, its query and key projections when
 #: they are layers of their own (their outputs ``(N, L, E)`` give the weights without
 #: recomputing them). A layer whose query, key and value come from one projection *module* (``q | k | v``
-#: on its output's last axis) names it as ``packed_qkv`` instead of ``read_call``; a layer that
+#: on its output's last axis) names it as ``packed_qkv`` instead of ``read_call``, with
+#: ``packed_scale`` (the factor on ``q·kᵀ``, or ``None`` where it is not the standard
+#: ``softmax(q·kᵀ·scale)·v``) and ``out_weight``/``out_bias`` (its output projection, torch's
+#: ``(out, in)`` layout) for the attention maps that re-evaluate it; a layer that
 #: must be re-evaluated (Swin) gives ``window_size`` and what ``xplain.methods._attention.
 #: window_attention`` reads.
 ATTENTION_ATTRS = ("heads", "batch_first", "unsupported", "read_call", "write_output", "write_call",
-                   "weights_call", "split_weights", "projections", "packed_qkv", "window_size")
+                   "weights_call", "split_weights", "projections", "packed_qkv", "packed_scale",
+                   "out_weight", "out_bias", "window_size")
 
 
 #: Activation functions a backend names in ``LayerInfo.attrs["function"]`` of an
@@ -329,6 +333,9 @@ class Backend(Protocol):
     # ---- model state (the borrowed-model guard) ---------------------------------------------
     def named_tensors(self, model: Model) -> list[tuple[str, Tensor]]:
         """Every parameter and buffer of ``model`` with its state-dict name."""
+
+    def named_parameters(self, model: Model) -> list[tuple[str, Tensor]]:
+        """Every parameter of ``model`` (not buffers), each once, with its dotted name."""
 
     def snapshot(self, model: Model, deep: bool = False) -> Any:
         """Record of what a method may touch: train/eval flags, gradient flags, hooks, which

@@ -111,7 +111,9 @@ class Call:
         zero_leaf: a zero leaf was added to the output for the feeds check.
         param_uses: for a container with parameters of its own, ``(parameter name, relation,
             call index)`` for each parameter whose use was proven: ``"scale"`` (the container's
-            output is ``p · u`` or its input plus that, ``u`` the output of that call),
+            output is ``p · u`` or its input plus that, ``u`` the output of that call; for a
+            leaf of unknown kind with one parameter, its output is its input times it, the
+            index its own),
             ``"add"`` (that call's first input is the container's input plus ``p``) or
             ``"prefix"`` (that call's first input starts with ``p`` along axis 1).
     """
@@ -436,7 +438,8 @@ class _Pass:
                 shapes = tuple(tuple(B.shape(t)) if B.is_tensor(t) else None for t in output)
             real = out is not None and _floating(B, output)
             gates = () if leaf or out is None else self._gates(opened, index, output, out)
-            uses = () if leaf or out is None else self._param_uses(info, opened, index, output)
+            uses = () if out is None else self._leaf_scale(info, opened, index, output) if leaf \
+                else self._param_uses(info, opened, index, output)
             layout, reason, replaced = None, "", None
             # the projections inside an attention layer (paddle's q_proj ...) are not maps of
             # their own: the attention layer is one unit, as torch's functional projections are
@@ -538,8 +541,28 @@ class _Pass:
                     break
         rest = {k: v for k, v in own.items() if k not in {f[0] for f in found}}
         if rest:
-            found += self._embedding(rest, opened, index)
+            # a prefix token proven alone may be part of an embedding with the rest (DeiT III:
+            # ``[cls | u + pos]``): tried together, the embedding replaces its simple relation
+            prefixes = {f[0]: own[f[0]] for f in found if f[1] == "prefix"}
+            embedding = self._embedding({**rest, **prefixes}, opened, index)
+            used = {e[0] for e in embedding}
+            found = [f for f in found if f[0] not in used] + embedding
         return tuple(found)
+
+    def _leaf_scale(self, info: LayerInfo, opened: _Open, index: int, out: Any) -> tuple:
+        """:attr:`Call.param_uses` of a leaf of unknown kind with one parameter: ``("weight
+        name", "scale", its own index)`` where its output is exactly its input times that
+        parameter (timm's ``LayerScale``), proven on the values as for containers."""
+        B = self.B
+        own = {k: v for k, v in info.params.items() if v is not None}
+        if info.kind != "other" or len(own) != 1 or not opened.inputs or not B.is_tensor(opened.inputs[0]):
+            return ()
+        (pname, p), = own.items()
+        x = opened.inputs[0]
+        oshape = tuple(B.shape(out))
+        if x is out or tuple(B.shape(x)) != oshape or not _broadcasts(tuple(B.shape(p)), oshape):
+            return ()  # in place (the input is gone) or not element-wise
+        return ((pname, "scale", index),) if bool(B.all(x * p == out)) else ()
 
     def _embedding(self, params: dict, opened: _Open, index: int) -> list:
         """A token embedding (timm's ViT): a call inside the container reads

@@ -7,10 +7,15 @@ The counts follow the convention of torchsummaryX, which users know from the CNN
 
 * **params** — trainable weights and biases of each layer (BatchNorm's running statistics are
   buffers, not parameters). A layer called several times (torchvision's BasicBlock calls one
-  ReLU twice) is listed once per call, its parameters counted once.
+  ReLU twice) is listed once per call, its parameters counted once. A parameter whose layer did
+  not run as a leaf is shown on the nearest enclosing layer that ran (a ViT's class token and
+  position embedding; torch's ``MultiheadAttention`` and Swin's attention, whose projections
+  run functionally from their weights), so the total is every parameter of the layers that ran.
 * **mult-adds** — multiply-accumulate operations of convolutions and fully connected layers,
   for the whole batch given in ``input_shape`` (``batch ×`` one sample's):
-  conv: ``out_numel × (in_channels / groups) × kh × kw``; linear: ``out_numel × in_features``.
+  conv: ``out_numel × (in_channels / groups) × kh × kw``; linear: ``out_numel × in_features``;
+  an attention layer's functional projections: ``tokens × out × in`` per weight (Swin's over its
+  windows, padded); the attention products themselves count 0.
   Additions of biases, BatchNorm, activations and pooling count 0 (torchsummaryX adds one per
   BatchNorm weight, a difference of < 0.01 % on ResNets).
 
@@ -80,11 +85,51 @@ def _numel(backend: Any, t: Any) -> int:
     return 0 if t is None else int(np.prod(backend.shape(t), dtype=np.int64))
 
 
-def _layer_params(backend: Any, info: LayerInfo) -> int:
-    """Trainable parameter count of one leaf layer (weights and biases, not BN statistics)."""
-    if info.kind in ("conv", "linear", "batchnorm"):
-        return _numel(backend, info.params.get("weight")) + _numel(backend, info.params.get("bias"))
-    return sum(_numel(backend, p) for p in info.params.values())
+def _parameters_by_row(B: Any, model: Any, obs: Any, by_name: dict[str, LayerInfo]) -> dict[str, list]:
+    """``{row layer: [(parameter name, parameter)]}``: each parameter goes to the layer that owns
+    it where that layer ran as a leaf, else to the nearest enclosing layer that ran (a class
+    token or position embedding to the module whose forward uses it; torch's attention
+    projections, which run functionally from the attention layer's own and its children's
+    weights, to the attention layer). Parameters of layers that never ran inside one that did
+    not run either are not shown."""
+    called = {c.name for c in obs.calls}
+    leaves = {c.name for c in obs.calls if c.leaf and by_name[c.name].kind != "container"}
+    rows: dict[str, list] = {}
+    for pname, p in B.named_parameters(model):
+        owner = pname.rpartition(".")[0]
+        if owner not in leaves:
+            while owner and owner not in called:
+                owner = owner.rpartition(".")[0]
+            if owner not in called:
+                continue
+        rows.setdefault(owner, []).append((pname, p))
+    return rows
+
+
+def _inner_mult_adds(B: Any, info: LayerInfo, call: Any, owned: list, by_name: dict[str, LayerInfo]) -> int:
+    """Mult-adds of the linear maps an attention layer computes functionally from weights its
+    row shows (torch's MultiheadAttention: its packed or separate query/key/value projection
+    weights and its ``out_proj``; Swin's attention: ``qkv`` and ``proj`` over its windows,
+    padded): each ``(out, in)`` weight once per token. Other functional computations (the
+    attention products, a position-bias MLP) count 0, as for leaves."""
+    shapes = [tuple(f.shape) for f in call.inputs if f is not None]
+    if info.kind != "attention" or not shapes:
+        return 0
+    x = shapes[0]
+    if "window_size" in info.attrs and len(x) == 4:  # (N, H, W, C), padded to whole windows
+        wh, ww = (int(v) for v in info.attrs["window_size"])
+        tokens = x[0] * -(-x[1] // wh) * wh * -(-x[2] // ww) * ww
+    else:
+        tokens = int(np.prod(x[:-1], dtype=np.int64))
+    total = 0
+    for pname, p in owned:
+        owner, _, leaf = pname.rpartition(".")
+        shape = B.shape(p)
+        child_linear = owner != info.name and owner in by_name and by_name[owner].kind == "linear" \
+            and leaf == "weight"
+        if len(shape) == 2 and (child_linear or (owner == info.name and leaf.endswith("proj_weight"))):
+            total += tokens * int(shape[0]) * int(shape[1])
+    return total
 
 
 def _mult_adds(backend: Any, info: LayerInfo, out_shape: tuple[int, ...] | None) -> int:
@@ -137,21 +182,23 @@ def summary(model: Any, input_shape: tuple[int, ...] = (1, 3, 224, 224), *,
     with B.gradient_lock(), borrowed(B, model):  # the shared pass takes a gradient (see observe)
         obs = observe_model(B, model, B.asarray(probe, like=like), infos)
     result = Summary(input_shape=tuple(int(s) for s in input_shape))
+    owned = _parameters_by_row(B, model, obs, by_name)
     counted: set[int] = set()
     for call in obs.calls:
         info = by_name[call.name]
-        if not call.leaf or info.kind == "container":
+        if (not call.leaf or info.kind == "container") and not owned.get(call.name):
             continue
         first = id(info.module) not in counted
         counted.add(id(info.module))
-        params = _layer_params(B, info) if first else 0
+        params = sum(_numel(B, p) for _, p in owned.get(call.name, ())) if first else 0
         kernel = (B.shape(info.params["weight"]) if info.kind in ("conv", "linear")
                   and info.params.get("weight") is not None else None)
         shape = (call.output.shape if call.output is not None else
                  call.output_shapes[0] if call.output_shapes else None)  # a tuple's first item
+        adds = _mult_adds(B, info, shape) if call.leaf else \
+            _inner_mult_adds(B, info, call, owned.get(call.name, []), by_name)
         row = SummaryRow(info.name, info.kind, info.type_name, kernel,
-                         None if shape is None else batched_shape(shape, batch), params,
-                         batch * _mult_adds(B, info, shape))
+                         None if shape is None else batched_shape(shape, batch), params, batch * adds)
         result.rows.append(row)
         result.total_params += row.params
         result.total_mult_adds += row.mult_adds

@@ -76,6 +76,16 @@ def named_tensors(model) -> list[tuple[str, Any]]:
     return list(itertools.chain(model.named_parameters(), model.named_buffers()))
 
 
+def named_parameters(model) -> list[tuple[str, Any]]:
+    """Parameters without BatchNorm's running statistics (paddle stores them as parameters that
+    take no gradient; torch as buffers)."""
+    stats = {id(layer._mean) for layer in model.sublayers(include_self=True)
+             if isinstance(layer, nn.layer.norm._BatchNormBase)}
+    stats |= {id(layer._variance) for layer in model.sublayers(include_self=True)
+              if isinstance(layer, nn.layer.norm._BatchNormBase)}
+    return [(n, p) for n, p in model.named_parameters() if id(p) not in stats]
+
+
 def gradients_unavailable(x: paddle.Tensor) -> str | None:
     return None
 
@@ -438,7 +448,7 @@ def _layer_info(lname: str, m: nn.Layer) -> LayerInfo:
         kind = "attention"
         params = dict(m.named_parameters(include_sublayers=False))
         attrs = {"heads": int(getattr(m, "n_heads", getattr(m, "num_heads", 0))),
-                 "packed_qkv": getattr(m, _packed_qkv_attr(m)), "unsupported": None}
+                 "packed_qkv": getattr(m, _packed_qkv_attr(m)), "unsupported": None, **_packed_output(m)}
     elif kind in ("other", "container"):  # a container's own parameters (attention, layer scale)
         params = dict(m.named_parameters(include_sublayers=False))
     return LayerInfo(lname, kind, type(m).__name__, m, params, attrs, has_children)
@@ -504,6 +514,16 @@ _PACKED_ATTENTION = {("xplain_paddle", "RelativePositionalMultiHeadAttention"): 
 #: Parameter-free layers that are the identity in evaluation mode, by (package, class name):
 #: PaddleClas's own ``Identity`` and its stochastic depth (``DropPath``).
 _IDENTITY_IN_EVAL = {("ppcls", "Identity"), ("ppcls", "DropPath")}
+
+
+def _packed_output(m: nn.Layer) -> dict[str, Any]:
+    """``packed_scale``, ``out_weight``, ``out_bias`` of a packed attention layer: PaddleClas's
+    ``softmax(q·kᵀ·scale)·v`` then ``proj``; MaxViT's scales its keys by another factor and adds
+    a position bias (``packed_scale`` ``None``: not re-evaluated)."""
+    proj = getattr(m, "proj", None)
+    if type(m).__module__.startswith("ppcls.") and isinstance(proj, nn.Linear):
+        return {"packed_scale": float(m.scale), "out_weight": proj.weight.T, "out_bias": proj.bias}
+    return {"packed_scale": None}
 
 
 def _packed_qkv_attr(m: nn.Layer) -> str | None:

@@ -71,6 +71,10 @@ def named_tensors(model) -> list[tuple[str, Any]]:
     return list(itertools.chain(model.named_parameters(), model.named_buffers()))
 
 
+def named_parameters(model) -> list[tuple[str, Any]]:
+    return list(model.named_parameters())
+
+
 def gradients_unavailable(x: torch.Tensor) -> str | None:
     if torch.is_inference_mode_enabled():
         return ("explain() was called inside torch.inference_mode(), where no gradient can be "
@@ -378,6 +382,16 @@ def _packed_qkv_name(m: nn.Module) -> str | None:
     return None
 
 
+def _packed_output(m: nn.Module) -> dict[str, Any]:
+    """``packed_scale``, ``out_weight``, ``out_bias`` of a packed attention module: timm's
+    ``softmax(q·kᵀ·scale)·v`` then ``proj``; MaxViT's scales its keys by another factor and adds
+    a position bias (``packed_scale`` ``None``: not re-evaluated)."""
+    proj = getattr(m, "proj", None)
+    if type(m).__module__.startswith("timm.") and isinstance(proj, nn.Linear):
+        return {"packed_scale": float(m.scale), "out_weight": proj.weight, "out_bias": proj.bias}
+    return {"packed_scale": None}
+
+
 def _packed_unsupported(m: nn.Module) -> str | None:
     """What a packed attention module computes beyond ``softmax(q·kᵀ)·v`` (timm's options)."""
     for attr in ("q_norm", "k_norm", "norm"):
@@ -457,7 +471,8 @@ def _layer_info(lname: str, m: nn.Module) -> LayerInfo:
         kind = "attention"
         params = dict(m.named_parameters(recurse=False))
         attrs = {"heads": int(getattr(m, "n_heads", getattr(m, "num_heads", 0))),
-                 "packed_qkv": getattr(m, _packed_qkv_name(m)), "unsupported": _packed_unsupported(m)}
+                 "packed_qkv": getattr(m, _packed_qkv_name(m)), "unsupported": _packed_unsupported(m),
+                 **_packed_output(m)}
     elif kind in ("other", "container"):  # a container's own parameters (attention, layer scale)
         params = dict(m.named_parameters(recurse=False))
     return LayerInfo(lname, kind, type(m).__name__, m, params, attrs, has_children)

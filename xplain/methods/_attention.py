@@ -71,12 +71,14 @@ def attention_weights(B: Any, info: LayerInfo, query: Any, key: Any, mask: Any, 
     return weights_of_projections(B, info, q, k, mask, scores=scores)
 
 
-def weights_of_projections(B: Any, info: LayerInfo, q: Any, k: Any, mask: Any, *, scores: Any = None) -> Any:
+def weights_of_projections(B: Any, info: LayerInfo, q: Any, k: Any, mask: Any, *, scores: Any = None,
+                           scale: float | None = None) -> Any:
     """The softmax weights ``(N, heads, L, S)`` from the projected queries and keys
-    ``(N, L, E)`` / ``(N, S, E)`` (batch first)."""
+    ``(N, L, E)`` / ``(N, S, E)`` (batch first); ``scale`` on ``q·kᵀ`` (default
+    ``(E / heads)^-1/2``)."""
     heads = int(info.attrs["heads"])
     q, k = _heads(B, q, heads), _heads(B, k, heads)
-    s = B.matmul(q, B.permute_dims(k, (0, 1, 3, 2))) * (B.shape(q)[-1] ** -0.5)
+    s = B.matmul(q, B.permute_dims(k, (0, 1, 3, 2))) * (B.shape(q)[-1] ** -0.5 if scale is None else scale)
     if scores is not None:
         s = scores(s)
     if mask is not None:
@@ -101,6 +103,20 @@ def reevaluate_attention(B: Any, info: LayerInfo, query: Any, key: Any, value: A
     e = heads * B.shape(v)[-1]
     out = _project(B, info, B.reshape(B.permute_dims(ctx, (0, 2, 1, 3)), (n, lq, e)), "out", project)
     return _batch_first(B, info, out), a
+
+
+def packed_attention(B: Any, info: LayerInfo, t: Any, *, weights: Any = None) -> tuple[Any, Any]:
+    """Self-attention from its packed projection's output ``t`` ``(N, T, 3E)`` (``q | k | v`` on
+    the last axis, heads contiguous within each, as timm's ``qkv``): ``(output (N, T, E) through
+    ``out_weight``/``out_bias``, softmax weights (N, heads, T, T))``, with ``packed_scale`` on
+    ``q·kᵀ``; ``weights`` as in :func:`reevaluate_attention`."""
+    A = info.attrs
+    e = B.shape(t)[-1] // 3
+    a = weights_of_projections(B, info, t[..., :e], t[..., e:2 * e], None, scale=A["packed_scale"])
+    n, heads, length, _ = B.shape(a)
+    ctx = B.matmul(a if weights is None else weights(a), _heads(B, t[..., 2 * e:], heads))
+    out = B.linear(B.reshape(B.permute_dims(ctx, (0, 2, 1, 3)), (n, length, e)), A["out_weight"], A.get("out_bias"))
+    return out, a
 
 
 def _roll(B: Any, x: Any, shift: int, axis: int) -> Any:

@@ -2,11 +2,11 @@
 variant.
 
 Both read the softmax weights ``A`` (N, heads, T, T) of every self-attention layer (kind
-``"attention"``: torch's ``nn.MultiheadAttention``, paddle's ``MultiHeadAttention``) in
-execution order, re-evaluated from the layer's parameters and inputs
-(:mod:`xplain.methods._attention`; the first call per layer and token count also rebuilds the
-output and checks it against the layer's own, so a layer that is not what it claims is
-refused). The map is the class token's row of the rolled-out matrix over the patch tokens, laid
+``"attention"``: torch's ``nn.MultiheadAttention``, paddle's ``MultiHeadAttention``; timm's and
+PaddleClas's ViT attention from their packed ``qkv`` projection's output) in execution order,
+re-evaluated from the layer's parameters and inputs (:mod:`xplain.methods._attention`; the
+first call per layer and token count also rebuilds the output and checks it against the
+layer's own, so a layer that is not what it claims is refused; window attention is refused). The map is the class token's row of the rolled-out matrix over the patch tokens, laid
 out on their grid (prefix tokens found as for CAM, :func:`xplain.layout.token_layout`) and
 upsampled bilinearly to the input size, as the CAM family does.
 """
@@ -22,8 +22,8 @@ from ..errors import LayerError
 from ..layout import parse_tokens, token_layout
 from ..options import Range
 from ..run import MethodResult, Run
-from ._attention import (attention_weights, check_reevaluation, reevaluate_attention, same_value,
-                         weights_of_projections)
+from ._attention import (attention_weights, check_reevaluation, packed_attention, reevaluate_attention,
+                         same_value, weights_of_projections)
 from .cam.maps import finish
 
 #: (layer module) → token counts at which its re-evaluation was checked against its output.
@@ -37,15 +37,16 @@ def _attention_layers(run: Run) -> list[Any]:
                          f"(torch nn.MultiheadAttention, paddle nn.MultiHeadAttention), and this "
                          f"model has none; use a CAM method or LRP")
     for info in infos:
-        if "read_call" not in info.attrs:
+        packed = "packed_qkv" in info.attrs and info.attrs.get("packed_scale") is not None
+        if "read_call" not in info.attrs and not packed:
             how = ("attends within windows or grids (Swin), so its weights do not chain into one "
                    "token-to-token flow" if "window_size" in info.attrs else
-                   "computes its attention inside one module from a packed query/key/value "
-                   "projection (MaxViT's windows and grids, timm's or PaddleClas's ViT), where "
-                   "xplain does not read its weights")
+                   "computes its attention inside one module with a position bias and its own "
+                   "scaling (MaxViT's window and grid attention), which xplain does not "
+                   "re-evaluate")
             raise LayerError(f"layer {info.name!r} ({info.type_name}) {how}; {run.method} reads "
                              f"global self-attention layers (torch nn.MultiheadAttention, paddle "
-                             f"nn.MultiHeadAttention: torchvision's ViT, xplain's paddle ViT). Use "
+                             f"nn.MultiHeadAttention, timm's and PaddleClas's ViT attention). Use "
                              f"Grad-CAM (layout found automatically) or LRP")
         if info.attrs.get("unsupported"):
             raise LayerError(f"layer {info.name!r} ({info.type_name}) uses "
@@ -115,10 +116,46 @@ def _weights_pass(run: Run, x: Tensor, infos: list[Any], *, grad: bool) -> tuple
             return None
         return hook
 
+    def packed_hook_for(info: Any, store: dict) -> Any:
+        def hook(_layer: Any, _inputs: tuple, output: Any) -> Any:
+            t = store.pop("qkv", None)
+            if t is None or len(B.shape(t)) != 3:
+                raise LayerError(f"layer {info.name!r} ({info.type_name}): its packed projection's "
+                                 f"output is not one token sequence (N, T, 3E) per call; "
+                                 f"{run.method} needs self-attention over the image's tokens")
+            checked = _CHECKED.setdefault(info.module, set())
+            shape = tuple(B.shape(t))
+            if grad:  # the weights as a leaf: the score's gradient at them is ∇A
+                leaf: list[Tensor] = []
+
+                def as_leaf(w: Tensor) -> Tensor:
+                    leaf.append(B.with_grad(B.stop_gradient(w)))
+                    return leaf[0]
+                mine, _ = packed_attention(B, info, t, weights=as_leaf)
+                check_reevaluation(B, info, output, mine, "multi-head attention")
+                seen.append(leaf[0])
+                return same_value(B, output, mine)
+            if shape not in checked:
+                mine, a = packed_attention(B, info, t)
+                check_reevaluation(B, info, output, mine, "multi-head attention")
+                checked.add(shape)
+            else:  # checked before at this size: the weights alone
+                e = shape[-1] // 3
+                a = weights_of_projections(B, info, t[..., :e], t[..., e:2 * e], None,
+                                           scale=info.attrs["packed_scale"])
+            seen.append(a)
+            return None
+        return hook
+
     projections: dict[str, dict] = {}
     try:
         for info in infos:
             asked: list = []
+            if "read_call" not in info.attrs:  # packed: q | k | v from its projection's output
+                store: dict = {}
+                handles.append(B.add_forward_hook(info.attrs["packed_qkv"], capture(store, "qkv")))
+                handles.append(B.add_forward_hook(info.module, packed_hook_for(info, store)))
+                continue
             if projected(info):
                 store = projections.setdefault(info.name, {})
                 for which, layer in info.attrs["projections"].items():

@@ -71,6 +71,8 @@ class Probe:
         gates: activation layers that gate a signal (see above).
         containers_with_params: executed containers with parameters of their own whose use the
             observation did not prove.
+        scaling_leaves: leaves of unknown kind proven to multiply their input by their one
+            parameter (timm's ``LayerScale``): a linear map without bias, the gradient its rule.
         param_uses: ``(container, parameter, relation, sub-layer)`` for each proven use of a
             container's own parameter as a constant added to (``"add"``) or put in front of
             (``"prefix"``) the sub-layer's input: the ledger books ``Σ p·g`` there.
@@ -94,6 +96,7 @@ class Probe:
     nonneg_inputs: frozenset[str] = frozenset()
     gates: frozenset[str] = frozenset()
     containers_with_params: tuple[str, ...] = ()
+    scaling_leaves: frozenset[str] = frozenset()
     param_uses: tuple[tuple[str, str, str, str], ...] = ()
     modified_outputs: frozenset[str] = frozenset()
     inputs_changed_later: frozenset[str] = frozenset()
@@ -205,6 +208,10 @@ def derive(obs: Observation, infos: Iterable[LayerInfo], merge_batchnorm: bool) 
         per_sample_bytes=total, largest_bytes=largest,
         nonneg_inputs=frozenset(nonneg_inputs - signed_inputs),
         gates=frozenset(obs.calls[g].name for c in obs.calls if c.name for g in c.gates),
+        scaling_leaves=frozenset(c.name for c in obs.calls if c.leaf and c.kind == "other"
+                                 and any(u[1] == "scale" for u in c.param_uses)
+                                 and counts[c.name] == sum(1 for d in obs.calls if d.name == c.name
+                                                           and d.param_uses)),
         containers_with_params=tuple(dict.fromkeys(
             c.name for c in obs.calls if not c.leaf and c.kind not in _UNITS
             and any(p is not None and (c.name, k) not in proven

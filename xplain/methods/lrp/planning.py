@@ -143,6 +143,8 @@ def _default_spec(info: LayerInfo, found: Probe, composite: Composite, kinds: Ma
         at_zero = _registered_activation(info, registered)
         if at_zero is not None:
             return (spec if spec is not None else "pass"), at_zero
+        if name in found.scaling_leaves:  # y = p ⊙ x, proven: LRP-0 is its gradient
+            return spec, 0.0
         if any(v is not None for v in info.params.values()):
             raise LayerError(f"layer {name!r} ({info.type_name}) has parameters and xplain does "
                              f"not know what it computes, so no LRP rule can be derived; "

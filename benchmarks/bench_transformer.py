@@ -3,8 +3,8 @@ against one forward, and LXT in a process of its own.
 
 The bars (ViT-B/16 and Swin-T, batch 8, 224², CPU): LRP ≤ 1.4× a raw forward+backward and
 faster than LXT; rollout ≤ 1.1× one forward. torch runs torchvision's ``vit_b_16`` and
-``swin_t``; paddle the test zoo's ViT-B/16 (``xplain_paddle.transformers``; paddle has no Swin
-yet), random weights. LXT
+``swin_t``; paddle the test zoo's ViT-B/16 and Swin-T (``xplain_paddle.transformers``),
+random weights. LXT
 (``--lxt-python``, a Python with LXT 2.1) runs ``lxt_vit.py`` in a subprocess: LXT patches
 torch's classes for the whole process, so its ratio is to a raw baseline timed in that
 process (``XPLAIN_BENCH_LXT_PYTHON`` names it for ``benchmarks/run.py``). ``--quick`` uses
@@ -47,22 +47,31 @@ def vit(framework: str):
     return model
 
 
-def _swin(table: Table, batch: int, repeats: int) -> None:
-    """LRP on torchvision's Swin-T (window attention re-evaluated, see xplain.methods._attention)."""
-    import torch
-    import torchvision
+def _swin(table: Table, framework: str, batch: int, repeats: int) -> None:
+    """LRP on Swin-T (window attention re-evaluated, see xplain.methods._attention):
+    torchvision's, or the paddle test zoo's."""
+    if framework == "torch":
+        import torch
+        import torchvision
 
-    torch.manual_seed(0)
-    model = torchvision.models.swin_t(weights=None).eval()
-    x = make_input("torch", batch, 224)
-    cases = {"raw": raw_forward_backward("torch", model, x),
+        torch.manual_seed(0)
+        model = torchvision.models.swin_t(weights=None).eval()
+    else:
+        import paddle
+        from xplain_paddle.transformers import SwinTransformer
+
+        paddle.seed(0)
+        model = SwinTransformer()
+        model.eval()
+    x = make_input(framework, batch, 224)
+    cases = {"raw": raw_forward_backward(framework, model, x),
              "lrp attn_lrp": lambda: xplain.explain(model, x, method="lrp", composite="attn_lrp", target=0),
              "lrp cp_lrp": lambda: xplain.explain(model, x, method="lrp", composite="cp_lrp", target=0)}
     rounds = interleaved_rounds(cases, repeats)
     t = {k: statistics.median(v) for k, v in rounds.items()}
-    table.add("raw forward+backward", "torch", "swin_t", t["raw"], t["raw"], f"batch {batch}, 224²")
+    table.add("raw forward+backward", framework, "swin_t", t["raw"], t["raw"], f"batch {batch}, 224²")
     for case in ("lrp attn_lrp", "lrp cp_lrp"):
-        table.add(f"xplain {case}", "torch", "swin_t", t[case], t["raw"], round_spread(rounds, case))
+        table.add(f"xplain {case}", framework, "swin_t", t[case], t["raw"], round_spread(rounds, case))
 
 
 def main(quick: bool = False, frameworks: tuple[str, ...] = ("torch", "paddle"),
@@ -73,8 +82,7 @@ def main(quick: bool = False, frameworks: tuple[str, ...] = ("torch", "paddle"),
     repeats = repeats or default_repeats
     for fw in frameworks:
         set_threads(fw)
-        if fw == "torch":
-            _swin(table, batch, repeats)
+        _swin(table, fw, batch, repeats)
         model = vit(fw)
         x = make_input(fw, batch, 224)
         raw = raw_forward_backward(fw, model, x)

@@ -295,3 +295,27 @@ def test_window_attention_is_refused(fw):
     x = fw.tensor(np.random.default_rng(9).standard_normal((1, 3, 40, 40)).astype(np.float32))
     with pytest.raises(LayerError, match="attends within windows"):
         xplain.explain(model, x, "attention_rollout")
+
+
+def test_weights_asked_of_the_layer_and_its_flag_put_back(fw):
+    """The rollout takes each attention layer's own weights (torch's ``need_weights`` argument,
+    paddle's ``need_weights`` flag, switched on for the call): the flag is back as built after
+    the explanation, and also when the forward raised inside the layer."""
+    model, x = tiny_vit(fw, image_size=SIZE), _inputs(fw)
+    layers = [model.encoder.layers[i].self_attention for i in range(2)]
+    want = np_rollout(_attention_weights(fw, model, x))
+    exp = xplain.explain(model, x, "attention_rollout", normalize=False)
+    np.testing.assert_allclose(fw.numpy(exp.layer_maps["rollout"]), want, rtol=0, atol=1e-5 * np.abs(want).max())
+    if fw.name != "paddle":
+        return
+    assert not any(m.need_weights for m in layers)
+
+    def boom(*_args):
+        if layers[1].need_weights:  # inside the rollout's own call, after the flag went on
+            raise RuntimeError("boom")
+    handle = layers[1].out_proj.register_forward_post_hook(boom)
+    with pytest.raises(Exception, match="boom"):
+        xplain.explain(model, x, "attention_rollout")
+    handle.remove()
+    assert not any(m.need_weights for m in layers)
+    np.testing.assert_allclose(fw.numpy(model(x)), fw.numpy(model(x)))  # a tensor again, not a tuple

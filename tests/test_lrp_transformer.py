@@ -352,6 +352,30 @@ def test_swin_conserves_and_balances(fw, name):
     assert any("attnlrp" in r for r in exp.extras["rules"].values())
 
 
+@pytest.mark.parametrize("composite", ["cp_lrp", "attn_lrp"])
+def test_swin_once_checked_runs_its_own_attention_on_one_token(fw, composite):
+    """The first explanation at an input size checks each window attention's re-evaluation
+    against its own output and keeps that output's value; later ones hand the layer's own
+    forward a (1, 1, 1, C) corner (its output is replaced anyway) and return the re-evaluation:
+    the same relevance to float rounding, still balanced."""
+    model = swin(fw, "swin_t", tiny=True)
+    x = fw.tensor(np.random.default_rng(16).standard_normal((2, 3, 40, 40)).astype(np.float32))
+    first = xplain.explain(model, x, method="lrp", composite=composite, target=[1, 2])
+    seen = []
+    attn = dict(model.named_modules() if fw.name == "torch" else model.named_sublayers())["features.1.1.attn"]
+    # a post-hook sees the input the layer's forward was given (after xplain's pre-hooks)
+    register = attn.register_forward_hook if fw.name == "torch" else attn.register_forward_post_hook
+    handle = register(lambda _m, args, _out: seen.append(tuple(args[0].shape)))
+    second = xplain.explain(model, x, method="lrp", composite=composite, target=[1, 2])
+    handle.remove()
+    assert (1, 1, 1, 16) in seen
+    a, b = fw.numpy(first.attributions), fw.numpy(second.attributions)
+    # the re-evaluated attention output differs from the layer's own by float32 rounding
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
+    assert second.conservation.balanced.all()
+    np.testing.assert_allclose(fw.numpy(second.target_output), fw.numpy(first.target_output), rtol=1e-5)
+
+
 def _detached_softmax_and_sigma(fw, model, monkeypatch):
     """The model's own softmax outputs and LayerNorm normalisers made constants of the gradient
     (a functional softmax patched, LayerNorm outputs replaced by hooks); returns the hooks."""

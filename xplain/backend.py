@@ -66,7 +66,8 @@ LAYER_KINDS = (
 #: those three inputs. Optional, where the framework's layer can return its per-head softmax weights itself:
 #: ``weights_call(args, kwargs)`` → ``(args, kwargs, asked)`` asking it to, and
 #: ``split_weights(output, asked)`` → ``(weights (N, heads, L, S), the output the caller asked
-#: for)``; or ``projections`` ``{"q": layer, "k": layer}``, its query and key projections when
+#: for)``, and ``weights_reset()`` where asking changes the layer (a flag), called after the pass
+#: also when it raised; or ``projections`` ``{"q": layer, "k": layer}``, its query and key projections when
 #: they are layers of their own (their outputs ``(N, L, E)`` give the weights without
 #: recomputing them). A layer whose query, key and value come from one projection *module* (``q | k | v``
 #: on its output's last axis) names it as ``packed_qkv`` instead of ``read_call``, with
@@ -76,7 +77,7 @@ LAYER_KINDS = (
 #: must be re-evaluated (Swin) gives ``window_size`` and what ``xplain.methods._attention.
 #: window_attention`` reads.
 ATTENTION_ATTRS = ("heads", "batch_first", "unsupported", "read_call", "write_output", "write_call",
-                   "weights_call", "split_weights", "projections", "packed_qkv", "packed_scale",
+                   "weights_call", "split_weights", "weights_reset", "projections", "packed_qkv", "packed_scale",
                    "out_weight", "out_bias", "window_size")
 
 

@@ -495,9 +495,29 @@ def _attention_info(m: nn.MultiHeadAttention) -> tuple[dict, dict]:
         bound.arguments.update(query=q, key=k, value=v)
         return tuple(bound.args[1:]), dict(bound.kwargs)
 
+    built_with = bool(m.need_weights)
+
+    def weights_call(args: tuple, kwargs: dict) -> tuple[tuple, dict, Any]:
+        # the layer returns its softmax weights (N, heads, L, S) when its need_weights flag is
+        # on (paddle has no per-call argument): on for this call, put back by split_weights,
+        # and by weights_reset when the forward raised before
+        m.need_weights = True
+        return args, kwargs, built_with
+
+    def split_weights(output: Any, asked: Any) -> tuple[Any, Any]:
+        m.need_weights = asked
+        out, weights, rest = output[0], output[1], tuple(output[2:])
+        if asked:
+            return weights, output
+        return weights, (out, *rest) if rest else out
+
+    def weights_reset() -> None:
+        m.need_weights = built_with
+
     return params, {"heads": int(m.num_heads), "batch_first": True, "unsupported": None,
                     "read_call": read_call, "write_output": write_output, "write_call": write_call,
-                    "projections": {"q": m.q_proj, "k": m.k_proj}}
+                    "weights_call": weights_call, "split_weights": split_weights,
+                    "weights_reset": weights_reset, "projections": {"q": m.q_proj, "k": m.k_proj}}
 
 
 #: Swin's window attention of xplain's paddle test zoo (``xplain_paddle.transformers``, the

@@ -167,6 +167,8 @@ def _weights_pass(run: Run, x: Tensor, infos: list[Any], *, grad: bool) -> tuple
     finally:
         for h in handles:
             h.remove()
+        for info in infos:  # a layer asked for its weights by a flag gets it back, also on error
+            info.attrs.get("weights_reset", lambda: None)()
     if not seen:
         raise LayerError(f"no attention layer of this model ran in the forward pass; {run.method} "
                          f"needs self-attention over the image's tokens")

@@ -143,13 +143,27 @@ def install(B: Any, K: LRPKernels, plans: Mapping[str, LayerPlan], state: PassSt
             return transformer.packed_qkv(B, plan.rule, output)
         return hook
 
-    def window_hook(plan: LayerPlan):
+    def window_hooks(plan: LayerPlan):
+        # once its re-evaluation was checked at an input size, the layer's own forward (whose
+        # output the re-evaluation replaces) runs on one token: the pre-hook keeps the input
+        # for the re-evaluation and hands the layer a (1, 1, 1, C) corner of it
+        kept: list = []
+
+        def pre(_layer: Any, inputs: tuple) -> tuple | None:
+            x = inputs[0]
+            if not transformer.window_checked(B, plan.info, x):
+                return None
+            kept.append(x)
+            return (x[:1, :1, :1],) + tuple(inputs[1:])
+
         def hook(_layer: Any, inputs: tuple, output: Any) -> Any:
-            ledger.measured_in(plan.info.name, inputs[0])
-            out = transformer.window_attention_rule(B, plan.info, plan.rule, inputs[0], output)
+            x = kept.pop() if kept else inputs[0]
+            ledger.measured_in(plan.info.name, x)
+            out = transformer.window_attention_rule(B, plan.info, plan.rule, x,
+                                                    None if x is not inputs[0] else output)
             ledger.measured_out(plan.info.name, out)
             return out
-        return hook
+        return pre, hook
 
     def attention_hook(plan: LayerPlan):
         def hook(_layer: Any, _inputs: tuple, output: Any) -> None:
@@ -205,7 +219,9 @@ def install(B: Any, K: LRPKernels, plans: Mapping[str, LayerPlan], state: PassSt
                 # its own forward, whose graph the replacement drops, records none where the
                 # backend can say so
                 handles.append(B.add_forward_pre_hook(plan.info.module, alias_pre_hook))
-                handles.append(B.add_forward_hook(plan.info.module, window_hook(plan)))
+                shrink, replace = window_hooks(plan)
+                handles.append(B.add_forward_pre_hook(plan.info.module, shrink))
+                handles.append(B.add_forward_hook(plan.info.module, replace))
                 gradless = getattr(B, "add_gradless_calls", None)
                 if gradless is not None:
                     handles += gradless(plan.info.module)

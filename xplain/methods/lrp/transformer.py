@@ -111,12 +111,19 @@ def packed_qkv(B: Any, rule: Rule, t: Any) -> Any:
     return fixed + (t - fixed) * B.asarray(scale, like=t)
 
 
+def window_checked(B: Any, info: LayerInfo, x: Any) -> bool:
+    """Whether the re-evaluation of ``info`` was checked against its own output at ``x``'s size."""
+    return tuple(B.shape(x))[1:] in _CHECKED.get(info.module, ())
+
+
 def window_attention_rule(B: Any, info: LayerInfo, rule: Rule, x: Any, y: Any) -> Any:
     """The replacement of shifted-window attention output ``y`` on input ``x`` under ``rule``.
     Swin's layer computes its projections functionally from one packed weight, so its inputs
     cannot carry the rule as :func:`attention_inputs` does: the layer is re-evaluated with the
     rule in the gradient (``cp``: weights constant; ``attnlrp``: ½ on both products), checked
-    against ``y`` once per layer and shape."""
+    against ``y`` once per layer and input size, where the output takes ``y``'s value. Once
+    checked, ``y`` is ``None`` (the layer's own forward did not run on ``x``) and the output is
+    the re-evaluation itself, equal to the layer's function up to float rounding."""
     half: list = []
 
     def halved(t: Any) -> Any:
@@ -128,6 +135,8 @@ def window_attention_rule(B: Any, info: LayerInfo, rule: Rule, x: Any, y: Any) -
     mine = window_attention(B, info, x, scores=halved if taylor else None,
                             weights=None if taylor else B.stop_gradient,
                             context=halved if taylor else None)
+    if y is None:
+        return mine
     shape = tuple(B.shape(x))[1:]
     checked = _CHECKED.setdefault(info.module, set())
     if shape not in checked:

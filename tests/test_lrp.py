@@ -862,3 +862,23 @@ def test_shared_gamma_equals_the_rule_term_by_term(fw, name, monkeypatch):
     assert np.abs(b).max() > 0
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
     assert fast.extras["conservation"].balanced.all() and slow.extras["conservation"].balanced.all()
+
+
+def test_one_dimensional_adaptive_pool(fw):
+    """A 1-D adaptive average pool over a sequence (PaddleClas's Swin head: (N, C, L) → (N, C,
+    1)): described (paddle keeps its size under another attribute name than the 2-D pools) and
+    conserving, as the linear map it is."""
+    nn = fw.nn()
+    pool = nn.AdaptiveAvgPool1d(1) if fw.name == "torch" else nn.AdaptiveAvgPool1D(1)
+    flat = nn.Flatten(2) if fw.name == "torch" else nn.Flatten(start_axis=2)
+    model = fw.sequential(fw.conv2d(3, 4, 3, padding=1), flat, pool, fw.flatten(), fw.linear(4, 2))
+    model = zero_biases(fw, model)
+    model.eval()
+    info = {i.name: i for i in fw.B.layers(model)}["2"]
+    assert info.kind == "adaptive_avgpool" and info.attrs["output_size"] == 1
+    x = fw.tensor(np.random.default_rng(31).standard_normal((2, 3, 6, 6)))
+    exp = xplain.explain(model, x, method="lrp", composite="zero", target=[0, 1])
+    # LRP-0 throughout: float32 rounding (and the rule's 1e-9 stabiliser on outputs near 0)
+    # separates the sums: 1e-4 of the largest logit
+    want = fw.numpy(exp.target_output)
+    np.testing.assert_allclose(fw.numpy(exp.relevance_sum), want, rtol=0, atol=1e-4 * np.abs(want).max())

@@ -680,3 +680,94 @@ def test_paddleclas_style_vit_is_recognised(fw):
     exp = xplain.explain(model, x, method="lrp", composite="cp_lrp", target=[1, 3])
     # ε = 1e-6 on the MLPs absorbs: float32 sums
     np.testing.assert_allclose(fw.numpy(exp.relevance_sum), fw.numpy(exp.target_output), rtol=1e-4)
+
+
+def test_sequence_first_layers_are_refused(fw):
+    """torch's ``nn.MultiheadAttention(batch_first=False)`` and the layers around it compute on
+    (L, N, E) tensors whose rows are tokens, not samples: LRP's per-sample report cannot book
+    them, so LRP refuses, naming the first such layer and the fix; gradient methods run."""
+    if fw.name != "torch":
+        pytest.skip("paddle's MultiHeadAttention is always batch-first")
+    import torch
+    from torch import nn
+
+    class SeqFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.patch = nn.Conv2d(3, 8, 4, stride=4)
+            self.norm = nn.LayerNorm(8)
+            self.attn = nn.MultiheadAttention(8, 2)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            t = self.patch(x).flatten(2).permute(2, 0, 1)  # (L, N, E)
+            t = t + self.attn(*(self.norm(t),) * 3, need_weights=False)[0]
+            return self.head(t.mean(0))
+
+    torch.manual_seed(0)
+    model = SeqFirst().eval()
+    x = torch.as_tensor(np.random.default_rng(17).standard_normal((3, 3, 12, 12)).astype(np.float32))
+    with pytest.raises(LayerError, match="'norm' computes on a sequence-first.*batch_first=True"):
+        xplain.explain(model, x, method="lrp", target=[0, 1, 2])
+    assert np.isfinite(xplain.explain(model, x, method="saliency", target=[0, 1, 2]).numpy()).all()
+
+
+def test_windows_folded_into_the_batch_book_per_sample(fw):
+    """PaddleClas's Swin cuts each sample into windows before its ``WindowAttention`` (input
+    ``(N·windows, T, C)``, batch-major as every window partition): the rule sits on its packed
+    ``qkv`` output and the report books the windows of each sample to it (a replica of its
+    layers, in its package). Balanced with biases; with biases zero cp conserves per sample."""
+    if fw.name != "paddle":
+        pytest.skip("PaddleClas is a paddle library")
+    import paddle
+    from paddle import nn
+
+    class WindowAttention(nn.Layer):
+        def __init__(self, dim, heads, tokens):
+            super().__init__()
+            self.num_heads, self.scale = heads, (dim // heads) ** -0.5
+            self.relative_position_bias_table = self.create_parameter([heads, tokens, tokens])
+            self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+            self.softmax = nn.Softmax(axis=-1)
+
+        def forward(self, x, mask=None):
+            b, n, c = x.shape
+            qkv = self.qkv(x).reshape([b, n, 3, self.num_heads, c // self.num_heads]).transpose((2, 0, 3, 1, 4))
+            attn = paddle.mm(qkv[0] * self.scale, qkv[1].transpose([0, 1, 3, 2]))
+            attn = self.softmax(attn + self.relative_position_bias_table.unsqueeze(0))
+            return self.proj(paddle.mm(attn, qkv[2]).transpose([0, 2, 1, 3]).reshape([b, n, c]))
+
+    class SwinLike(nn.Layer):
+        def __init__(self, dim=8, window=2):
+            super().__init__()
+            self.window = window
+            self.patch = nn.Conv2D(3, dim, 4, stride=4)
+            self.norm1 = nn.LayerNorm(dim)
+            self.attn = WindowAttention(dim, 2, window * window)
+            self.head = nn.Linear(dim, 3)
+
+        def forward(self, x):
+            t = self.patch(x).transpose([0, 2, 3, 1])  # (N, H, W, C)
+            n, h, w, c = t.shape
+            s = self.window
+            windows = t.reshape([n, h // s, s, w // s, s, c]).transpose([0, 1, 3, 2, 4, 5]).reshape([-1, s * s, c])
+            y = self.attn(self.norm1(windows))
+            y = y.reshape([n, h // s, w // s, s, s, c]).transpose([0, 1, 3, 2, 4, 5]).reshape([n, h, w, c])
+            return self.head((t + y).mean(axis=[1, 2]))
+
+    for cls in (WindowAttention, SwinLike):
+        cls.__module__ = "ppcls.arch.backbone.legendary_models.swin_transformer"
+    model = SwinLike()
+    rng = np.random.default_rng(18)
+    for p in model.parameters():
+        p.set_value((rng.standard_normal(p.shape) * (0.2 if len(p.shape) == 1 else 0.5)).astype("float32"))
+    model.eval()
+    x = fw.tensor(rng.standard_normal((3, 3, 16, 16)).astype(np.float32))
+    exp = xplain.explain(model, x, method="lrp", target=[0, 1, 2])
+    assert exp.conservation.balanced.all(), exp.conservation.error
+    assert exp.conservation.layers["attn"].shape == (3,)
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            p.set_value(np.zeros(p.shape, np.float32))
+    exp = xplain.explain(model, x, method="lrp", composite="cp_lrp", target=[0, 1, 2])
+    np.testing.assert_allclose(fw.numpy(exp.relevance_sum), fw.numpy(exp.target_output), rtol=1e-4)

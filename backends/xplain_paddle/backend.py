@@ -433,7 +433,8 @@ def _layer_info(lname: str, m: nn.Layer) -> LayerInfo:
     elif kind in ("maxpool", "avgpool"):
         attrs = {"kernel_size": m.ksize, "stride": m.stride, "padding": m.padding}
     elif kind in ("adaptive_avgpool", "adaptive_maxpool"):
-        attrs = {"output_size": m._output_size}
+        # paddle's 1-D adaptive pools keep it as output_size, the 2-D and 3-D as _output_size
+        attrs = {"output_size": getattr(m, "_output_size", getattr(m, "output_size", None))}
     elif kind == "relu":
         attrs = {"inplace": False}
     elif kind == "layernorm":
@@ -527,9 +528,11 @@ _WINDOW_ATTENTION = ("ShiftedWindowAttention", "ShiftedWindowAttentionV2")
 #: Attention layers that compute ``softmax(q·kᵀ·s + bias)·v`` with query, key and value from
 #: one projection (``q | k | v`` on its output's last axis): (package, class name) → the
 #: projection's attribute. xplain's paddle test zoo's MaxViT (torchvision's layout); PaddleClas's
-#: ViT/DeiT ``Attention`` (``qkv`` reshaped to (B, N, 3, H, D), as timm's).
+#: ViT/DeiT ``Attention`` (``qkv`` reshaped to (B, N, 3, H, D), as timm's) and its Swin's
+#: ``WindowAttention`` (the same, on windows its block partitions, plus a position bias and
+#: the shift mask: LRP only, its weights are not read for rollouts).
 _PACKED_ATTENTION = {("xplain_paddle", "RelativePositionalMultiHeadAttention"): "to_qkv",
-                     ("ppcls", "Attention"): "qkv"}
+                     ("ppcls", "Attention"): "qkv", ("ppcls", "WindowAttention"): "qkv"}
 
 #: Parameter-free layers that are the identity in evaluation mode, by (package, class name):
 #: PaddleClas's own ``Identity`` and its stochastic depth (``DropPath``).
@@ -538,10 +541,11 @@ _IDENTITY_IN_EVAL = {("ppcls", "Identity"), ("ppcls", "DropPath")}
 
 def _packed_output(m: nn.Layer) -> dict[str, Any]:
     """``packed_scale``, ``out_weight``, ``out_bias`` of a packed attention layer: PaddleClas's
-    ``softmax(q·kᵀ·scale)·v`` then ``proj``; MaxViT's scales its keys by another factor and adds
-    a position bias (``packed_scale`` ``None``: not re-evaluated)."""
+    ``softmax(q·kᵀ·scale)·v`` then ``proj``; MaxViT's and PaddleClas's Swin's add a position
+    bias (``packed_scale`` ``None``: not re-evaluated)."""
     proj = getattr(m, "proj", None)
-    if type(m).__module__.startswith("ppcls.") and isinstance(proj, nn.Linear):
+    if type(m).__module__.startswith("ppcls.") and type(m).__name__ == "Attention" \
+            and isinstance(proj, nn.Linear):
         return {"packed_scale": float(m.scale), "out_weight": proj.weight.T, "out_bias": proj.bias}
     return {"packed_scale": None}
 

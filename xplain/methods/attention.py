@@ -42,8 +42,8 @@ def _attention_layers(run: Run) -> list[Any]:
             how = ("attends within windows or grids (Swin), so its weights do not chain into one "
                    "token-to-token flow" if "window_size" in info.attrs else
                    "computes its attention inside one module with a position bias and its own "
-                   "scaling (MaxViT's window and grid attention), which xplain does not "
-                   "re-evaluate")
+                   "scaling (MaxViT's window and grid attention, PaddleClas's Swin), which "
+                   "xplain does not re-evaluate")
             raise LayerError(f"layer {info.name!r} ({info.type_name}) {how}; {run.method} reads "
                              f"global self-attention layers (torch nn.MultiheadAttention, paddle "
                              f"nn.MultiHeadAttention, timm's and PaddleClas's ViT attention). Use "

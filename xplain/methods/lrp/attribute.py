@@ -95,6 +95,12 @@ def lrp(run: Run, *, composite: Any = "auto", rules: Mapping[str, Any] | None = 
         raise OptionError(f"rules must be a dict {{layer name / pattern / kind: rule}}, got "
                           f"{type(rules).__name__}")
     found = probe(run, merge_batchnorm=merge_batchnorm)
+    if found.sequence_first is not None:
+        raise LayerError(f"layer {found.sequence_first!r} computes on a sequence-first (L, N, E) "
+                         f"tensor (its rows are tokens, not samples), which LRP's per-sample "
+                         f"bookkeeping cannot follow; build the model batch-first (torch: "
+                         f"nn.MultiheadAttention(..., batch_first=True)) or explain it with a "
+                         f"gradient method (method='integrated_gradients')")
     latest = [found]
 
     def learned(names: set[str]) -> None:
@@ -265,5 +271,5 @@ def _one_pass(run: Run, plans: Mapping[str, LayerPlan], x: Any, targets: np.ndar
     layer_maps = [y * grads[i + k] for k, (_, y) in enumerate(state.probes)]
     tout = B.stop_gradient(run.target_outputs(out, targets))
     return (B.stop_gradient(rel), tout, [B.stop_gradient(m) for m in layer_maps],
-            state.ledger.per_layer())
+            state.ledger.per_layer(int(B.shape(x)[0])))
 

@@ -73,6 +73,9 @@ class Probe:
             observation did not prove.
         scaling_leaves: leaves of unknown kind proven to multiply their input by their one
             parameter (timm's ``LayerScale``): a linear map without bias, the gradient its rule.
+        sequence_first: the first layer whose output is a sequence-first ``(L, N, E)`` tensor
+            (at batch 1: ``(L, 1, E)``, L > 1), or ``None``: its rows are not samples, so the
+            conservation report could not book it per sample.
         param_uses: ``(container, parameter, relation, sub-layer)`` for each proven use of a
             container's own parameter as a constant added to (``"add"``) or put in front of
             (``"prefix"``) the sub-layer's input: the ledger books ``Σ p·g`` there.
@@ -97,6 +100,7 @@ class Probe:
     gates: frozenset[str] = frozenset()
     containers_with_params: tuple[str, ...] = ()
     scaling_leaves: frozenset[str] = frozenset()
+    sequence_first: str | None = None
     param_uses: tuple[tuple[str, str, str, str], ...] = ()
     modified_outputs: frozenset[str] = frozenset()
     inputs_changed_later: frozenset[str] = frozenset()
@@ -208,6 +212,8 @@ def derive(obs: Observation, infos: Iterable[LayerInfo], merge_batchnorm: bool) 
         per_sample_bytes=total, largest_bytes=largest,
         nonneg_inputs=frozenset(nonneg_inputs - signed_inputs),
         gates=frozenset(obs.calls[g].name for c in obs.calls if c.name for g in c.gates),
+        sequence_first=next((c.name for c in leaves if c.output is not None and len(c.output.shape) == 3
+                             and c.output.shape[0] > 1 and c.output.shape[1] == 1), None),
         scaling_leaves=frozenset(c.name for c in obs.calls if c.leaf and c.kind == "other"
                                  and any(u[1] == "scale" for u in c.param_uses)
                                  and counts[c.name] == sum(1 for d in obs.calls if d.name == c.name

@@ -154,13 +154,22 @@ class Ledger:
         ``−Σ`` of the relevance read at their modified inputs)."""
         self._add(name, value)
 
-    def per_layer(self) -> dict[str, np.ndarray]:
-        """Absorbed relevance per layer, per sample (float64 numpy)."""
+    def per_layer(self, samples: int | None = None) -> dict[str, np.ndarray]:
+        """Absorbed relevance per layer, per sample (float64 numpy). A layer that computes on
+        windows its container cut each sample into (PaddleClas's Swin: ``(N·windows, T, C)``)
+        books one amount per window: summed per sample, the windows batch-major as every
+        window partition lays them out (sequence-first layers, whose rows are not samples,
+        are refused before the pass: ``Probe.sequence_first``)."""
         out = {}
         for name, parts in self.entries.items():
             total = None
             for p in parts:
-                v = self.B.to_numpy(p).astype(np.float64)
+                v = self.B.to_numpy(p).astype(np.float64).reshape(-1)
+                if samples is not None and v.size != samples:
+                    if v.size % samples:
+                        raise LayerError(f"layer {name!r} booked {v.size} amounts for {samples} "
+                                         f"samples; xplain cannot tell which sample each belongs to")
+                    v = v.reshape(samples, -1).sum(axis=1)
                 total = v if total is None else total + v
             out[name] = total
         return out

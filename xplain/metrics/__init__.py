@@ -8,10 +8,18 @@ through the backend and return numpy results.
   visualization of what a deep neural network has learned" (IEEE TNNLS 2017).
 * :func:`sensitivity_max` — Yeh et al., "On the (In)fidelity and Sensitivity of Explanations"
   (NeurIPS 2019).
+
+Localisation against an object mask or box (:mod:`.localisation`: pointing game, relevance
+mass, relevance rank, top-k intersection) and complexity (:mod:`.complexity`: sparseness,
+entropy) read the maps alone.
 """
 from __future__ import annotations
 
+from .complexity import complexity, sparseness
 from .faithfulness import CurveResult, deletion, insertion, pixel_flipping
+from .localisation import object_masks, pointing_game, relevance_mass, relevance_rank, top_k_intersection
 from .robustness import sensitivity_max
 
-__all__ = ["CurveResult", "deletion", "insertion", "pixel_flipping", "sensitivity_max"]
+__all__ = ["CurveResult", "complexity", "deletion", "insertion", "object_masks", "pixel_flipping",
+           "pointing_game", "relevance_mass", "relevance_rank", "sensitivity_max", "sparseness",
+           "top_k_intersection"]

@@ -118,3 +118,33 @@ def test_explanations_and_framework_tensors(fw):
         want = metric(maps, *args)
         np.testing.assert_array_equal(metric(exp, *args), want)
         np.testing.assert_array_equal(metric(exp.attributions, *args), want)
+
+
+def test_average_drop_and_increase_in_confidence(fw):
+    """Y and O by the framework's own forward on ``x`` and on ``x`` times the min-max scaled
+    map (numpy); an all-ones map leaves the input as it is: no drop, no increase."""
+    from xplain.metrics import confidence_change
+
+    model = fw.model("small_cnn")
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 1, 12, 12)).astype(np.float32)
+    maps = rng.random((3, 6, 6)) * 3 - 1  # resized bilinearly to 12x12, then scaled to [0, 1]
+    got = confidence_change(model, fw.tensor(x), maps, target=[0, 1, 2])
+    import cv2
+    up = np.stack([cv2.resize(m.astype(np.float32), (12, 12), interpolation=cv2.INTER_LINEAR) for m in maps])
+    low, high = up.min(axis=(1, 2), keepdims=True), up.max(axis=(1, 2), keepdims=True)
+    unit = (up - low) / (high - low)
+
+    def probs(batch):
+        logits = fw.numpy(model(fw.tensor(batch))).astype(np.float64)
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        return (p / p.sum(1, keepdims=True))[np.arange(3), [0, 1, 2]]
+    y, o = probs(x), probs(x * unit[:, None])
+    # the same float32 forwards, batched differently: 1e-5
+    np.testing.assert_allclose(got.original, y, rtol=1e-5)
+    np.testing.assert_allclose(got.masked, o, rtol=1e-5)
+    np.testing.assert_allclose(got.average_drop, 100 * (np.maximum(y - o, 0) / y).mean(), rtol=1e-4)
+    assert got.increase_in_confidence == pytest.approx(100 * (o > y).mean())
+    same = confidence_change(model, fw.tensor(x), np.ones((3, 12, 12)), target=[0, 1, 2])
+    np.testing.assert_allclose(same.masked, same.original, rtol=1e-6)
+    assert same.average_drop < 1e-4  # (O = Y up to rounding: the increase is a coin flip on ulps)

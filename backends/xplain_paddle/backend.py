@@ -79,10 +79,8 @@ def named_tensors(model) -> list[tuple[str, Any]]:
 def named_parameters(model) -> list[tuple[str, Any]]:
     """Parameters without BatchNorm's running statistics (paddle stores them as parameters that
     take no gradient; torch as buffers)."""
-    stats = {id(layer._mean) for layer in model.sublayers(include_self=True)
-             if isinstance(layer, nn.layer.norm._BatchNormBase)}
-    stats |= {id(layer._variance) for layer in model.sublayers(include_self=True)
-              if isinstance(layer, nn.layer.norm._BatchNormBase)}
+    stats = {id(t) for layer in model.sublayers(include_self=True)
+             if isinstance(layer, nn.layer.norm._BatchNormBase) for t in (layer._mean, layer._variance)}
     return [(n, p) for n, p in model.named_parameters() if id(p) not in stats]
 
 

@@ -112,11 +112,18 @@ def packed_attention(B: Any, info: LayerInfo, t: Any, *, weights: Any = None) ->
     ``q·kᵀ``; ``weights`` as in :func:`reevaluate_attention`."""
     A = info.attrs
     e = B.shape(t)[-1] // 3
-    a = weights_of_projections(B, info, t[..., :e], t[..., e:2 * e], None, scale=A["packed_scale"])
+    a = packed_weights(B, info, t)
     n, heads, length, _ = B.shape(a)
     ctx = B.matmul(a if weights is None else weights(a), _heads(B, t[..., 2 * e:], heads))
     out = B.linear(B.reshape(B.permute_dims(ctx, (0, 2, 1, 3)), (n, length, e)), A["out_weight"], A.get("out_bias"))
     return out, a
+
+
+def packed_weights(B: Any, info: LayerInfo, t: Any) -> Any:
+    """The softmax weights ``(N, heads, T, T)`` from a packed projection's output ``t``
+    (see :func:`packed_attention`)."""
+    e = B.shape(t)[-1] // 3
+    return weights_of_projections(B, info, t[..., :e], t[..., e:2 * e], None, scale=info.attrs["packed_scale"])
 
 
 def _roll(B: Any, x: Any, shift: int, axis: int) -> Any:

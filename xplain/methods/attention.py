@@ -22,8 +22,8 @@ from ..errors import LayerError
 from ..layout import parse_tokens, token_layout
 from ..options import Range
 from ..run import MethodResult, Run
-from ._attention import (attention_weights, check_reevaluation, packed_attention, reevaluate_attention,
-                         same_value, weights_of_projections)
+from ._attention import (attention_weights, check_reevaluation, packed_attention, packed_weights,
+                         reevaluate_attention, same_value, weights_of_projections)
 from .cam.maps import finish
 
 #: (layer module) → token counts at which its re-evaluation was checked against its output.
@@ -52,6 +52,17 @@ def _attention_layers(run: Run) -> list[Any]:
             raise LayerError(f"layer {info.name!r} ({info.type_name}) uses "
                              f"{info.attrs['unsupported']}, which {run.method} does not re-evaluate")
     return infos
+
+
+def _weights_leaf(B: Any) -> tuple[list, Any]:
+    """``(leaf, as_leaf)``: ``as_leaf(w)`` returns ``w``'s value as a new gradient leaf and
+    keeps it in ``leaf[0]`` (the weights whose gradient is ``∇A``)."""
+    leaf: list[Tensor] = []
+
+    def as_leaf(w: Tensor) -> Tensor:
+        leaf.append(B.with_grad(B.stop_gradient(w)))
+        return leaf[0]
+    return leaf, as_leaf
 
 
 def _weights_pass(run: Run, x: Tensor, infos: list[Any], *, grad: bool) -> tuple[Tensor, list[Tensor]]:
@@ -94,11 +105,7 @@ def _weights_pass(run: Run, x: Tensor, infos: list[Any], *, grad: bool) -> tuple
             checked = _CHECKED.setdefault(info.module, set())
             shape = tuple(B.shape(query))
             if grad:  # the weights as a leaf: the score's gradient at them is ∇A
-                leaf: list[Tensor] = []
-
-                def as_leaf(w: Tensor) -> Tensor:
-                    leaf.append(B.with_grad(B.stop_gradient(w)))
-                    return leaf[0]
+                leaf, as_leaf = _weights_leaf(B)
                 mine, _ = reevaluate_attention(B, info, query, key, value, mask, weights=as_leaf)
                 check_reevaluation(B, info, y, mine, "multi-head attention")
                 seen.append(leaf[0])
@@ -126,11 +133,7 @@ def _weights_pass(run: Run, x: Tensor, infos: list[Any], *, grad: bool) -> tuple
             checked = _CHECKED.setdefault(info.module, set())
             shape = tuple(B.shape(t))
             if grad:  # the weights as a leaf: the score's gradient at them is ∇A
-                leaf: list[Tensor] = []
-
-                def as_leaf(w: Tensor) -> Tensor:
-                    leaf.append(B.with_grad(B.stop_gradient(w)))
-                    return leaf[0]
+                leaf, as_leaf = _weights_leaf(B)
                 mine, _ = packed_attention(B, info, t, weights=as_leaf)
                 check_reevaluation(B, info, output, mine, "multi-head attention")
                 seen.append(leaf[0])
@@ -140,9 +143,7 @@ def _weights_pass(run: Run, x: Tensor, infos: list[Any], *, grad: bool) -> tuple
                 check_reevaluation(B, info, output, mine, "multi-head attention")
                 checked.add(shape)
             else:  # checked before at this size: the weights alone
-                e = shape[-1] // 3
-                a = weights_of_projections(B, info, t[..., :e], t[..., e:2 * e], None,
-                                           scale=info.attrs["packed_scale"])
+                a = packed_weights(B, info, t)
             seen.append(a)
             return None
         return hook
